@@ -1,0 +1,32 @@
+# Set-up from nothing into .venv, then act. Override TORCH_SPEC for a CUDA build,
+# e.g. `make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test test-slow test-all demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+demo: install
+	$(PY) -c "print('demo not yet wired')"
+
+bench: install
+	$(PY) scripts/benchmark.py --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info
