@@ -4,20 +4,30 @@ Every op (``"fps"``, ``"knn"``) has one public signature and several
 implementations. ``"torch"`` always exists and is the reference; faster ones
 register themselves with :func:`register` when their dependency imports.
 
-The backend is chosen per call: a backend forced with :func:`set_backend` or the
-environment variable ``POINTCOC_BACKEND`` (for example ``POINTCOC_BACKEND=torch``)
-if it supports the tensors' device, otherwise the first available backend in
-priority order that supports it.
+The backend is chosen per call: a backend forced with :func:`set_backend`,
+:func:`use_backend` or the environment variable ``POINTCOC_BACKEND`` (for
+example ``POINTCOC_BACKEND=torch``) if the op has it and it supports the
+tensors' device, otherwise the first available backend in priority order that
+supports it.
+
+Backends: ``"torch"`` (reference, CPU and CUDA), ``"numba"`` (compiled CPU
+kernels, FPS and kNN; when numba imports), ``"mm"`` (kNN by chunked matrix
+products with exact re-ranking, CPU and CUDA), ``"pytorch3d"`` (FPS and kNN;
+when pytorch3d imports). Every backend returns the reference's FPS indices and
+kNN distances; the tests compare them.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
 
-__all__ = ["register", "set_backend", "get_backend", "available_backends", "resolve"]
+__all__ = ["register", "set_backend", "get_backend", "use_backend", "available_backends", "resolve"]
+
+ENV_VAR = "POINTCOC_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -51,17 +61,39 @@ def set_backend(name: Optional[str]) -> None:
         ValueError: if no op has a backend called ``name``.
     """
     global _forced
-    if name is not None and not any(name in b for b in _REGISTRY.values()):
-        known = sorted({n for b in _REGISTRY.values() for n in b})
-        raise ValueError(f"unknown backend {name!r}; available: {known}")
+    _check_known("name", name)
     _forced = name
 
 
+def _check_known(what: str, name: Optional[str]) -> None:
+    if name is not None and not any(name in b for b in _REGISTRY.values()):
+        known = sorted({n for b in _REGISTRY.values() for n in b})
+        raise ValueError(f"{what} must name a registered backend {known} or be None; got {name!r}")
+
+
+@contextmanager
+def use_backend(name: Optional[str]):
+    """Context manager: force backend ``name`` inside the block, then restore the previous choice."""
+    global _forced
+    previous = _forced
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
 def get_backend() -> Optional[str]:
-    """The forced backend name, or None when the choice is automatic."""
+    """The forced backend name (set_backend, else ``$POINTCOC_BACKEND``), or None when automatic.
+
+    Raises:
+        ValueError: if ``$POINTCOC_BACKEND`` names no registered backend.
+    """
     if _forced is not None:
         return _forced
-    return os.environ.get("POINTCOC_BACKEND") or None
+    name = os.environ.get(ENV_VAR) or None
+    _check_known(f"environment variable {ENV_VAR}", name)
+    return name
 
 
 def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Backend:
