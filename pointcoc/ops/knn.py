@@ -11,8 +11,8 @@ from .validation import check_lengths, check_points, check_positive_int, check_s
 __all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2"]
 
 # Upper bound on the number of elements of one (B, m, N) distance chunk: the
-# reference holds about four such temporaries (16 MiB each in float32).
-_CHUNK_ELEMENTS = 1 << 22
+# reference holds about five such temporaries (8 MiB each in float32).
+_CHUNK_ELEMENTS = 1 << 21
 # The matmul path keeps one (B, m, N) chunk; small chunks stay in cache.
 _MM_CHUNK_ELEMENTS = 1 << 20
 

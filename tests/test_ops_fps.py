@@ -1,0 +1,145 @@
+"""farthest_point_sample: every backend against a brute-force numpy reference."""
+import numpy as np
+import pytest
+import torch
+
+from ops_reference import numpy_fps, random_lengths
+from pointcoc import _optional
+from pointcoc.ops import available_backends, farthest_point_sample, use_backend
+
+CPU_BACKENDS = [b for b in available_backends("fps") if b != "pytorch3d"]
+
+
+def _case(seed, batch, n, dim, ragged, dtype=torch.float32, grid=False):
+    g = torch.Generator().manual_seed(seed)
+    xyz = torch.rand(batch, n, dim, generator=g, dtype=torch.float64) * 2 - 1
+    if grid:  # coarse coordinates: many equal distances, so tie-breaking matters
+        xyz = (xyz * 3).round() / 3
+    lengths = random_lengths(batch, n, g, ragged)
+    return xyz.to(dtype), lengths
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("batch,n,n_samples", [(1, 1, 1), (3, 17, 5), (4, 64, 64), (2, 100, 130), (5, 300, 32)])
+def test_matches_numpy_reference(backend, dim, ragged, batch, n, n_samples):
+    xyz, lengths = _case(batch * n + dim, batch, n, dim, ragged)
+    idx = farthest_point_sample(xyz, n_samples, lengths if ragged else None, backend=backend)
+    expected = numpy_fps(xyz.numpy(), n_samples, lengths.numpy(), np.zeros(batch, dtype=np.int64))
+    assert idx.dtype == torch.long and idx.shape == (batch, n_samples)
+    np.testing.assert_array_equal(idx.numpy(), expected)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_go_to_lowest_index(backend, dtype):
+    xyz, lengths = _case(7, 6, 200, 3, ragged=True, dtype=dtype, grid=True)
+    idx = farthest_point_sample(xyz, 150, lengths, backend=backend)
+    expected = numpy_fps(xyz.numpy(), 150, lengths.numpy(), np.zeros(6, dtype=np.int64))
+    np.testing.assert_array_equal(idx.numpy(), expected)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_ragged_picks_are_distinct_valid_and_padded_with_minus_one(backend):
+    xyz, lengths = _case(3, 8, 50, 3, ragged=True)
+    xyz[:, 40:] = 100.0  # padding far away: it would be picked at once if it were considered
+    lengths = lengths.clamp_max(40)
+    idx = farthest_point_sample(xyz, 45, lengths, backend=backend)
+    for b in range(8):
+        real = idx[b, : lengths[b]]
+        assert len(set(real.tolist())) == int(lengths[b])
+        assert bool((real >= 0).all()) and bool((real < lengths[b]).all())
+        assert bool((idx[b, lengths[b] :] == -1).all())
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_random_start_is_valid_and_backends_agree(backend):
+    xyz, lengths = _case(11, 16, 40, 2, ragged=True)
+    torch.manual_seed(0)
+    idx = farthest_point_sample(xyz, 10, lengths, random_start=True, backend=backend)
+    torch.manual_seed(0)
+    ref = farthest_point_sample(xyz, 10, lengths, random_start=True, backend="torch")
+    assert torch.equal(idx, ref)
+    assert bool((idx[:, 0] < lengths).all())
+    start = idx[:, 0].numpy()
+    np.testing.assert_array_equal(idx.numpy(), numpy_fps(xyz.numpy(), 10, lengths.numpy(), start))
+    torch.manual_seed(1)
+    other = farthest_point_sample(xyz, 10, lengths, random_start=True, backend=backend)
+    assert not torch.equal(other[:, 0], idx[:, 0])
+
+
+def test_float16_falls_back_to_reference():
+    xyz, _ = _case(5, 2, 30, 3, ragged=False)
+    half = farthest_point_sample(xyz.half(), 8)
+    ref = farthest_point_sample(xyz.half(), 8, backend="torch")
+    assert torch.equal(half, ref)
+
+
+def test_requires_grad_input_and_non_contiguous_input():
+    xyz, _ = _case(9, 3, 60, 3, ragged=False)
+    ref = farthest_point_sample(xyz, 20, backend="torch")
+    assert torch.equal(farthest_point_sample(xyz.clone().requires_grad_(), 20), ref)
+    strided = xyz.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(farthest_point_sample(strided, 20), ref)
+
+
+def test_default_backend_is_the_fast_one_and_forcing_works():
+    xyz, _ = _case(2, 2, 30, 3, ragged=False)
+    ref = farthest_point_sample(xyz, 10, backend="torch")
+    with use_backend("torch"):
+        assert torch.equal(farthest_point_sample(xyz, 10), ref)
+    if "numba" in CPU_BACKENDS:
+        from pointcoc.ops.backends import resolve
+
+        assert resolve("fps", xyz.device).name == "numba"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ragged", [False, True])
+def test_cuda_matches_cpu(ragged):
+    xyz, lengths = _case(4, 4, 500, 3, ragged)
+    cpu = farthest_point_sample(xyz, 100, lengths, backend="torch")
+    for backend in available_backends("fps"):
+        cuda = farthest_point_sample(xyz.cuda(), 100, lengths.cuda(), backend=backend)
+        assert cuda.device.type == "cuda"
+        assert torch.equal(cuda.cpu(), cpu)
+
+
+@pytest.mark.skipif(not _optional.WITH_PYTORCH3D, reason="needs pytorch3d")
+@pytest.mark.parametrize("ragged", [False, True])
+def test_pytorch3d_matches_reference(ragged):
+    xyz, lengths = _case(6, 4, 300, 3, ragged)
+    ref = farthest_point_sample(xyz, 64, lengths, backend="torch")
+    assert torch.equal(farthest_point_sample(xyz, 64, lengths, backend="pytorch3d"), ref)
+
+
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(xyz=torch.rand(10, 3)), "xyz must have shape (B, N, D)"),
+        (dict(xyz=torch.rand(2, 10, 4)), "D in {2, 3}; got shape (2, 10, 4)"),
+        (dict(xyz=torch.rand(2, 10, 1)), "D in {2, 3}"),
+        (dict(xyz=torch.ones(2, 10, 3, dtype=torch.long)), "xyz must be a floating-point tensor; got dtype torch.int64"),
+        (dict(xyz=torch.rand(0, 10, 3)), "at least one set"),
+        (dict(xyz=torch.rand(2, 0, 3)), "at least one point"),
+        (dict(xyz=torch.tensor([[[0.0, float("nan"), 0.0]]])), "xyz must hold only finite values"),
+        (dict(xyz=torch.tensor([[[0.0, float("inf"), 0.0]]])), "xyz must hold only finite values"),
+        (dict(xyz=[[0.0, 0.0, 0.0]]), "xyz must be a torch.Tensor"),
+        (dict(n_samples=0), "n_samples must be an int >= 1; got 0"),
+        (dict(n_samples=-3), "n_samples must be an int >= 1; got -3"),
+        (dict(n_samples=2.5), "n_samples must be an int >= 1; got 2.5"),
+        (dict(n_samples=True), "n_samples must be an int >= 1; got True"),
+        (dict(lengths=torch.tensor([10, 0])), "lengths must have values in [1, 10]"),
+        (dict(lengths=torch.tensor([10, 11])), "lengths must have values in [1, 10]"),
+        (dict(lengths=torch.tensor([10])), "lengths must have shape (B,) = (2,); got shape (1,)"),
+        (dict(lengths=torch.tensor([10.0, 5.0])), "lengths must be an integer tensor"),
+        (dict(lengths=[10, 5]), "lengths must be a LongTensor"),
+    ],
+)
+def test_bad_input_raises(kwargs, fragment):
+    args = dict(xyz=torch.rand(2, 10, 3), n_samples=4, lengths=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as err:
+        farthest_point_sample(**args)
+    assert fragment in str(err.value)

@@ -1,0 +1,183 @@
+"""knn: every backend against a brute-force numpy reference and the torch reference."""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from ops_reference import numpy_knn_dist2, random_lengths
+from pointcoc import _optional
+from pointcoc.benchmark import peak_cpu_memory
+from pointcoc.ops import available_backends, knn, use_backend
+
+knn_impl = importlib.import_module("pointcoc.ops.knn")
+BACKENDS = available_backends("knn")
+CPU_BACKENDS = [b for b in BACKENDS if b != "pytorch3d"]
+
+
+def _case(seed, batch, m, n, dim, ragged, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    query = (torch.rand(batch, m, dim, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    points = (torch.rand(batch, n, dim, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    return query, points, random_lengths(batch, m, g, ragged), random_lengths(batch, n, g, ragged)
+
+
+def _check_against_numpy(query, points, k, ql, pl, result):
+    """Distances equal the brute-force k smallest; each index is a distinct valid point at that distance."""
+    dist2, idx = result
+    batch, m, _ = query.shape
+    assert dist2.shape == idx.shape == (batch, m, k) and idx.dtype == torch.long
+    expected = numpy_knn_dist2(query.numpy(), points.numpy(), k, ql.numpy(), pl.numpy())
+    np.testing.assert_allclose(dist2.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    for b in range(batch):
+        for i in range(m):
+            row = idx[b, i]
+            found = row[row >= 0]
+            assert len(found) == (min(k, int(pl[b])) if i < ql[b] else 0)
+            assert len(set(found.tolist())) == len(found) and bool((found < pl[b]).all())
+            if len(found):
+                own = ((query[b, i].double() - points[b, found].double()) ** 2).sum(-1).numpy()
+                np.testing.assert_allclose(own, expected[b, i, : len(found)], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("ragged", [False, True])
+@pytest.mark.parametrize("batch,m,n,k", [(1, 1, 1, 1), (2, 7, 5, 8), (3, 20, 50, 4), (2, 64, 200, 16), (4, 33, 97, 97)])
+def test_matches_numpy_reference(backend, dim, ragged, batch, m, n, k):
+    query, points, ql, pl = _case(batch + m + n + dim, batch, m, n, dim, ragged)
+    result = knn(query, points, k, ql if ragged else None, pl if ragged else None, backend=backend)
+    _check_against_numpy(query, points, k, ql, pl, result)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_backends_match_torch_reference(backend, dtype, ragged):
+    query, points, ql, pl = _case(3, 4, 120, 300, 3, ragged, dtype)
+    ref = knn(query, points, 24, ql, pl, backend="torch")
+    out = knn(query, points, 24, ql, pl, backend=backend)
+    assert out.dist2.dtype == dtype
+    # Same float operations: the distances agree to the last bit; random points have no ties.
+    assert torch.equal(out.dist2, ref.dist2)
+    assert torch.equal(out.idx, ref.idx)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_large_coordinates_far_from_origin(backend):
+    """The matmul path centres each set, so an offset cloud loses no precision."""
+    query, points, ql, pl = _case(5, 2, 50, 400, 3, ragged=True)
+    query, points = query + 1000.0, points + 1000.0
+    ref = knn(query, points, 8, ql, pl, backend="torch")
+    out = knn(query, points, 8, ql, pl, backend=backend)
+    torch.testing.assert_close(out.dist2, ref.dist2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_chunked_equals_unchunked(backend, monkeypatch):
+    query, points, ql, pl = _case(8, 3, 100, 150, 3, ragged=True)
+    whole = knn(query, points, 10, ql, pl, backend=backend)
+    monkeypatch.setattr(knn_impl, "_CHUNK_ELEMENTS", 3 * 150 * 7)  # 7 queries per chunk
+    monkeypatch.setattr(knn_impl, "_MM_CHUNK_ELEMENTS", 3 * 150 * 7)
+    parts = knn(query, points, 10, ql, pl, backend=backend)
+    assert torch.equal(parts.idx, whole.idx) and torch.equal(parts.dist2, whole.dist2)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_memory_is_bounded_on_large_input(backend):
+    """B=2, M=2048, N=8192: the full distance matrix would take 128 MiB."""
+    query, points, _, _ = _case(1, 2, 2048, 8192, 3, ragged=False)
+    full_matrix = 2 * 2048 * 8192 * 4
+    knn(query, points, 16, backend=backend)  # compile / warm up outside the measurement
+    peak = peak_cpu_memory(lambda: knn(query, points, 16, backend=backend))
+    assert peak < full_matrix / 2, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradient_of_distances(backend):
+    query, points, ql, pl = _case(2, 2, 10, 30, 3, ragged=True, dtype=torch.float64)
+    query.requires_grad_(True)
+    points.requires_grad_(True)
+    out = knn(query, points, 5, ql, pl, backend=backend)
+    weights = torch.rand(out.dist2.shape, dtype=torch.float64)
+    loss = (out.dist2.masked_fill(out.idx < 0, 0) * weights).sum()
+    gq, gp = torch.autograd.grad(loss, (query, points))
+    # Analytic gradient: d|q - p|^2 / dq = 2 (q - p), accumulated over the chosen pairs.
+    eq, ep = torch.zeros_like(query), torch.zeros_like(points)
+    for b, i, j in (out.idx >= 0).nonzero().tolist():
+        p = int(out.idx[b, i, j])
+        g = 2 * (query[b, i] - points[b, p]).detach() * weights[b, i, j]
+        eq[b, i] += g
+        ep[b, p] -= g
+    torch.testing.assert_close(gq, eq)
+    torch.testing.assert_close(gp, ep)
+
+
+def test_forcing_a_backend(monkeypatch):
+    query, points, _, _ = _case(4, 2, 10, 20, 2, ragged=False)
+    calls = []
+    original = knn_impl.knn_torch
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    from pointcoc.ops import backends
+
+    monkeypatch.setitem(backends._REGISTRY["knn"], "torch", backends.Backend("torch", spy, ("cpu", "cuda"), 0))
+    knn(query, points, 3)
+    assert not calls  # the default is a faster backend
+    with use_backend("torch"):
+        knn(query, points, 3)
+    assert len(calls) == 1
+    monkeypatch.setenv("POINTCOC_BACKEND", "torch")
+    knn(query, points, 3)
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("ragged", [False, True])
+def test_cuda_matches_cpu(ragged):
+    query, points, ql, pl = _case(4, 3, 500, 2000, 3, ragged)
+    ref = knn(query, points, 16, ql, pl, backend="torch")
+    for backend in BACKENDS:
+        out = knn(query.cuda(), points.cuda(), 16, ql.cuda(), pl.cuda(), backend=backend)
+        assert out.idx.device.type == "cuda"
+        torch.testing.assert_close(out.dist2.cpu(), ref.dist2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not _optional.WITH_PYTORCH3D, reason="needs pytorch3d")
+@pytest.mark.parametrize("ragged", [False, True])
+def test_pytorch3d_matches_reference(ragged):
+    query, points, ql, pl = _case(6, 3, 100, 40, 3, ragged)
+    ref = knn(query, points, 50, ql, pl, backend="torch")
+    out = knn(query, points, 50, ql, pl, backend="pytorch3d")
+    torch.testing.assert_close(out.dist2, ref.dist2, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.idx < 0, ref.idx < 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(query=torch.rand(10, 3)), "query must have shape (B, N, D)"),
+        (dict(points=torch.rand(2, 10, 3, 1)), "points must have shape (B, N, D)"),
+        (dict(points=torch.rand(3, 10, 3)), "query and points must have the same batch dimension; got 2 and 3"),
+        (dict(query=torch.rand(2, 5, 4)), "query must have shape (B, N, D) with D in {2, 3}"),
+        (dict(points=torch.rand(2, 10, 2)), "same coordinate dimension D; got 3 and 2"),
+        (dict(points=torch.rand(2, 10, 3, dtype=torch.float64)), "same dtype"),
+        (dict(query=torch.ones(2, 5, 3, dtype=torch.int32)), "query must be a floating-point tensor"),
+        (dict(points=torch.full((2, 10, 3), float("nan"))), "points must hold only finite values"),
+        (dict(k=0), "k must be an int >= 1; got 0"),
+        (dict(k=2.0), "k must be an int >= 1; got 2.0"),
+        (dict(query_lengths=torch.tensor([5, 6])), "query_lengths must have values in [1, 5]"),
+        (dict(point_lengths=torch.tensor([0, 3])), "point_lengths must have values in [1, 10]"),
+        (dict(point_lengths=torch.tensor([[3, 3]])), "point_lengths must have shape (B,) = (2,)"),
+        (dict(backend="nope"), "unknown backend 'nope' for knn"),
+    ],
+)
+def test_bad_input_raises(kwargs, fragment):
+    args = dict(query=torch.rand(2, 5, 3), points=torch.rand(2, 10, 3), k=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as err:
+        knn(**args)
+    assert fragment in str(err.value)
