@@ -117,3 +117,16 @@ def test_optional_placeholder():
     assert not _optional.pytorch3d_ops
     with pytest.raises(ImportError, match="'knn_points' needs package pytorch3d"):
         _optional.pytorch3d_ops.knn_points
+
+
+def test_works_without_numba_and_pytorch3d():
+    code = (
+        "import sys; sys.modules['numba'] = None; sys.modules['pytorch3d'] = None\n"
+        "import torch, pointcoc.ops as o\n"
+        "assert o.available_backends('fps') == ['torch'], o.available_backends()\n"
+        "x = torch.rand(2, 50, 3)\n"
+        "print(o.farthest_point_sample(x, 5).shape[1], o.knn(x, x, 4).idx.shape[2])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["5", "4"]
