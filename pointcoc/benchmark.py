@@ -4,6 +4,7 @@ noisy machine slows both sides alike.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable, Optional
@@ -72,3 +73,224 @@ def peak_memory(fn: Callable, device="cpu") -> Optional[int]:
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     return peak_cpu_memory(fn)
+
+
+# ---------------------------------------------------------------------------
+# Benchmark rows: each compares "ours" with a reference in the same process.
+
+import json  # noqa: E402
+import platform  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from typing import Dict, List  # noqa: E402
+
+from tqdm import tqdm  # noqa: E402
+
+from . import ops  # noqa: E402
+from .ops import backends  # noqa: E402
+from .ops.fps import fps_torch  # noqa: E402
+
+__all__ += ["Row", "bench_fps", "bench_knn", "bench_context_cluster", "bench_models", "run_all", "to_markdown", "to_json"]
+
+
+@dataclass
+class Row:
+    """One measured comparison. Times in seconds (medians), memory in bytes (None: not measured)."""
+
+    group: str
+    case: str
+    ours: str
+    reference: str
+    ours_s: float
+    ref_s: float
+    ours_mem: Optional[int] = None
+    ref_mem: Optional[int] = None
+    note: str = ""
+    extra: Dict[str, float] = field(default_factory=dict)
+
+    @property
+    def time_ratio(self) -> float:
+        """ours / reference wall time: below 1 means ours is faster."""
+        return self.ours_s / self.ref_s
+
+    @property
+    def mem_ratio(self) -> Optional[float]:
+        if self.ours_mem is None or not self.ref_mem:
+            return None
+        return self.ours_mem / self.ref_mem
+
+
+def _rand(shape, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g).to(device)
+
+
+def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048))) -> List[Row]:
+    """FPS: the default backend vs the plain torch loop (and pytorch3d when importable).
+
+    ``cases``: (B, N, n_samples) triples.
+    """
+    repeat = 3 if quick else 7
+    rows = []
+    for batch, n, n_samples in cases:
+        xyz = _rand((batch, n, 3), device, 0)
+        lengths = torch.full((batch,), n, dtype=torch.long, device=device)
+        start = torch.zeros(batch, dtype=torch.long, device=device)
+        ours_name = backends.resolve("fps", xyz.device).name
+        ours = lambda: ops.farthest_point_sample(xyz, n_samples)  # noqa: E731
+        ref = lambda: fps_torch(xyz, n_samples, lengths, start)  # noqa: E731
+        same = bool(torch.equal(ours(), ref()))
+        t_ours, t_ref = time_pair(ours, ref, device, repeat=repeat)
+        case = f"B={batch}, N={n} -> {n_samples}"
+        note = "same indices" if same else "INDICES DIFFER"
+        rows.append(Row("FPS", case, ours_name, "torch loop", t_ours, t_ref, note=note))
+        if "pytorch3d" in ops.available_backends("fps") and ours_name != "pytorch3d":
+            p3d = lambda: ops.farthest_point_sample(xyz, n_samples, backend="pytorch3d")  # noqa: E731
+            t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
+            rows.append(Row("FPS", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+def _knn_unseen_bytes(name: str, batch: int, m: int, k: int, itemsize: int) -> int:
+    """Bytes a backend allocates outside torch's allocator (numba's output arrays)."""
+    return batch * m * k * (itemsize + 8) if name == "numba" else 0
+
+
+def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8192, 24))) -> List[Row]:
+    """kNN: the default backend vs brute force ``torch.cdist`` + ``topk`` (and pytorch3d when importable).
+
+    ``cases``: (B, M, N, k) tuples. Peak memory of both sides is measured.
+    """
+    repeat = 3 if quick else 7
+    rows = []
+    for batch, m, n, k in cases:
+        query, points = _rand((batch, m, 3), device, 1), _rand((batch, n, 3), device, 2)
+        ours_name = backends.resolve("knn", query.device).name
+        ours = lambda: ops.knn(query, points, k)  # noqa: E731
+        brute = lambda: torch.topk(torch.cdist(query, points), k, dim=-1, largest=False)  # noqa: E731
+        got, want = ours(), brute()
+        close = torch.allclose(got.dist2, want.values.square(), rtol=1e-4, atol=1e-5)
+        t_ours, t_ref = time_pair(ours, brute, device, repeat=repeat)
+        unseen = _knn_unseen_bytes(ours_name, batch, m, k, query.element_size())
+        mem_ours = peak_memory(ours, device) + unseen
+        mem_ref = peak_memory(brute, device)
+        note = ("same distances" if close else "DISTANCES DIFFER") + (
+            f"; {unseen / 2**20:.1f} MiB of numba output counted analytically" if unseen else ""
+        )
+        case = f"B={batch}, M={m}, N={n}, k={k}"
+        rows.append(Row("kNN", case, ours_name, "cdist + topk", t_ours, t_ref, mem_ours, mem_ref, note))
+        if ours_name != "mm":  # the torch-only fast path (the default on CUDA without pytorch3d)
+            mm = lambda: ops.knn(query, points, k, backend="mm")  # noqa: E731
+            t_mm, t_ref = time_pair(mm, brute, device, repeat=repeat)
+            rows.append(Row("kNN", case, "mm", "cdist + topk", t_mm, t_ref, peak_memory(mm, device), mem_ref))
+        if "pytorch3d" in ops.available_backends("knn") and ours_name != "pytorch3d":
+            p3d = lambda: ops.knn(query, points, k, backend="pytorch3d")  # noqa: E731
+            t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
+            rows.append(Row("kNN", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite", "pointmlp_coc"),
+                 batches=None, n_points=1024, num_classes=15) -> List[Row]:
+    """Whole models: eval forward latency and one training step (forward, backward, SGD step).
+
+    "ours" is the default backends; the reference is the same model with the
+    pure-torch FPS and kNN forced (``use_backend("torch")``): the published
+    design run straightforwardly. Peak memory is measured for the training step.
+    """
+    from . import create_model
+
+    batches = batches or ((16,) if quick else (16, 32))
+    repeat = 1 if quick else 3
+    rows = []
+    configs = [(name, batch) for name in names for batch in batches]
+    for name, batch in tqdm(configs, desc="models", leave=False):
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=num_classes).to(device)
+        xyz = _rand((batch, n_points, 3), device, 3) * 2 - 1
+        label = torch.randint(0, num_classes, (batch,)).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def forward():
+            model.eval()
+            with torch.no_grad():
+                return model(xyz)
+
+        def step():
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(xyz), label).backward()
+            optimizer.step()
+
+        def reference(fn):
+            def run():
+                with ops.use_backend("torch"):
+                    return fn()
+
+            return run
+
+        same = torch.allclose(forward(), reference(forward)(), rtol=1e-4, atol=1e-5)
+        case = f"{name}, B={batch}, N={n_points}"
+        t_ours, t_ref = time_pair(forward, reference(forward), device, repeat=repeat)
+        rows.append(Row("model forward (eval)", case, "default backends", "pure-torch FPS/kNN", t_ours, t_ref,
+                        note="same logits" if same else "LOGITS DIFFER"))
+        t_ours, t_ref = time_pair(step, reference(step), device, repeat=repeat)
+        mem_ours, mem_ref = peak_memory(step, device), peak_memory(reference(step), device)
+        rows.append(Row("model train step", case, "default backends", "pure-torch FPS/kNN", t_ours, t_ref,
+                        mem_ours, mem_ref, note=f"{batch / t_ours:.1f} vs {batch / t_ref:.1f} samples/s"))
+    return rows
+
+
+def to_markdown(rows: List[Row]) -> str:
+    """The rows as a markdown table (times in ms, memory in MiB, ratios ours / reference)."""
+    def mib(b):
+        return "" if b is None else f"{b / 2**20:.1f}"
+
+    lines = [
+        "| what | case | ours | reference | ours ms | ref ms | time ratio | ours MiB | ref MiB | memory ratio | note |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        mem_ratio = "" if r.mem_ratio is None else f"{r.mem_ratio:.3f}"
+        lines.append(
+            f"| {r.group} | {r.case} | {r.ours} | {r.reference} | {r.ours_s * 1e3:.1f} | {r.ref_s * 1e3:.1f} "
+            f"| {r.time_ratio:.2f} | {mib(r.ours_mem)} | {mib(r.ref_mem)} | {mem_ratio} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_description(device="cpu") -> str:
+    """One line naming the machine, threads and torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                what = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        what += f", {os.cpu_count()} CPU cores"
+    return f"{what}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def to_json(rows: List[Row], path: str, meta: Optional[dict] = None) -> None:
+    """Write the rows (with their ratios) and ``meta`` to ``path`` as JSON."""
+    records = [dict(asdict(r), time_ratio=r.time_ratio, mem_ratio=r.mem_ratio) for r in rows]
+    with open(path, "w") as f:
+        json.dump({"meta": meta or {}, "rows": records}, f, indent=2)
+
+
+SECTIONS = {"fps": bench_fps, "knn": bench_knn, "models": bench_models}
+
+
+def run_all(device="cpu", quick=False, only=None) -> List[Row]:
+    """Run the benchmark sections named in ``only`` (default: all) and return their rows."""
+    names = list(SECTIONS) if only is None else list(only)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise ValueError(f"only must name sections from {sorted(SECTIONS)}; got {unknown}")
+    rows = []
+    for name in tqdm(names, desc="benchmark"):
+        rows.extend(SECTIONS[name](device=device, quick=quick))
+    return rows

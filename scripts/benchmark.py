@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Speed and memory of pointcoc against reference implementations, as ratios measured in one process.
+
+    python scripts/benchmark.py [--quick] [--device cpu|cuda] [--json OUT] [--markdown OUT] [--only fps,knn,...]
+
+Prints a markdown table (paste it into docs/benchmarks.md with the command,
+machine and date). See pointcoc/benchmark.py for what each row compares.
+"""
+import argparse
+import datetime
+import sys
+
+import torch
+
+from pointcoc import benchmark
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and configurations (about 2 minutes on 2 CPU cores)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--json", metavar="OUT", help="also write the rows to this JSON file")
+    parser.add_argument("--markdown", metavar="OUT", help="also write the table to this file")
+    parser.add_argument("--only", help=f"comma-separated sections from {list(benchmark.SECTIONS)}")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    only = args.only.split(",") if args.only else None
+    try:
+        rows = benchmark.run_all(device=args.device, quick=args.quick, only=only)
+    except ValueError as err:
+        parser.error(str(err))
+    command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "command": command.strip(),
+        "machine": benchmark.machine_description(args.device),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    table = benchmark.to_markdown(rows)
+    header = f"`{meta['command']}` on {meta['machine']}, {meta['date']}\n\n"
+    print(header + table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(header + table + "\n")
+    if args.json:
+        benchmark.to_json(rows, args.json, meta)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

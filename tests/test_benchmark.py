@@ -1,0 +1,91 @@
+"""Benchmark helpers: timing pairs, memory accounting, table/JSON output, the script's arguments."""
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pointcoc import benchmark
+from pointcoc.benchmark import Row, peak_cpu_memory, time_pair, to_json, to_markdown
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def test_peak_cpu_memory_follows_allocations_and_frees():
+    mib = 2**20
+
+    def work():
+        a = torch.empty(4 * mib, dtype=torch.uint8)
+        b = torch.empty(4 * mib, dtype=torch.uint8)
+        del a
+        c = torch.empty(8 * mib, dtype=torch.uint8)  # live: b + c = 12 MiB, never a + b + c
+        return b, c
+
+    peak = peak_cpu_memory(work)
+    assert 12 * mib <= peak < 12.5 * mib
+    assert peak_cpu_memory(lambda: None) < 1024
+
+
+def test_peak_cpu_memory_sees_temporaries_inside_an_expression():
+    x = torch.rand(512, 1, 3)
+    y = torch.rand(1, 1024, 3)
+    # (x - y) is 6 MiB and is freed once summed; the result is 2 MiB.
+    peak = peak_cpu_memory(lambda: (x - y).square().sum(-1))
+    assert 6 * 2**20 <= peak <= 16 * 2**20
+
+
+def test_time_pair_orders_fast_and_slow():
+    x = torch.rand(200, 200)
+    fast, slow = time_pair(lambda: x + 1, lambda: [x @ x for _ in range(20)], repeat=3)
+    assert 0 < fast < slow
+    with pytest.raises(ValueError, match="repeat must be >= 1"):
+        time_pair(lambda: None, lambda: None, repeat=0)
+
+
+def test_row_ratios_markdown_and_json(tmp_path):
+    rows = [
+        Row("FPS", "B=1", "numba", "torch loop", 0.01, 0.04),
+        Row("kNN", "B=2", "numba", "cdist + topk", 0.02, 0.01, 2**20, 4 * 2**20, "note"),
+    ]
+    assert rows[0].time_ratio == pytest.approx(0.25) and rows[0].mem_ratio is None
+    assert rows[1].mem_ratio == pytest.approx(0.25)
+    table = to_markdown(rows).splitlines()
+    assert len(table) == 4 and table[0].count("|") == table[2].count("|") == table[3].count("|")
+    assert "| 10.0 | 40.0 | 0.25 |" in table[2]
+    assert "| 1.0 | 4.0 | 0.250 | note |" in table[3]
+    path = tmp_path / "rows.json"
+    to_json(rows, str(path), {"command": "x"})
+    data = json.loads(path.read_text())
+    assert data["meta"]["command"] == "x" and data["rows"][1]["time_ratio"] == pytest.approx(2.0)
+
+
+def test_fps_and_knn_rows_check_parity_and_measure_memory():
+    (fps,) = [r for r in benchmark.bench_fps(quick=True, cases=[(2, 300, 40)]) if r.reference == "torch loop"]
+    assert fps.note == "same indices" and fps.ours_s > 0 and fps.ref_s > 0
+    rows = benchmark.bench_knn(quick=True, cases=[(2, 256, 2048, 8)])
+    brute = [r for r in rows if r.reference == "cdist + topk"]
+    assert brute and all(r.ours_mem is not None and r.ref_mem is not None for r in brute)
+    assert brute[0].note.startswith("same distances")
+    # cdist + topk holds the (2, 256, 2048) float32 matrix: 4 MiB at least.
+    assert all(r.ref_mem >= 4 * 2**20 for r in brute)
+
+
+def test_script_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "SECTIONS", {"fps": lambda device, quick: [Row("FPS", "tiny", "a", "b", 1.0, 2.0)]})
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--quick", "--json", str(out_json), "--markdown", str(out_md)])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert done.value.code == 0
+    assert json.loads(out_json.read_text())["rows"][0]["time_ratio"] == pytest.approx(0.5)
+    assert "| FPS | tiny | a | b |" in out_md.read_text()
+    assert "--quick" in capsys.readouterr().out
+
+
+def test_script_rejects_unknown_section(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--only", "fps,nonsense"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert done.value.code == 2
