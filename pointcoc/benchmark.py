@@ -150,11 +150,6 @@ def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048)
     return rows
 
 
-def _knn_unseen_bytes(name: str, batch: int, m: int, k: int, itemsize: int) -> int:
-    """Bytes a backend allocates outside torch's allocator (numba's output arrays)."""
-    return batch * m * k * (itemsize + 8) if name == "numba" else 0
-
-
 def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8192, 24))) -> List[Row]:
     """kNN: the default backend vs brute force ``torch.cdist`` + ``topk`` (and pytorch3d when importable).
 
@@ -170,12 +165,8 @@ def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8
         got, want = ours(), brute()
         close = torch.allclose(got.dist2, want.values.square(), rtol=1e-4, atol=1e-5)
         t_ours, t_ref = time_pair(ours, brute, device, repeat=repeat)
-        unseen = _knn_unseen_bytes(ours_name, batch, m, k, query.element_size())
-        mem_ours = peak_memory(ours, device) + unseen
-        mem_ref = peak_memory(brute, device)
-        note = ("same distances" if close else "DISTANCES DIFFER") + (
-            f"; {unseen / 2**20:.1f} MiB of numba output counted analytically" if unseen else ""
-        )
+        mem_ours, mem_ref = peak_memory(ours, device), peak_memory(brute, device)
+        note = "same distances" if close else "DISTANCES DIFFER"
         case = f"B={batch}, M={m}, N={n}, k={k}"
         rows.append(Row("kNN", case, ours_name, "cdist + topk", t_ours, t_ref, mem_ours, mem_ref, note))
         if ours_name != "mm":  # the torch-only fast path (the default on CUDA without pytorch3d)

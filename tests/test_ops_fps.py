@@ -143,3 +143,34 @@ def test_bad_input_raises(kwargs, fragment):
     with pytest.raises(ValueError) as err:
         farthest_point_sample(**args)
     assert fragment in str(err.value)
+
+
+def _fps_in_child(queue, xyz):
+    queue.put(farthest_point_sample(xyz, 10).tolist())
+
+
+def test_works_in_a_forked_child_after_use_in_the_parent():
+    """DataLoader workers are forked; the CPU kernels must not rely on a fork-unsafe thread pool."""
+    import multiprocessing
+
+    xyz, _ = _case(1, 4, 100, 3, ragged=False)
+    parent = farthest_point_sample(xyz, 10).tolist()
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fps_in_child, args=(queue, xyz))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == parent
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_count_does_not_change_results(threads):
+    xyz, lengths = _case(12, 7, 120, 3, ragged=True)
+    ref = farthest_point_sample(xyz, 30, lengths, backend="torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.equal(farthest_point_sample(xyz, 30, lengths), ref)
+    finally:
+        torch.set_num_threads(before)

@@ -181,3 +181,16 @@ def test_bad_input_raises(kwargs, fragment):
     with pytest.raises(ValueError) as err:
         knn(**args)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_count_does_not_change_results(threads):
+    query, points, ql, pl = _case(12, 3, 41, 90, 3, ragged=True)
+    ref = knn(query, points, 6, ql, pl, backend="torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = knn(query, points, 6, ql, pl)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out.idx, ref.idx) and torch.equal(out.dist2, ref.dist2)

@@ -1,4 +1,4 @@
-"""Fast CPU kernels compiled with numba, parallel over sets (FPS) or queries (kNN).
+"""Fast CPU kernels compiled with numba, run on torch's number of threads over sets (FPS) or queries (kNN).
 
 Both return exactly what the torch references return: the same float
 operations in the same order (squared distances summed x, then y, then z, in
@@ -9,6 +9,9 @@ reference. Kernels are compiled once per dtype and cached on disk
 (``cache=True``), so only the first run on a machine pays the compile time.
 """
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -31,53 +34,45 @@ _DTYPES = (torch.float32, torch.float64)
 if WITH_NUMBA:
 
     @numba.njit(cache=True, nogil=True)
-    def _fps_one(xyz, n_valid, start, n_samples, out, min_dist2):
-        """FPS of one set: xyz (N, D), writes out (n_samples,); min_dist2 (N,) is scratch."""
-        dim = xyz.shape[1]
-        for j in range(n_valid):
-            min_dist2[j] = np.inf
-        farthest = start
-        for i in range(n_samples):
-            if i >= n_valid:
-                out[i] = -1
-                continue
-            out[i] = farthest
-            best = -1.0
-            best_j = 0
+    def _fps_sets(xyz, lengths, start, n_samples, out, first, stop):
+        """FPS of sets first..stop-1: xyz (B, N, D), writes out (B, n_samples)."""
+        n, dim = xyz.shape[1], xyz.shape[2]
+        min_dist2 = np.empty(n, dtype=xyz.dtype)
+        for b in range(first, stop):
+            n_valid = lengths[b]
             for j in range(n_valid):
-                diff = xyz[j, 0] - xyz[farthest, 0]
-                d = diff * diff
-                for c in range(1, dim):
-                    diff = xyz[j, c] - xyz[farthest, c]
-                    d = d + diff * diff
-                if d < min_dist2[j]:
-                    min_dist2[j] = d
-                if min_dist2[j] > best:  # strict: ties keep the lowest index
-                    best = min_dist2[j]
-                    best_j = j
-            farthest = best_j
+                min_dist2[j] = np.inf
+            farthest = start[b]
+            for i in range(n_samples):
+                if i >= n_valid:
+                    out[b, i] = -1
+                    continue
+                out[b, i] = farthest
+                best = -1.0
+                best_j = 0
+                for j in range(n_valid):
+                    diff = xyz[b, j, 0] - xyz[b, farthest, 0]
+                    d = diff * diff
+                    for c in range(1, dim):
+                        diff = xyz[b, j, c] - xyz[b, farthest, c]
+                        d = d + diff * diff
+                    if d < min_dist2[j]:
+                        min_dist2[j] = d
+                    if min_dist2[j] > best:  # strict: ties keep the lowest index
+                        best = min_dist2[j]
+                        best_j = j
+                farthest = best_j
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _fps_batch(xyz, lengths, start, n_samples):
-        """xyz (B, N, D), lengths (B,), start (B,) -> (B, n_samples) int64."""
-        batch, n, _ = xyz.shape
-        out = np.empty((batch, n_samples), dtype=np.int64)
-        for b in numba.prange(batch):
-            scratch = np.empty(n, dtype=xyz.dtype)
-            _fps_one(xyz[b], lengths[b], start[b], n_samples, out[b], scratch)
-        return out
+    @numba.njit(cache=True, nogil=True)
+    def _knn_queries(query, points, query_lengths, point_lengths, out_d, out_i, first, stop):
+        """kNN of flat queries first..stop-1 (t = b * M + i) into out_d, out_i (B, M, k).
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _knn_batch(query, points, k, query_lengths, point_lengths):
-        """query (B, M, D), points (B, N, D) -> dist2 (B, M, k), idx (B, M, k).
-
-        Each query keeps its best k in a sorted list (insertion); equal
-        distances keep the lower index first.
+        out_d must hold inf and out_i -1. Each query keeps its best k in a sorted
+        list (insertion); equal distances keep the lower index first.
         """
-        batch, m, dim = query.shape
-        out_d = np.full((batch, m, k), np.inf, dtype=query.dtype)
-        out_i = np.full((batch, m, k), -1, dtype=np.int64)
-        for t in numba.prange(batch * m):
+        m, dim = query.shape[1], query.shape[2]
+        k = out_d.shape[2]
+        for t in range(first, stop):
             b = t // m
             i = t - b * m
             if i >= query_lengths[b]:
@@ -100,7 +95,29 @@ if WITH_NUMBA:
                     best_d[pos] = d
                     best_i[pos] = j
                     worst = best_d[k - 1]
-        return out_d, out_i
+
+
+_POOLS = {}  # one thread pool per process id: a forked child never uses its parent's threads
+
+
+def _run_split(kernel, total: int, *args) -> None:
+    """Run ``kernel(*args, first, stop)`` over [0, total) in ``torch.get_num_threads()`` parts.
+
+    The kernels release the GIL, so Python threads run them in parallel. Plain
+    threads instead of numba's ``parallel=True``: its GNU OpenMP layer aborts
+    a forked child (DataLoader workers), and this follows torch's thread setting.
+    """
+    parts = max(1, min(torch.get_num_threads(), total))
+    if parts == 1:
+        kernel(*args, 0, total)
+        return
+    pool = _POOLS.get(os.getpid())
+    if pool is None or pool._max_workers < parts:
+        pool = _POOLS[os.getpid()] = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="pointcoc")
+    bounds = [total * p // parts for p in range(parts + 1)]
+    futures = [pool.submit(kernel, *args, bounds[p], bounds[p + 1]) for p in range(parts)]
+    for future in futures:
+        future.result()
 
 
 def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -117,8 +134,10 @@ def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: t
     """
     if xyz.dtype not in _DTYPES:
         return fps_torch(xyz, n_samples, lengths, start)
-    idx = _fps_batch(xyz.detach().contiguous().numpy(), lengths.numpy(), start.numpy(), n_samples)
-    return torch.from_numpy(idx)
+    batch = xyz.shape[0]
+    out = np.empty((batch, n_samples), dtype=np.int64)
+    _run_split(_fps_sets, batch, xyz.detach().contiguous().numpy(), lengths.numpy(), start.numpy(), n_samples, out)
+    return torch.from_numpy(out)
 
 
 def knn_numba(
@@ -130,22 +149,20 @@ def knn_numba(
 ) -> KNNResult:
     """Numba kNN with the signature and results of :func:`pointcoc.ops.knn.knn_torch`.
 
-    Memory is O(B * M * k). When autograd needs them, the distances of the
+    Memory is O(B * M * k), allocated by torch. When autograd needs them, the distances of the
     chosen points are recomputed with torch (same values, differentiable).
     """
     if query.dtype not in _DTYPES:
         return knn_torch(query, points, k, query_lengths, point_lengths)
-    dist2, idx = _knn_batch(
-        query.detach().contiguous().numpy(),
-        points.detach().contiguous().numpy(),
-        k,
-        query_lengths.numpy(),
-        point_lengths.numpy(),
-    )
-    idx = torch.from_numpy(idx)
+    batch, m, _ = query.shape
+    dist2 = torch.full((batch, m, k), float("inf"), dtype=query.dtype)
+    idx = torch.full((batch, m, k), -1, dtype=torch.long)
+    q, p = query.detach().contiguous().numpy(), points.detach().contiguous().numpy()
+    _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(),
+               dist2.numpy(), idx.numpy())
     if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
         return KNNResult(exact_dist2(query, points, idx), idx)
-    return KNNResult(torch.from_numpy(dist2), idx)
+    return KNNResult(dist2, idx)
 
 
 if WITH_NUMBA:
