@@ -34,34 +34,44 @@ _DTYPES = (torch.float32, torch.float64)
 if WITH_NUMBA:
 
     @numba.njit(cache=True, nogil=True)
-    def _fps_sets(xyz, lengths, start, n_samples, out, first, stop):
-        """FPS of sets first..stop-1: xyz (B, N, D), writes out (B, n_samples)."""
-        n, dim = xyz.shape[1], xyz.shape[2]
-        min_dist2 = np.empty(n, dtype=xyz.dtype)
+    def _fps_sets(coords, lengths, start, n_samples, out, first, stop):
+        """FPS of sets first..stop-1: coords (B, D, N) coordinate-major, writes out (B, n_samples).
+
+        Each step runs three simple loops (distances, running minimum and its
+        maximum, first index of the maximum) that the compiler can vectorise.
+        """
+        dim, n = coords.shape[1], coords.shape[2]
+        min_dist2 = np.empty(n, dtype=coords.dtype)
+        dist2 = np.empty(n, dtype=coords.dtype)
         for b in range(first, stop):
             n_valid = lengths[b]
-            for j in range(n_valid):
-                min_dist2[j] = np.inf
+            min_dist2[:n_valid] = np.inf
             farthest = start[b]
             for i in range(n_samples):
                 if i >= n_valid:
                     out[b, i] = -1
                     continue
                 out[b, i] = farthest
-                best = -1.0
-                best_j = 0
+                axis = coords[b, 0]
+                at = axis[farthest]
                 for j in range(n_valid):
-                    diff = xyz[b, j, 0] - xyz[b, farthest, 0]
-                    d = diff * diff
-                    for c in range(1, dim):
-                        diff = xyz[b, j, c] - xyz[b, farthest, c]
-                        d = d + diff * diff
-                    if d < min_dist2[j]:
-                        min_dist2[j] = d
-                    if min_dist2[j] > best:  # strict: ties keep the lowest index
-                        best = min_dist2[j]
-                        best_j = j
-                farthest = best_j
+                    diff = axis[j] - at
+                    dist2[j] = diff * diff
+                for c in range(1, dim):  # summed x, then y, then z, as the reference
+                    axis = coords[b, c]
+                    at = axis[farthest]
+                    for j in range(n_valid):
+                        diff = axis[j] - at
+                        dist2[j] = dist2[j] + diff * diff
+                best = -1.0
+                for j in range(n_valid):
+                    nearest = min(min_dist2[j], dist2[j])
+                    min_dist2[j] = nearest
+                    best = max(best, nearest)
+                for j in range(n_valid):  # ties go to the lowest index
+                    if min_dist2[j] == best:
+                        farthest = j
+                        break
 
     @numba.njit(cache=True, nogil=True)
     def _knn_queries(query, points, query_lengths, point_lengths, out_d, out_i, first, stop):
@@ -136,7 +146,8 @@ def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: t
         return fps_torch(xyz, n_samples, lengths, start)
     batch = xyz.shape[0]
     out = np.empty((batch, n_samples), dtype=np.int64)
-    _run_split(_fps_sets, batch, xyz.detach().contiguous().numpy(), lengths.numpy(), start.numpy(), n_samples, out)
+    coords = xyz.detach().transpose(1, 2).contiguous().numpy()
+    _run_split(_fps_sets, batch, coords, lengths.numpy(), start.numpy(), n_samples, out)
     return torch.from_numpy(out)
 
 
