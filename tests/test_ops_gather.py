@@ -71,3 +71,25 @@ def test_bad_input_raises(x, idx, fragment):
     with pytest.raises(ValueError) as err:
         gather(x, idx)
     assert fragment in str(err.value)
+
+
+def test_matches_torch_gather_forward_and_backward():
+    """The flattened index_select equals the plain torch.gather formulation, gradients included."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 50, 16, generator=g, requires_grad=True)
+    idx = torch.randint(-1, 50, (4, 20, 7), generator=g)
+    weights = torch.randn(4, 20, 7, 16, generator=g)
+    plain = torch.gather(x, 1, idx.clamp_min(0).reshape(4, -1, 1).expand(-1, -1, 16)).reshape(4, 20, 7, 16)
+    plain = plain * (idx >= 0)[..., None]
+    (g_plain,) = torch.autograd.grad((plain * weights).sum(), x)
+    ours = gather(x, idx)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    assert torch.equal(ours, plain)
+    torch.testing.assert_close(g_ours, g_plain)
+
+
+def test_idx_on_another_device_raises():
+    x = torch.randn(2, 4, 3)
+    idx = torch.zeros(2, 2, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="idx must be on the device of x"):
+        gather(x, idx)
