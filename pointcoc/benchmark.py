@@ -89,7 +89,7 @@ from . import ops  # noqa: E402
 from .ops import backends  # noqa: E402
 from .ops.fps import fps_torch  # noqa: E402
 
-__all__ += ["Row", "bench_fps", "bench_knn", "bench_context_cluster", "bench_models", "run_all", "to_markdown", "to_json"]
+__all__ += ["Row", "bench_fps", "bench_knn", "bench_gather", "bench_context_cluster", "bench_models", "run_all", "to_markdown", "to_json"]
 
 
 @dataclass
@@ -179,6 +179,32 @@ def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8
             p3d = lambda: ops.knn(query, points, k, backend="pytorch3d")  # noqa: E731
             t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
             rows.append(Row("kNN", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+def bench_gather(device="cpu", quick=False, cases=((32, 1024, 64, 512, 24), (32, 512, 128, 256, 24))) -> List[Row]:
+    """gather, forward + backward: ours vs advanced indexing ``x[batch_index, idx]`` (the published PointMLP code).
+
+    ``cases``: (B, N, C, S, K) for x (B, N, C) and idx (B, S, K), as in a PointMLP grouping stage.
+    """
+    repeat = 3 if quick else 7
+    rows = []
+    for batch, n, c, s, k in cases:
+        x = _rand((batch, n, c), device, 4).requires_grad_(True)
+        idx = (_rand((batch, s, k), device, 5) * n).long()
+        weights = _rand((batch, s, k, c), device, 6)
+
+        def ours():
+            (ops.gather(x, idx) * weights).sum().backward()
+
+        batch_index = torch.arange(batch, device=device)[:, None, None]
+
+        def plain():
+            (x[batch_index, idx] * weights).sum().backward()
+
+        t_ours, t_ref = time_pair(ours, plain, device, repeat=repeat)
+        case = f"x ({batch}, {n}, {c}), idx ({batch}, {s}, {k}), fwd+bwd"
+        rows.append(Row("gather", case, "index_select", "x[batch, idx]", t_ours, t_ref))
     return rows
 
 
@@ -274,7 +300,7 @@ def to_json(rows: List[Row], path: str, meta: Optional[dict] = None) -> None:
         json.dump({"meta": meta or {}, "rows": records}, f, indent=2)
 
 
-SECTIONS = {"fps": bench_fps, "knn": bench_knn, "models": bench_models}
+SECTIONS = {"fps": bench_fps, "knn": bench_knn, "gather": bench_gather, "models": bench_models}
 
 
 def run_all(device="cpu", quick=False, only=None) -> List[Row]:
