@@ -4,14 +4,26 @@ noisy machine slows both sides alike.
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
 import statistics
 import time
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional
 
 import torch
+from tqdm import tqdm
 
-__all__ = ["synchronize", "time_pair", "peak_cpu_memory", "peak_memory"]
+from . import ops
+from .ops import backends
+from .ops.fps import fps_torch
+
+__all__ = [
+    "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row",
+    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_models",
+    "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS",
+]
 
 
 def synchronize(device: torch.device) -> None:
@@ -78,18 +90,9 @@ def peak_memory(fn: Callable, device="cpu") -> Optional[int]:
 # ---------------------------------------------------------------------------
 # Benchmark rows: each compares "ours" with a reference in the same process.
 
-import json  # noqa: E402
-import platform  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from typing import Dict, List  # noqa: E402
 
-from tqdm import tqdm  # noqa: E402
-
-from . import ops  # noqa: E402
-from .ops import backends  # noqa: E402
-from .ops.fps import fps_torch  # noqa: E402
-
-__all__ += ["Row", "bench_fps", "bench_knn", "bench_gather", "bench_context_cluster", "bench_models", "run_all", "to_markdown", "to_json"]
+class SectionUnavailable(RuntimeError):
+    """A benchmark section cannot run here (a module it measures is missing); the message says why."""
 
 
 @dataclass
@@ -105,7 +108,6 @@ class Row:
     ours_mem: Optional[int] = None
     ref_mem: Optional[int] = None
     note: str = ""
-    extra: Dict[str, float] = field(default_factory=dict)
 
     @property
     def time_ratio(self) -> float:
@@ -117,6 +119,16 @@ class Row:
         if self.ours_mem is None or not self.ref_mem:
             return None
         return self.ours_mem / self.ref_mem
+
+
+def _import_or_skip(module: str, name: str):
+    """``module.name``, or SectionUnavailable when it does not import."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise SectionUnavailable(f"{module}.{name} is not available ({err})") from err
 
 
 def _rand(shape, device, seed):
@@ -216,8 +228,7 @@ def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite",
     pure-torch FPS and kNN forced (``use_backend("torch")``): the published
     design run straightforwardly. Peak memory is measured for the training step.
     """
-    from . import create_model
-
+    create_model = _import_or_skip("pointcoc", "create_model")
     batches = batches or ((16,) if quick else (16, 32))
     repeat = 1 if quick else 3
     rows = []
@@ -259,8 +270,41 @@ def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite",
     return rows
 
 
-def to_markdown(rows: List[Row]) -> str:
-    """The rows as a markdown table (times in ms, memory in MiB, ratios ours / reference)."""
+def profile_train_step(name: str, batch: int = 16, n_points: int = 1024, device="cpu", backend=None,
+                       row_limit: int = 25, num_classes: int = 15) -> str:
+    """Where the time of one training step of model ``name`` goes: ``torch.profiler``'s table by self CPU time.
+
+    One untimed step first (allocations, kernel compilation), then one profiled
+    step. ``backend`` forces an ops backend (e.g. "torch") for the step.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    create_model = _import_or_skip("pointcoc", "create_model")
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes).to(device).train()
+    xyz = _rand((batch, n_points, 3), device, 3) * 2 - 1
+    label = torch.randint(0, num_classes, (batch,)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with record_function("forward"):
+            logits = model(xyz)
+        with record_function("backward"):
+            torch.nn.functional.cross_entropy(logits, label).backward()
+        optimizer.step()
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    with ops.use_backend(backend):
+        step()
+        with profile(activities=activities, record_shapes=False) as prof:
+            step()
+            synchronize(device)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+def to_markdown(rows: List[Row], skipped: Optional[dict] = None) -> str:
+    """The rows as a markdown table (times in ms, memory in MiB, ratios ours / reference), then skipped sections."""
     def mib(b):
         return "" if b is None else f"{b / 2**20:.1f}"
 
@@ -274,6 +318,8 @@ def to_markdown(rows: List[Row]) -> str:
             f"| {r.group} | {r.case} | {r.ours} | {r.reference} | {r.ours_s * 1e3:.1f} | {r.ref_s * 1e3:.1f} "
             f"| {r.time_ratio:.2f} | {mib(r.ours_mem)} | {mib(r.ref_mem)} | {mem_ratio} | {r.note} |"
         )
+    for name, reason in (skipped or {}).items():
+        lines.append(f"\nSkipped section {name}: {reason}")
     return "\n".join(lines)
 
 
@@ -303,13 +349,21 @@ def to_json(rows: List[Row], path: str, meta: Optional[dict] = None) -> None:
 SECTIONS = {"fps": bench_fps, "knn": bench_knn, "gather": bench_gather, "models": bench_models}
 
 
-def run_all(device="cpu", quick=False, only=None) -> List[Row]:
-    """Run the benchmark sections named in ``only`` (default: all) and return their rows."""
+def run_all(device="cpu", quick=False, only=None):
+    """Run the benchmark sections named in ``only`` (default: all).
+
+    Returns:
+        (rows, skipped): the measured rows, and {section: reason} for sections
+        that could not run here.
+    """
     names = list(SECTIONS) if only is None else list(only)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise ValueError(f"only must name sections from {sorted(SECTIONS)}; got {unknown}")
-    rows = []
+    rows, skipped = [], {}
     for name in tqdm(names, desc="benchmark"):
-        rows.extend(SECTIONS[name](device=device, quick=quick))
-    return rows
+        try:
+            rows.extend(SECTIONS[name](device=device, quick=quick))
+        except SectionUnavailable as err:
+            skipped[name] = str(err)
+    return rows, skipped

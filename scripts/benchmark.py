@@ -2,6 +2,7 @@
 """Speed and memory of pointcoc against reference implementations, as ratios measured in one process.
 
     python scripts/benchmark.py [--quick] [--device cpu|cuda] [--json OUT] [--markdown OUT] [--only fps,knn,...]
+    python scripts/benchmark.py --profile pointmlp_coc [--backend torch]   # where a training step's time goes
 
 Prints a markdown table (paste it into docs/benchmarks.md with the command,
 machine and date). See pointcoc/benchmark.py for what each row compares.
@@ -22,12 +23,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="OUT", help="also write the rows to this JSON file")
     parser.add_argument("--markdown", metavar="OUT", help="also write the table to this file")
     parser.add_argument("--only", help=f"comma-separated sections from {list(benchmark.SECTIONS)}")
+    parser.add_argument("--profile", metavar="MODEL", help="instead: profile one training step of MODEL (batch 16)")
+    parser.add_argument("--backend", help="with --profile: force this ops backend (e.g. torch)")
     args = parser.parse_args(argv)
+    if args.profile:
+        print(benchmark.profile_train_step(args.profile, device=args.device, backend=args.backend))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     only = args.only.split(",") if args.only else None
     try:
-        rows = benchmark.run_all(device=args.device, quick=args.quick, only=only)
+        rows, skipped = benchmark.run_all(device=args.device, quick=args.quick, only=only)
     except ValueError as err:
         parser.error(str(err))
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -36,14 +42,14 @@ def main(argv=None) -> int:
         "machine": benchmark.machine_description(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    table = benchmark.to_markdown(rows)
+    table = benchmark.to_markdown(rows, skipped)
     header = f"`{meta['command']}` on {meta['machine']}, {meta['date']}\n\n"
     print(header + table)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(header + table + "\n")
     if args.json:
-        benchmark.to_json(rows, args.json, meta)
+        benchmark.to_json(rows, args.json, dict(meta, skipped=skipped))
     return 0
 
 

@@ -89,3 +89,13 @@ def test_script_rejects_unknown_section(monkeypatch):
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(SCRIPT), run_name="__main__")
     assert done.value.code == 2
+
+
+def test_unavailable_section_is_reported_not_fatal(monkeypatch):
+    def missing(device, quick):
+        raise benchmark.SectionUnavailable("pointcoc.layers.context_cluster is not available")
+
+    monkeypatch.setattr(benchmark, "SECTIONS", {"cc": missing, "fps": lambda device, quick: [Row("FPS", "t", "a", "b", 1.0, 1.0)]})
+    rows, skipped = benchmark.run_all()
+    assert len(rows) == 1 and "context_cluster is not available" in skipped["cc"]
+    assert "Skipped section cc: pointcoc.layers.context_cluster" in to_markdown(rows, skipped)
