@@ -21,7 +21,7 @@ from .ops.fps import fps_torch
 
 __all__ = [
     "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row",
-    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_models",
+    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_context_cluster", "bench_models",
     "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS",
 ]
 
@@ -220,6 +220,62 @@ def bench_gather(device="cpu", quick=False, cases=((32, 1024, 64, 512, 24), (32,
     return rows
 
 
+def _context_cluster_functions():
+    """(context_cluster, context_cluster_dense) from pointcoc.layers, or SectionUnavailable."""
+    try:
+        return (_import_or_skip("pointcoc.layers", "context_cluster"),
+                _import_or_skip("pointcoc.layers", "context_cluster_dense"))
+    except SectionUnavailable:
+        return (_import_or_skip("pointcoc.layers.context_cluster", "context_cluster"),
+                _import_or_skip("pointcoc.layers.context_cluster", "context_cluster_dense"))
+
+
+def bench_context_cluster(device="cpu", quick=False, cases=((1, 3136, 196, 64), (1, 12544, 196, 64)),
+                          functions=None) -> List[Row]:
+    """Set-level context cluster, forward + backward: segment sums (ours) vs the dense-mask reference.
+
+    ``cases``: (B, N points, M centers, channels), with similarity and value
+    spaces of ``channels`` each. Time and peak memory of both. ``functions``:
+    (ours, reference) with the signature of ``pointcoc.layers.context_cluster``;
+    default: ``context_cluster`` and ``context_cluster_dense`` from pointcoc.layers.
+    """
+    ours_fn, dense_fn = functions or _context_cluster_functions()
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, n, m, c in cases:
+        inputs = [
+            _rand((batch, n, c), device, 7) - 0.5,
+            _rand((batch, n, c), device, 8) - 0.5,
+            _rand((batch, m, c), device, 9) - 0.5,
+            _rand((batch, m, c), device, 10) - 0.5,
+        ]
+        inputs = [t.requires_grad_(True) for t in inputs]
+        alpha = torch.ones((), device=device, requires_grad=True)
+        beta = torch.zeros((), device=device, requires_grad=True)
+        weights = _rand((batch, n, c), device, 11)
+
+        def run(fn):
+            def fwd_bwd():
+                out, _ = fn(*inputs, alpha, beta)
+                grads = torch.autograd.grad((out * weights).sum(), inputs + [alpha, beta], allow_unused=True)
+                return out, grads
+
+            return fwd_bwd
+
+        (out_o, grads_o), (out_d, grads_d) = run(ours_fn)(), run(dense_fn)()
+        same = torch.allclose(out_o, out_d, rtol=1e-4, atol=1e-5) and all(
+            (a is None and b is None) or (a is not None and b is not None and torch.allclose(a, b, rtol=1e-3, atol=1e-4))
+            for a, b in zip(grads_o, grads_d)
+        )
+        del out_o, grads_o, out_d, grads_d
+        t_ours, t_ref = time_pair(run(ours_fn), run(dense_fn), device, repeat=repeat)
+        mem_ours, mem_ref = peak_memory(run(ours_fn), device), peak_memory(run(dense_fn), device)
+        case = f"B={batch}, N={n}, {m} centers, {c} channels, fwd+bwd"
+        note = "same values and gradients" if same else "RESULTS DIFFER"
+        rows.append(Row("context cluster", case, "segment sums", "dense mask", t_ours, t_ref, mem_ours, mem_ref, note))
+    return rows
+
+
 def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite", "pointmlp_coc"),
                  batches=None, n_points=1024, num_classes=15) -> List[Row]:
     """Whole models: eval forward latency and one training step (forward, backward, SGD step).
@@ -346,7 +402,13 @@ def to_json(rows: List[Row], path: str, meta: Optional[dict] = None) -> None:
         json.dump({"meta": meta or {}, "rows": records}, f, indent=2)
 
 
-SECTIONS = {"fps": bench_fps, "knn": bench_knn, "gather": bench_gather, "models": bench_models}
+SECTIONS = {
+    "fps": bench_fps,
+    "knn": bench_knn,
+    "gather": bench_gather,
+    "context_cluster": bench_context_cluster,
+    "models": bench_models,
+}
 
 
 def run_all(device="cpu", quick=False, only=None):

@@ -99,3 +99,29 @@ def test_unavailable_section_is_reported_not_fatal(monkeypatch):
     rows, skipped = benchmark.run_all()
     assert len(rows) == 1 and "context_cluster is not available" in skipped["cc"]
     assert "Skipped section cc: pointcoc.layers.context_cluster" in to_markdown(rows, skipped)
+
+
+def _toy_cluster(point_sim, point_val, center_sim, center_val, alpha, beta, lengths=None):
+    """Each point takes its most similar center's value, scaled: enough to exercise the benchmark plumbing."""
+    sim = torch.einsum("bnd,bmd->bnm", point_sim, center_sim)
+    assign = sim.argmax(-1)
+    picked = torch.gather(center_val, 1, assign[..., None].expand(-1, -1, center_val.shape[-1]))
+    return torch.sigmoid(alpha * sim.amax(-1, keepdim=True) + beta) * picked + point_val, assign
+
+
+def _toy_cluster_dense(point_sim, point_val, center_sim, center_val, alpha, beta, lengths=None):
+    """The same through a dense (B, M, N, D) mask, like a dense reference."""
+    sim = torch.einsum("bnd,bmd->bnm", point_sim, center_sim)
+    mask = torch.nn.functional.one_hot(sim.argmax(-1), center_sim.shape[1]).permute(0, 2, 1).to(sim.dtype)
+    picked = (mask[..., None] * center_val[:, :, None, :]).sum(1)
+    return torch.sigmoid(alpha * sim.amax(-1, keepdim=True) + beta) * picked + point_val, sim.argmax(-1)
+
+
+def test_context_cluster_rows_compare_values_time_and_memory():
+    (row,) = benchmark.bench_context_cluster(quick=True, cases=[(1, 500, 20, 8)], functions=(_toy_cluster, _toy_cluster_dense))
+    assert row.note == "same values and gradients"
+    assert row.ours_mem < row.ref_mem  # the dense mask holds (1, 20, 500, 8) floats more
+    assert row.ref_mem >= 20 * 500 * 8 * 4
+    wrong = lambda *args: (_toy_cluster(*args)[0] * 2, None)  # noqa: E731
+    (row,) = benchmark.bench_context_cluster(quick=True, cases=[(1, 100, 5, 4)], functions=(wrong, _toy_cluster_dense))
+    assert row.note == "RESULTS DIFFER"
