@@ -125,3 +125,18 @@ def test_context_cluster_rows_compare_values_time_and_memory():
     wrong = lambda *args: (_toy_cluster(*args)[0] * 2, None)  # noqa: E731
     (row,) = benchmark.bench_context_cluster(quick=True, cases=[(1, 100, 5, 4)], functions=(wrong, _toy_cluster_dense))
     assert row.note == "RESULTS DIFFER"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_end_to_end(tmp_path):
+    """The real ops sections through the script: parity notes hold and the fast paths are faster."""
+    import subprocess
+
+    out = tmp_path / "ops.json"
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--only", "fps,knn,gather", "--json", str(out)],
+                   check=True, capture_output=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["group"] for r in rows} == {"FPS", "kNN", "gather"}
+    assert all("DIFFER" not in r["note"] for r in rows)
+    fps = [r for r in rows if r["group"] == "FPS" and r["reference"] == "torch loop"]
+    assert len(fps) == 2 and all(r["time_ratio"] < 1 for r in fps)
