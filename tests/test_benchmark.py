@@ -140,3 +140,33 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert all("DIFFER" not in r["note"] for r in rows)
     fps = [r for r in rows if r["group"] == "FPS" and r["reference"] == "torch loop"]
     assert len(fps) == 2 and all(r["time_ratio"] < 1 for r in fps)
+
+
+class _ToyPointNet(torch.nn.Module):
+    """FPS + kNN grouping + a shared MLP + max pooling: the ops path of PointMLP in miniature."""
+
+    def __init__(self, num_classes=15):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Linear(16, 32))
+        self.head = torch.nn.Linear(32, num_classes)
+
+    def forward(self, xyz, features=None, lengths=None):
+        from pointcoc import ops
+
+        centers = ops.gather(xyz, ops.farthest_point_sample(xyz, 32))
+        _, idx = ops.knn(centers, xyz, 8)
+        local = ops.gather(xyz, idx) - centers[:, :, None, :]
+        return self.head(self.mlp(local).amax(2).amax(1))
+
+
+def test_model_rows_train_and_compare_backends(monkeypatch):
+    import pointcoc
+
+    monkeypatch.setattr(pointcoc, "create_model", lambda name, num_classes: _ToyPointNet(num_classes), raising=False)
+    rows = benchmark.bench_models(names=("toy",), batches=(2,), n_points=128)
+    forward, step = rows
+    assert forward.group == "model forward (eval)" and forward.note == "same logits"
+    assert step.group == "model train step" and step.ours_mem > 0 and step.ref_mem > 0
+    assert "samples/s" in step.note
+    quick = benchmark.bench_models(names=("toy",), batches=(2,), n_points=128, quick=True)
+    assert quick[1].ours_mem is None
