@@ -21,7 +21,7 @@ from .ops.fps import fps_torch
 
 __all__ = [
     "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row",
-    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_context_cluster", "bench_models",
+    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_context_cluster", "bench_models",
     "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS",
 ]
 
@@ -220,6 +220,46 @@ def bench_gather(device="cpu", quick=False, cases=((32, 1024, 64, 512, 24), (32,
     return rows
 
 
+def bench_pointwise(device="cpu", quick=False, cases=((16, 128, 512 * 24), (16, 256, 256 * 24),
+                                                      (16, 512, 128 * 24), (16, 1024, 64 * 24))) -> List[Row]:
+    """One pointwise layer of a PointMLP block (C -> C, BatchNorm, ReLU), forward + backward, two layouts.
+
+    Ours: ``nn.Linear`` on channels-last (B, L, C) with BatchNorm over the
+    flattened rows; reference: ``nn.Conv1d(kernel_size=1)`` on (B, C, L) with
+    ``BatchNorm1d``, as the published code writes it. Same maths, same weights;
+    ``cases``: (B, C, L) with L = groups x neighbours of PointMLP's four stages
+    at batch 16. This row measures a proposal for the model code (see docs/benchmarks.md).
+    """
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, c, length in (cases[:2] if quick else cases):
+        conv = torch.nn.Conv1d(c, c, 1).to(device)
+        linear = torch.nn.Linear(c, c).to(device)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight[:, :, 0])
+            linear.bias.copy_(conv.bias)
+        norm_first, norm_last = torch.nn.BatchNorm1d(c).to(device), torch.nn.BatchNorm1d(c).to(device)
+        x_first = (_rand((batch, c, length), device, 12) - 0.5).requires_grad_(True)
+        x_last = x_first.detach().transpose(1, 2).contiguous().requires_grad_(True)
+
+        def channels_first():
+            out = torch.relu(norm_first(conv(x_first)))
+            out.sum().backward()
+            return out
+
+        def channels_last():
+            out = torch.relu(norm_last(linear(x_last).reshape(-1, c))).reshape(batch, length, c)
+            out.sum().backward()
+            return out
+
+        same = torch.allclose(channels_last().transpose(1, 2), channels_first(), rtol=1e-3, atol=1e-4)
+        t_ours, t_ref = time_pair(channels_last, channels_first, device, repeat=repeat)
+        case = f"C={c}, (B, L)=({batch}, {length}), fwd+bwd"
+        rows.append(Row("pointwise layer", case, "Linear (B, L, C)", "Conv1d (B, C, L)", t_ours, t_ref,
+                        note="same outputs" if same else "OUTPUTS DIFFER"))
+    return rows
+
+
 def _context_cluster_functions():
     """(context_cluster, context_cluster_dense) from pointcoc.layers, or SectionUnavailable."""
     try:
@@ -411,6 +451,7 @@ SECTIONS = {
     "fps": bench_fps,
     "knn": bench_knn,
     "gather": bench_gather,
+    "pointwise": bench_pointwise,
     "context_cluster": bench_context_cluster,
     "models": bench_models,
 }

@@ -170,3 +170,9 @@ def test_model_rows_train_and_compare_backends(monkeypatch):
     assert "samples/s" in step.note
     quick = benchmark.bench_models(names=("toy",), batches=(2,), n_points=128, quick=True)
     assert quick[1].ours_mem is None
+
+
+def test_pointwise_rows_compare_equal_layers():
+    rows = benchmark.bench_pointwise(quick=True, cases=[(2, 8, 50), (1, 16, 30)])
+    assert [r.note for r in rows] == ["same outputs", "same outputs"]
+    assert all(r.ours_s > 0 and r.ref_s > 0 for r in rows)
