@@ -325,8 +325,8 @@ def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite",
     design run straightforwardly. Peak memory is measured for the training step.
     """
     create_model = _import_or_skip("pointcoc", "create_model")
-    batches = batches or ((16,) if quick else (16, 32))
-    # Quick: the parity check and one untimed step are the only warm-up, one timed run
+    batches = batches or ((4,) if quick else (16, 32))
+    # Quick: batch 4 only; the parity check and one untimed step are the only warm-up, one timed run
     # each, no memory profiling (a PointMLP step at batch 16 takes seconds on 2 cores).
     repeat, warmup = (1, 0) if quick else (2, 1)
     rows = []
