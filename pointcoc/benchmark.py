@@ -21,7 +21,7 @@ from .ops.fps import fps_torch
 
 __all__ = [
     "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row",
-    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_context_cluster", "bench_models",
+    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_context_cluster", "bench_models",
     "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS",
 ]
 
@@ -260,6 +260,48 @@ def bench_pointwise(device="cpu", quick=False, cases=((16, 128, 512 * 24), (16, 
     return rows
 
 
+def bench_transfer(device="cpu", quick=False, cases=((16, 512, 24, 64), (16, 256, 24, 128),
+                                                    (16, 128, 24, 256), (16, 64, 24, 512))) -> List[Row]:
+    """The first layer after grouping, forward + backward: split anchor term vs concatenated input.
+
+    The published grouper concatenates each neighbour's normalised features
+    and xyz (C + 3) with its group's anchor features repeated k times (C), then
+    applies one pointwise layer to 2C + 3 channels. The anchor part of that
+    product is the same for the k neighbours of a group: ours computes it once
+    per group and broadcasts it (same maths). ``cases``: (B, S groups, k, C),
+    output 2C channels, channels-last Linear layers on both sides.
+    """
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, groups, k, c in (cases[:2] if quick else cases):
+        full = torch.nn.Linear(2 * c + 3, 2 * c).to(device)
+        neighbour = torch.nn.Linear(c + 3, 2 * c).to(device)
+        anchor_part = torch.nn.Linear(c, 2 * c, bias=False).to(device)
+        with torch.no_grad():
+            neighbour.weight.copy_(full.weight[:, : c + 3])
+            neighbour.bias.copy_(full.bias)
+            anchor_part.weight.copy_(full.weight[:, c + 3 :])
+        grouped = (_rand((batch, groups, k, c + 3), device, 13) - 0.5).requires_grad_(True)
+        anchor = (_rand((batch, groups, c), device, 14) - 0.5).requires_grad_(True)
+
+        def concatenated():
+            out = full(torch.cat([grouped, anchor[:, :, None, :].expand(-1, -1, k, -1)], -1))
+            out.sum().backward()
+            return out
+
+        def split():
+            out = neighbour(grouped) + anchor_part(anchor)[:, :, None, :]
+            out.sum().backward()
+            return out
+
+        same = torch.allclose(split(), concatenated(), rtol=1e-4, atol=1e-4)
+        t_ours, t_ref = time_pair(split, concatenated, device, repeat=repeat)
+        case = f"(B, S, k, C)=({batch}, {groups}, {k}, {c}), fwd+bwd"
+        rows.append(Row("transfer layer", case, "anchor term per group", "concat anchor x k", t_ours, t_ref,
+                        note="same outputs" if same else "OUTPUTS DIFFER"))
+    return rows
+
+
 def _context_cluster_functions():
     """(context_cluster, context_cluster_dense) from pointcoc.layers, or SectionUnavailable."""
     try:
@@ -452,6 +494,7 @@ SECTIONS = {
     "knn": bench_knn,
     "gather": bench_gather,
     "pointwise": bench_pointwise,
+    "transfer": bench_transfer,
     "context_cluster": bench_context_cluster,
     "models": bench_models,
 }

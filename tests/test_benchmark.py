@@ -176,3 +176,8 @@ def test_pointwise_rows_compare_equal_layers():
     rows = benchmark.bench_pointwise(quick=True, cases=[(2, 8, 50), (1, 16, 30)])
     assert [r.note for r in rows] == ["same outputs", "same outputs"]
     assert all(r.ours_s > 0 and r.ref_s > 0 for r in rows)
+
+
+def test_transfer_rows_compare_equal_layers():
+    rows = benchmark.bench_transfer(quick=True, cases=[(2, 10, 4, 8)])
+    assert [r.note for r in rows] == ["same outputs"]
