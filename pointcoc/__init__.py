@@ -1,6 +1,19 @@
 """pointcoc: deep learning on point sets (point clouds and images as sets of pixels)."""
 __version__ = "0.1.0"
 
-from . import ops  # noqa: F401
+from . import functional, layers, models, ops  # noqa: F401
+from .models import PointMLP, PointMLPCoC, PointMLPElite, create_model, list_models, register_model
 
-__all__ = ["ops", "__version__"]
+__all__ = [
+    "ops",
+    "layers",
+    "models",
+    "functional",
+    "PointMLP",
+    "PointMLPElite",
+    "PointMLPCoC",
+    "create_model",
+    "list_models",
+    "register_model",
+    "__version__",
+]

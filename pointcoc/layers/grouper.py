@@ -1,0 +1,115 @@
+"""Local grouper of PointMLP: FPS anchors, kNN groups, anchor normalisation."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from ..ops import farthest_point_sample, gather, knn
+
+__all__ = ["LocalGrouper", "Groups", "masked_std"]
+
+
+class Groups(NamedTuple):
+    """Output of :class:`LocalGrouper`.
+
+    xyz: (B, S, D) anchor positions (zeros past ``lengths``).
+    lengths: (B,) long, number of anchors of each set (S = lengths.max()).
+    anchors: (B, S, C) anchor features.
+    grouped: (B, S, k, C_out) normalised neighbour features concatenated with the anchor's.
+    mask: (B, S, k) bool, True on real neighbours of real anchors.
+    anchor_idx: (B, S) long indices of the anchors in the input set, -1 past ``lengths``.
+    """
+
+    xyz: torch.Tensor
+    lengths: torch.Tensor
+    anchors: torch.Tensor
+    grouped: torch.Tensor
+    mask: torch.Tensor
+    anchor_idx: torch.Tensor
+
+
+def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased standard deviation per set over every real entry and channel.
+
+    Args:
+        x: Tensor (B, ..., C); mask: BoolTensor (B, ...) of real entries.
+
+    Returns:
+        Tensor (B,): the std of set b over all ``x[b][mask[b]]`` values (as
+        ``torch.std(x.reshape(B, -1), dim=-1)`` when nothing is padding).
+    """
+    batch, channels = x.shape[0], x.shape[-1]
+    weight = mask.unsqueeze(-1).to(x.dtype)
+    count = weight.reshape(batch, -1).sum(1) * channels
+    mean = (x * weight).reshape(batch, -1).sum(1) / count
+    centred = (x - mean.reshape(batch, *([1] * (x.dim() - 1)))) * weight
+    var = centred.pow(2).reshape(batch, -1).sum(1) / (count - 1).clamp_min(1)
+    return var.sqrt()
+
+
+class LocalGrouper(nn.Module):
+    """Sample anchors by FPS, group each anchor's k nearest points, normalise (PointMLP).
+
+    Each set of ``lengths[b]`` points gets ``max(lengths[b] // reducer, 1)``
+    anchors, so a padded batch gives each set what it would get alone. FPS
+    starts at index 0 (deterministic) unless ``random_start`` and training.
+    Groups of anchors with fewer than k real points are masked, never filled.
+
+    With ``normalize="anchor"`` (published) the neighbour features minus the
+    anchor's are divided by their std over the whole set (real entries only)
+    and scaled by a learnable per-channel affine; ``"center"`` subtracts the
+    group mean instead; None skips it. With ``use_xyz`` the neighbours'
+    positions are appended to their features before normalising.
+
+    Args:
+        channels: C, the feature channels of the input points.
+        k: neighbours per group.
+        reducer: anchors = points // reducer.
+        coord_dim: D, 2 or 3.
+
+    Forward: xyz (B, N, D), features (B, N, C), lengths (B,) long -> :class:`Groups`
+    with ``grouped`` of C_out = 2C (+ D with use_xyz) channels.
+    """
+
+    def __init__(self, channels: int, k: int, reducer: int = 2, coord_dim: int = 3, use_xyz: bool = False,
+                 normalize: Optional[str] = "anchor", random_start: bool = False):
+        super().__init__()
+        if normalize not in ("anchor", "center", None):
+            raise ValueError(f"normalize must be 'anchor', 'center' or None; got {normalize!r}")
+        self.k, self.reducer, self.use_xyz, self.normalize = int(k), int(reducer), bool(use_xyz), normalize
+        self.random_start = bool(random_start)
+        normed = channels + (coord_dim if use_xyz else 0)
+        self.out_channels = normed + channels
+        if normalize is not None:
+            self.affine_alpha = nn.Parameter(torch.ones(normed))
+            self.affine_beta = nn.Parameter(torch.zeros(normed))
+
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor, lengths: torch.Tensor) -> Groups:
+        batch = xyz.shape[0]
+        n_anchors = torch.clamp(lengths // self.reducer, min=1)
+        s = int(n_anchors.max())
+        anchor_idx = farthest_point_sample(xyz.detach(), s, lengths, random_start=self.random_start and self.training)
+        slots = torch.arange(s, device=xyz.device)[None, :]
+        anchor_idx = anchor_idx.masked_fill(slots >= n_anchors[:, None], -1)
+        new_xyz = gather(xyz, anchor_idx)
+        anchors = gather(features, anchor_idx)
+        idx = knn(new_xyz.detach(), xyz.detach(), self.k, query_lengths=n_anchors, point_lengths=lengths).idx
+        mask = idx >= 0
+        grouped = gather(features, idx)
+        ref = anchors
+        if self.use_xyz:
+            grouped = torch.cat([grouped, gather(xyz, idx)], dim=-1)
+            ref = torch.cat([anchors, new_xyz], dim=-1)
+        if self.normalize is not None:
+            if self.normalize == "anchor":
+                ref = ref.unsqueeze(2)
+            else:
+                weight = mask.unsqueeze(-1).to(grouped.dtype)
+                ref = (grouped * weight).sum(2, keepdim=True) / weight.sum(2, keepdim=True).clamp_min(1)
+            diff = grouped - ref
+            std = masked_std(diff, mask).reshape(batch, 1, 1, 1)
+            grouped = self.affine_alpha * (diff / (std + 1e-5)) + self.affine_beta
+        grouped = torch.cat([grouped, anchors.unsqueeze(2).expand(-1, -1, self.k, -1)], dim=-1)
+        return Groups(new_xyz, n_anchors, anchors, grouped, mask, anchor_idx)

@@ -1,0 +1,83 @@
+"""Pointwise MLP layers on channels-last tensors, with padding-aware BatchNorm.
+
+Every layer here takes features of shape (..., C) (channels last, e.g.
+(B, N, C) or (B, S, k, C)) and an optional boolean ``mask`` of shape (...)
+that is True on real entries. A 1x1 Conv1d on (B, C, N) is the same map as a
+Linear on (B, N, C); the channels-last form avoids transposes (see the
+"pointwise layer" section of docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["MaskedBatchNorm", "PointwiseLayer", "ResidualPointBlock", "get_activation"]
+
+
+def get_activation(name: str) -> nn.Module:
+    """An activation module by name: relu, gelu, silu or leakyrelu."""
+    table = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leakyrelu": nn.LeakyReLU}
+    key = str(name).lower()
+    if key not in table:
+        raise ValueError(f"activation must be one of {sorted(table)}; got {name!r}")
+    return table[key]()
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d over the last dimension of a (..., C) tensor; padding never enters the statistics.
+
+    Args of forward:
+        x: Tensor (..., C).
+        mask: BoolTensor (...) that is True on real entries, or None (all real).
+
+    Returns:
+        Tensor (..., C). When batch statistics are used (training mode), entries
+        where ``mask`` is False are 0 and only the real entries are normalised
+        together; in eval mode the running statistics act on each entry alone.
+    """
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        shape = x.shape
+        uses_batch_stats = self.training or not self.track_running_stats
+        if mask is not None and uses_batch_stats:
+            out = x.new_zeros(shape)
+            out[mask] = super().forward(x[mask])
+            return out
+        return super().forward(x.reshape(-1, shape[-1])).reshape(shape)
+
+
+class PointwiseLayer(nn.Module):
+    """Linear -> MaskedBatchNorm -> activation on (..., C_in) -> (..., C_out); the published ConvBNReLU1D."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False, activation: Optional[str] = "relu"):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, out_channels, bias=bias)
+        self.norm = MaskedBatchNorm(out_channels)
+        self.act = get_activation(activation) if activation else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (..., C_in), mask: (...) bool or None -> (..., C_out)."""
+        return self.act(self.norm(self.linear(x), mask))
+
+
+class ResidualPointBlock(nn.Module):
+    """Residual pointwise MLP block (the published ConvBNReLURes1D with groups=1).
+
+    ``act(BN(W2 act(BN(W1 x))) + x)`` with a hidden width of
+    ``int(channels * res_expansion)``. Shapes: (..., C) -> (..., C).
+    """
+
+    def __init__(self, channels: int, res_expansion: float = 1.0, bias: bool = False, activation: str = "relu"):
+        super().__init__()
+        hidden = int(channels * res_expansion)
+        if hidden < 1:
+            raise ValueError(f"channels * res_expansion must be >= 1; got {channels} * {res_expansion}")
+        self.net1 = PointwiseLayer(channels, hidden, bias=bias, activation=activation)
+        self.net2 = PointwiseLayer(hidden, channels, bias=bias, activation=None)
+        self.act = get_activation(activation)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (..., C), mask: (...) bool or None -> (..., C)."""
+        return self.act(self.net2(self.net1(x, mask), mask) + x)

@@ -1,0 +1,7 @@
+"""Models and their registry: ``create_model(name, **overrides)``, ``list_models(pattern)``."""
+from .pointmlp import PointMLP, PointMLPCoC, PointMLPElite, PointMLPStage
+from .registry import create_model, list_models, register_model
+from . import zoo  # noqa: F401  (registers the named configurations)
+
+__all__ = ["PointMLP", "PointMLPElite", "PointMLPCoC", "PointMLPStage", "create_model", "list_models",
+           "register_model"]

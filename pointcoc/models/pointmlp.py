@@ -1,0 +1,257 @@
+"""PointMLP, PointMLP-elite and PointMLP-CoC: one configurable class driven by per-stage lists.
+
+Layout: public tensors are (B, N, D) / (B, N, C); inside, every layer is
+channels-last ((B, N, C) or (B, S, k, C)) with pointwise Linear layers, which
+compute the same maps as the published 1x1 Conv1d on (B, C, N).
+
+Ragged batches: a set of ``lengths[b]`` points gets ``max(lengths[b] // r, 1)``
+anchors at a stage with reducer r, FPS starts at index 0 in eval mode, groups
+with fewer than k real points are masked, and padding never enters a
+normalisation statistic or a max-pool; in eval mode a padded batch gives the
+logits of each set run alone.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..layers import ContextCluster, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation, masked_max
+from ..ops.validation import check_lengths, check_points, check_positive_int
+
+__all__ = ["PointMLP", "PointMLPElite", "PointMLPCoC", "PointMLPStage"]
+
+POINTMLP_CONFIG = dict(
+    embed_dim=64, k_neighbors=(24, 24, 24, 24), reducers=(2, 2, 2, 2), dim_expansion=(2, 2, 2, 2),
+    pre_blocks=(2, 2, 2, 2), pos_blocks=(2, 2, 2, 2), res_expansion=1.0,
+)
+ELITE_CONFIG = dict(
+    embed_dim=32, k_neighbors=(24, 24, 24, 24), reducers=(2, 2, 2, 2), dim_expansion=(2, 2, 2, 1),
+    pre_blocks=(1, 1, 2, 1), pos_blocks=(1, 1, 2, 1), res_expansion=0.25,
+)
+
+
+class PointMLPStage(nn.Module):
+    """One stage: local grouper -> transfer -> pre-extraction blocks -> max over each group -> pos-extraction blocks.
+
+    ``cluster="grouped"`` puts a grouped :class:`ContextCluster` before each
+    pre-extraction residual block (PointMLP-CoC); ``cluster="set"`` puts a
+    set-level one (``cluster_centers`` centers by FPS over the stage's anchors)
+    before each pos-extraction residual block (pixel-set models).
+
+    Forward: xyz (B, N, D), x (B, N, C_in), lengths (B,) long ->
+    (anchor xyz (B, S, D), features (B, S, C_out), anchor lengths (B,), mask (B, S) bool or None).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, k: int, reducer: int, pre_blocks: int, pos_blocks: int,
+                 coord_dim: int = 3, res_expansion: float = 1.0, bias: bool = False, activation: str = "relu",
+                 use_xyz: bool = False, normalize: Optional[str] = "anchor", random_start: bool = False,
+                 cluster: Optional[str] = None, cluster_heads: int = 1, cluster_head_dim: Optional[int] = None,
+                 cluster_centers: Optional[int] = None, cluster_k: int = 8, cluster_regions: int = 1):
+        super().__init__()
+        self.grouper = LocalGrouper(in_channels, k, reducer, coord_dim, use_xyz, normalize, random_start)
+        self.transfer = PointwiseLayer(self.grouper.out_channels, out_channels, bias=bias, activation=activation)
+
+        def block():
+            return ResidualPointBlock(out_channels, res_expansion, bias=bias, activation=activation)
+
+        pre, pos = [], []
+        for _ in range(pre_blocks):
+            if cluster == "grouped":
+                pre.append(ContextCluster(out_channels, heads=cluster_heads, head_dim=cluster_head_dim))
+            pre.append(block())
+        for _ in range(pos_blocks):
+            if cluster == "set":
+                pre_cc = ContextCluster(out_channels, heads=cluster_heads, head_dim=cluster_head_dim,
+                                        n_centers=cluster_centers, center_k=cluster_k, regions=cluster_regions,
+                                        random_start=random_start)
+                pos.append(pre_cc)
+            pos.append(block())
+        self.pre_blocks = nn.ModuleList(pre)
+        self.pos_blocks = nn.ModuleList(pos)
+
+    def forward(self, xyz: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor):
+        groups = self.grouper(xyz, x, lengths)
+        mask = None if bool(groups.mask.all()) else groups.mask
+        h = self.transfer(groups.grouped, mask)
+        for layer in self.pre_blocks:
+            if isinstance(layer, ContextCluster):
+                flat_mask = None if mask is None else mask.flatten(0, 1)
+                h = layer(h.flatten(0, 1), mask=flat_mask).view_as(h)
+            else:
+                h = layer(h, mask)
+        h = masked_max(h, mask, dim=2)
+        s = h.shape[1]
+        point_mask = torch.arange(s, device=h.device)[None, :] < groups.lengths[:, None]
+        point_mask = None if bool(point_mask.all()) else point_mask
+        for layer in self.pos_blocks:
+            if isinstance(layer, ContextCluster):
+                h = layer(h, groups.xyz, groups.lengths)
+            else:
+                h = layer(h, point_mask)
+        return groups.xyz, h, groups.lengths, point_mask
+
+
+def _per_stage(name: str, value, stages: int) -> list:
+    if isinstance(value, (int, float)) or value is None:
+        return [value] * stages
+    value = list(value)
+    if len(value) != stages:
+        raise ValueError(f"{name} must have one entry per stage ({stages}); got {len(value)}: {value}")
+    return value
+
+
+class PointMLP(nn.Module):
+    """PointMLP (Ma et al., ICLR 2022) for point clouds and pixel sets.
+
+    Defaults are the published PointMLP: embedding 64, four stages with k=24,
+    reducers 2, dim expansion 2, two pre- and two pos-extraction residual
+    blocks, res_expansion 1, no bias, use_xyz False, anchor normalisation,
+    classifier 512-256 with BatchNorm, ReLU and dropout 0.5.
+    Parameters: 13,232,079 with 15 classes, 13,238,504 with 40 (the authors'
+    configuration gives the same counts; see docs/models.md).
+
+    Args:
+        num_classes: classifier outputs (default 15, ScanObjectNN).
+        in_channels: extra per-point feature channels (0: positions only).
+        coord_dim: D, 2 (pixels) or 3.
+        embed_dim, k_neighbors, reducers, dim_expansion, pre_blocks, pos_blocks:
+            per-stage lists (an int repeats over stages; the number of stages is
+            ``len(pre_blocks)``).
+        res_expansion, bias, activation, use_xyz, normalize: as published.
+        classifier_dims: hidden widths of the head; dropout: its dropout.
+        cluster: None, "grouped" (PointMLP-CoC) or "set" (pixel-set models); see
+            :class:`PointMLPStage`. cluster_heads, cluster_head_dim,
+            cluster_centers (per stage), cluster_k, cluster_regions configure it.
+        random_start: FPS starts at a random point in training mode (the
+            authors' CUDA FPS starts at index 0, the default here).
+
+    Forward: ``model(xyz (B, N, D), features (B, N, in_channels) or None,
+    lengths (B,) long or None) -> logits (B, num_classes)``. Every set needs
+    at least ``k_neighbors[0]`` points (``model.min_points``).
+    """
+
+    def __init__(self, num_classes: int = 15, in_channels: int = 0, coord_dim: int = 3, embed_dim: int = 64,
+                 k_neighbors: Union[int, Sequence[int]] = (24, 24, 24, 24),
+                 reducers: Union[int, Sequence[int]] = (2, 2, 2, 2),
+                 dim_expansion: Union[int, Sequence[int]] = (2, 2, 2, 2),
+                 pre_blocks: Sequence[int] = (2, 2, 2, 2), pos_blocks: Union[int, Sequence[int]] = (2, 2, 2, 2),
+                 res_expansion: float = 1.0, bias: bool = False, activation: str = "relu", use_xyz: bool = False,
+                 normalize: Optional[str] = "anchor", classifier_dims: Sequence[int] = (512, 256),
+                 dropout: float = 0.5, cluster: Optional[str] = None, cluster_heads: int = 1,
+                 cluster_head_dim: Optional[int] = None, cluster_centers: Union[int, Sequence[int], None] = None,
+                 cluster_k: int = 8, cluster_regions: int = 1, random_start: bool = False):
+        super().__init__()
+        if coord_dim not in (2, 3):
+            raise ValueError(f"coord_dim must be 2 or 3; got {coord_dim!r}")
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 0:
+            raise ValueError(f"in_channels must be an int >= 0; got {in_channels!r}")
+        if cluster not in (None, "grouped", "set"):
+            raise ValueError(f"cluster must be None, 'grouped' or 'set'; got {cluster!r}")
+        stages = len(pre_blocks)
+        k_neighbors = [check_positive_int("k_neighbors", k) for k in _per_stage("k_neighbors", k_neighbors, stages)]
+        reducers = _per_stage("reducers", reducers, stages)
+        dim_expansion = _per_stage("dim_expansion", dim_expansion, stages)
+        pos_blocks = _per_stage("pos_blocks", pos_blocks, stages)
+        centers = _per_stage("cluster_centers", cluster_centers, stages)
+        if cluster == "set" and any(c is None for c in centers):
+            raise ValueError(f"cluster='set' needs cluster_centers (one int per stage); got {cluster_centers!r}")
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.in_channels, self.coord_dim = in_channels, coord_dim
+        self.min_points = k_neighbors[0]
+        self.embedding = PointwiseLayer(coord_dim + in_channels, embed_dim, bias=bias, activation=activation)
+        channels = embed_dim
+        blocks = []
+        for i in range(stages):
+            out = channels * dim_expansion[i]
+            blocks.append(PointMLPStage(
+                channels, out, k_neighbors[i], reducers[i], pre_blocks[i], pos_blocks[i], coord_dim=coord_dim,
+                res_expansion=res_expansion, bias=bias, activation=activation, use_xyz=use_xyz, normalize=normalize,
+                random_start=random_start, cluster=cluster, cluster_heads=cluster_heads,
+                cluster_head_dim=cluster_head_dim, cluster_centers=centers[i], cluster_k=cluster_k,
+                cluster_regions=cluster_regions))
+            channels = out
+        self.stages = nn.ModuleList(blocks)
+        self.num_features = channels
+        head = []
+        for width in classifier_dims:
+            head += [nn.Linear(channels, width), nn.BatchNorm1d(width), get_activation(activation), nn.Dropout(dropout)]
+            channels = width
+        head.append(nn.Linear(channels, self.num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def _check(self, xyz, features, lengths):
+        check_points("xyz", xyz, dims=(self.coord_dim,))
+        batch, n, _ = xyz.shape
+        if self.in_channels == 0:
+            if features is not None and features.shape[-1] != 0:
+                raise ValueError(f"features must be None for a model built with in_channels=0; "
+                                 f"got shape {tuple(features.shape)}")
+            features = None
+        else:
+            if features is None:
+                raise ValueError(f"features (B, N, {self.in_channels}) are required (in_channels={self.in_channels}); "
+                                 "got None")
+            check_points("features", features, dims=(self.in_channels,))
+            if features.shape[:2] != xyz.shape[:2]:
+                raise ValueError(f"features must have shape (B, N, C) = ({batch}, {n}, {self.in_channels}) as xyz; "
+                                 f"got {tuple(features.shape)}")
+        lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device)
+        smallest = int(lengths.min())
+        if smallest < self.min_points:
+            raise ValueError(f"every set needs at least k_neighbors[0] = {self.min_points} points; "
+                             f"got a set of {smallest}")
+        return features, lengths
+
+    def forward_features(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
+                         lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """xyz (B, N, D), features (B, N, C) or None, lengths (B,) or None -> pooled embedding (B, num_features)."""
+        features, lengths = self._check(xyz, features, lengths)
+        n = xyz.shape[1]
+        x = xyz if features is None else torch.cat([xyz, features.to(xyz.dtype)], dim=-1)
+        mask = torch.arange(n, device=xyz.device)[None, :] < lengths[:, None]
+        mask = None if bool(mask.all()) else mask
+        h = self.embedding(x, mask)
+        for stage in self.stages:
+            xyz, h, lengths, mask = stage(xyz, h, lengths)
+        return masked_max(h, mask, dim=1)
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, num_features) -> logits (B, num_classes)."""
+        return self.classifier(feats)
+
+    def forward(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
+                lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """xyz (B, N, D), features (B, N, C) or None, lengths (B,) or None -> logits (B, num_classes)."""
+        return self.forward_head(self.forward_features(xyz, features, lengths))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last linear layer by a fresh one with ``num_classes`` outputs."""
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        last = self.classifier[-1]
+        self.classifier[-1] = nn.Linear(last.in_features, self.num_classes).to(last.weight.device, last.weight.dtype)
+
+
+class PointMLPElite(PointMLP):
+    """PointMLP-elite: embedding 32, dim expansion [2, 2, 2, 1], blocks [1, 1, 2, 1], res_expansion 0.25.
+
+    Parameters: 709,807 with 15 classes, 716,232 with 40 (see docs/models.md).
+    Other arguments as :class:`PointMLP`.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**{**ELITE_CONFIG, **kwargs})
+
+
+class PointMLPCoC(PointMLP):
+    """PointMLP-CoC: PointMLP with a one-head grouped context cluster before each pre-extraction block.
+
+    head_dim = max(channels // 4, 32) as published; each kNN group is one
+    cluster centred on its mean. Parameters: see docs/models.md.
+    Other arguments as :class:`PointMLP` (``cluster="set"`` gives the
+    set-level form used by the pixel-set models).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**{"cluster": "grouped", **kwargs})
