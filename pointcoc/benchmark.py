@@ -241,15 +241,18 @@ def bench_pointwise(device="cpu", quick=False, cases=((16, 128, 512 * 24), (16, 
         norm_first, norm_last = torch.nn.BatchNorm1d(c).to(device), torch.nn.BatchNorm1d(c).to(device)
         x_first = (_rand((batch, c, length), device, 12) - 0.5).requires_grad_(True)
         x_last = x_first.detach().transpose(1, 2).contiguous().requires_grad_(True)
+        # A dense upstream gradient, as the next layer gives (out.sum() would pass a stride-0 one).
+        grad_first = _rand((batch, c, length), device, 15)
+        grad_last = grad_first.transpose(1, 2).contiguous()
 
         def channels_first():
             out = torch.relu(norm_first(conv(x_first)))
-            out.sum().backward()
+            out.backward(grad_first)
             return out
 
         def channels_last():
             out = torch.relu(norm_last(linear(x_last).reshape(-1, c))).reshape(batch, length, c)
-            out.sum().backward()
+            out.backward(grad_last)
             return out
 
         same = torch.allclose(channels_last().transpose(1, 2), channels_first(), rtol=1e-3, atol=1e-4)
@@ -283,15 +286,16 @@ def bench_transfer(device="cpu", quick=False, cases=((16, 512, 24, 64), (16, 256
             anchor_part.weight.copy_(full.weight[:, c + 3 :])
         grouped = (_rand((batch, groups, k, c + 3), device, 13) - 0.5).requires_grad_(True)
         anchor = (_rand((batch, groups, c), device, 14) - 0.5).requires_grad_(True)
+        grad = _rand((batch, groups, k, 2 * c), device, 16)
 
         def concatenated():
             out = full(torch.cat([grouped, anchor[:, :, None, :].expand(-1, -1, k, -1)], -1))
-            out.sum().backward()
+            out.backward(grad)
             return out
 
         def split():
             out = neighbour(grouped) + anchor_part(anchor)[:, :, None, :]
-            out.sum().backward()
+            out.backward(grad)
             return out
 
         same = torch.allclose(split(), concatenated(), rtol=1e-4, atol=1e-4)
