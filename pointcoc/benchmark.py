@@ -21,7 +21,7 @@ from .ops.fps import fps_torch
 
 __all__ = [
     "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row",
-    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_context_cluster", "bench_models",
+    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm", "bench_context_cluster", "bench_models",
     "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS",
 ]
 
@@ -306,6 +306,44 @@ def bench_transfer(device="cpu", quick=False, cases=((16, 512, 24, 64), (16, 256
     return rows
 
 
+def bench_masked_norm(device="cpu", quick=False, cases=((16, 512, 24, 128), (16, 256, 24, 256))) -> List[Row]:
+    """BatchNorm over the real entries of a (B, S, k, C) tensor with no padding, forward + backward.
+
+    Reference: the boolean-mask form ``out[mask] = bn(x[mask])`` (two copies
+    of the tensor each way); ours: check ``mask.all()`` and normalise the
+    flattened tensor directly (same statistics, same result).
+    """
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, groups, k, c in (cases[:1] if quick else cases):
+        norm = torch.nn.BatchNorm1d(c).to(device)
+        x = (_rand((batch, groups, k, c), device, 17) - 0.5).requires_grad_(True)
+        mask = torch.ones(batch, groups, k, dtype=torch.bool, device=device)
+        grad = _rand((batch, groups, k, c), device, 18)
+
+        def boolean_index():
+            out = x.new_zeros(x.shape)
+            out[mask] = norm(x[mask])
+            out.backward(grad)
+            return out
+
+        def direct_when_full():
+            if bool(mask.all()):
+                out = norm(x.reshape(-1, c)).reshape(x.shape)
+            else:
+                out = x.new_zeros(x.shape)
+                out[mask] = norm(x[mask])
+            out.backward(grad)
+            return out
+
+        same = torch.allclose(direct_when_full(), boolean_index(), rtol=1e-4, atol=1e-5)
+        t_ours, t_ref = time_pair(direct_when_full, boolean_index, device, repeat=repeat)
+        case = f"(B, S, k, C)=({batch}, {groups}, {k}, {c}), no padding, fwd+bwd"
+        rows.append(Row("masked BatchNorm", case, "skip mask when all real", "x[mask] copy", t_ours, t_ref,
+                        note="same outputs" if same else "OUTPUTS DIFFER"))
+    return rows
+
+
 def _context_cluster_functions():
     """(context_cluster, context_cluster_dense) from pointcoc.layers, or SectionUnavailable."""
     try:
@@ -499,6 +537,7 @@ SECTIONS = {
     "gather": bench_gather,
     "pointwise": bench_pointwise,
     "transfer": bench_transfer,
+    "masked_norm": bench_masked_norm,
     "context_cluster": bench_context_cluster,
     "models": bench_models,
 }

@@ -181,3 +181,8 @@ def test_pointwise_rows_compare_equal_layers():
 def test_transfer_rows_compare_equal_layers():
     rows = benchmark.bench_transfer(quick=True, cases=[(2, 10, 4, 8)])
     assert [r.note for r in rows] == ["same outputs"]
+
+
+def test_masked_norm_rows_compare_equal_layers():
+    rows = benchmark.bench_masked_norm(quick=True, cases=[(2, 6, 4, 8)])
+    assert [r.note for r in rows] == ["same outputs"]
