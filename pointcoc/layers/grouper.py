@@ -6,9 +6,11 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from .mlp import MaskedBatchNorm, get_activation
+
 from ..ops import farthest_point_sample, gather, knn
 
-__all__ = ["LocalGrouper", "Groups", "masked_std"]
+__all__ = ["LocalGrouper", "Groups", "GroupTransfer", "masked_std"]
 
 
 class Groups(NamedTuple):
@@ -17,7 +19,10 @@ class Groups(NamedTuple):
     xyz: (B, S, D) anchor positions (zeros past ``lengths``).
     lengths: (B,) long, number of anchors of each set (S = lengths.max()).
     anchors: (B, S, C) anchor features.
-    grouped: (B, S, k, C_out) normalised neighbour features concatenated with the anchor's.
+    grouped: (B, S, k, C_norm) normalised neighbour features (C_norm = C, + D with use_xyz).
+        The published grouper also concatenates the anchor's features to each
+        neighbour; :class:`GroupTransfer` applies the following layer to that
+        concatenation without forming it.
     mask: (B, S, k) bool, True on real neighbours of real anchors.
     anchor_idx: (B, S) long indices of the anchors in the input set, -1 past ``lengths``.
     """
@@ -70,7 +75,7 @@ class LocalGrouper(nn.Module):
         coord_dim: D, 2 or 3.
 
     Forward: xyz (B, N, D), features (B, N, C), lengths (B,) long -> :class:`Groups`
-    with ``grouped`` of C_out = 2C (+ D with use_xyz) channels.
+    with ``grouped`` of ``norm_channels`` = C (+ D with use_xyz) channels.
     """
 
     def __init__(self, channels: int, k: int, reducer: int = 2, coord_dim: int = 3, use_xyz: bool = False,
@@ -81,7 +86,7 @@ class LocalGrouper(nn.Module):
         self.k, self.reducer, self.use_xyz, self.normalize = int(k), int(reducer), bool(use_xyz), normalize
         self.random_start = bool(random_start)
         normed = channels + (coord_dim if use_xyz else 0)
-        self.out_channels = normed + channels
+        self.norm_channels = normed
         if normalize is not None:
             self.affine_alpha = nn.Parameter(torch.ones(normed))
             self.affine_beta = nn.Parameter(torch.zeros(normed))
@@ -111,5 +116,33 @@ class LocalGrouper(nn.Module):
             diff = grouped - ref
             std = masked_std(diff, mask).reshape(batch, 1, 1, 1)
             grouped = self.affine_alpha * (diff / (std + 1e-5)) + self.affine_beta
-        grouped = torch.cat([grouped, anchors.unsqueeze(2).expand(-1, -1, self.k, -1)], dim=-1)
         return Groups(new_xyz, n_anchors, anchors, grouped, mask, anchor_idx)
+
+
+class GroupTransfer(nn.Module):
+    """The first layer after grouping: Linear -> BN -> act on ``[neighbour, anchor]`` per neighbour.
+
+    The published model applies one pointwise layer to each neighbour's
+    normalised features concatenated with its anchor's features (repeated k
+    times). The anchor part of that product is the same for the k neighbours
+    of a group, so it is computed once per group and broadcast: the same map
+    and the same parameter count (one weight split in two, one bias).
+
+    Args:
+        norm_channels: channels of ``Groups.grouped``; anchor_channels: C; out_channels.
+
+    Forward: grouped (B, S, k, C_norm), anchors (B, S, C), mask (B, S, k) bool or None
+    -> (B, S, k, out_channels).
+    """
+
+    def __init__(self, norm_channels: int, anchor_channels: int, out_channels: int, bias: bool = False,
+                 activation: str = "relu"):
+        super().__init__()
+        self.neighbour = nn.Linear(norm_channels, out_channels, bias=bias)
+        self.anchor = nn.Linear(anchor_channels, out_channels, bias=False)
+        self.norm = MaskedBatchNorm(out_channels)
+        self.act = get_activation(activation)
+
+    def forward(self, grouped: torch.Tensor, anchors: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        h = self.neighbour(grouped) + self.anchor(anchors).unsqueeze(2)
+        return self.act(self.norm(h, mask))

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..layers import ContextCluster, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation, masked_max
+from ..layers import ContextCluster, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation, masked_max
 from ..ops.validation import check_lengths, check_points, check_positive_int
 
 __all__ = ["PointMLP", "PointMLPElite", "PointMLPCoC", "PointMLPStage"]
@@ -51,7 +51,8 @@ class PointMLPStage(nn.Module):
                  cluster_centers: Optional[int] = None, cluster_k: int = 8, cluster_regions: int = 1):
         super().__init__()
         self.grouper = LocalGrouper(in_channels, k, reducer, coord_dim, use_xyz, normalize, random_start)
-        self.transfer = PointwiseLayer(self.grouper.out_channels, out_channels, bias=bias, activation=activation)
+        self.transfer = GroupTransfer(self.grouper.norm_channels, in_channels, out_channels, bias=bias,
+                                      activation=activation)
 
         def block():
             return ResidualPointBlock(out_channels, res_expansion, bias=bias, activation=activation)
@@ -74,7 +75,7 @@ class PointMLPStage(nn.Module):
     def forward(self, xyz: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor):
         groups = self.grouper(xyz, x, lengths)
         mask = None if bool(groups.mask.all()) else groups.mask
-        h = self.transfer(groups.grouped, mask)
+        h = self.transfer(groups.grouped, groups.anchors, mask)
         for layer in self.pre_blocks:
             if isinstance(layer, ContextCluster):
                 flat_mask = None if mask is None else mask.flatten(0, 1)
