@@ -1,0 +1,277 @@
+"""Point-cloud classification data sets stored as HDF5 files with ``data`` / ``label`` datasets.
+
+* ScanObjectNN (Uy et al., ICCV 2019), the authors' ``h5_files`` layout; variants by name
+  (``PB_T50_RS`` default, ``OBJ_BG``, ``OBJ_ONLY``, ``PB_T25``, ``PB_T25_R``, ``PB_T50_R``).
+* ModelNet40 in the ``modelnet40_ply_hdf5_2048`` layout (``ply_data_train*.h5``, ``ply_data_test*.h5``,
+  ``shape_names.txt``).
+* ``modelnet40_mini``: 156 real ModelNet40 shapes shipped in ``data/modelnet40_mini`` (see its SOURCE.md).
+
+Samples are dicts ``{"xyz": (num_points, 3) float32, "label": () long}``; ``collate_point_dicts``
+stacks them into the batch dicts the engine consumes.
+"""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DatasetNotFoundError",
+    "DataFormatError",
+    "SCANOBJECTNN_VARIANTS",
+    "SCANOBJECTNN_CLASSES",
+    "PointCloudDataset",
+    "read_h5_split",
+    "find_scanobjectnn_files",
+    "load_scanobjectnn",
+    "load_modelnet40",
+    "load_modelnet40_mini",
+    "build_point_datasets",
+    "DEFAULT_DATA_ROOTS",
+    "POINT_DATASETS",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# variant name -> (folder inside h5_files, file stem after "training_" / "test_")
+SCANOBJECTNN_VARIANTS: Dict[str, Tuple[str, str]] = {
+    "PB_T50_RS": ("main_split", "objectdataset_augmentedrot_scale75"),
+    "PB_T50_R": ("main_split", "objectdataset_augmentedrot"),
+    "PB_T25_R": ("main_split", "objectdataset_augmented25rot"),
+    "PB_T25": ("main_split", "objectdataset_augmented25_norot"),
+    "OBJ_BG": ("main_split", "objectdataset"),
+    "OBJ_ONLY": ("main_split_nobg", "objectdataset"),
+}
+
+SCANOBJECTNN_CLASSES = [
+    "bag", "bin", "box", "cabinet", "chair", "desk", "display", "door",
+    "shelf", "table", "bed", "pillow", "sink", "sofa", "toilet",
+]
+
+DEFAULT_DATA_ROOTS = {
+    "scanobjectnn": "data/ScanObjectNN/h5_files",
+    "modelnet40": "data/modelnet40_ply_hdf5_2048",
+    "modelnet40_mini": str(PROJECT_ROOT / "data" / "modelnet40_mini"),
+}
+POINT_DATASETS = tuple(DEFAULT_DATA_ROOTS)
+
+_SCANOBJECTNN_HOWTO = (
+    "ScanObjectNN is distributed by its authors after accepting their terms of use: fill in the form linked "
+    "from https://hkust-vgd.github.io/scanobjectnn/ , download h5_files.zip and unzip it so that "
+    "data/ScanObjectNN/h5_files/main_split/ exists (or pass --data-root pointing at the h5_files folder). "
+    "See data/README.md."
+)
+_MODELNET_HOWTO = (
+    "ModelNet40 in the PointNet HDF5 layout is the archive modelnet40_ply_hdf5_2048.zip of the PointNet release "
+    "(Princeton ModelNet, Wu et al. 2015; academic use). Unzip it so that "
+    "data/modelnet40_ply_hdf5_2048/ply_data_train0.h5 exists (or pass --data-root). See data/README.md."
+)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set's files are missing; the message names every path searched and how to obtain the data."""
+
+
+class DataFormatError(ValueError):
+    """A data file exists but does not hold what it should (datasets, shapes, dtypes, label range)."""
+
+
+def read_h5_split(path, num_classes: int, min_points: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """Read ``data`` (n, P, 3) float and ``label`` (n,) or (n, 1) int from one h5 file.
+
+    Returns:
+        points: float32 array (n, P, 3); labels: int64 array (n,) with values in [0, num_classes).
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not an HDF5 file, a dataset is missing, a shape or dtype is wrong, labels out of range,
+            non-finite coordinates, or fewer than ``min_points`` points per cloud.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"h5 file not found: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataFormatError(f"{path} is not a readable HDF5 file ({err})") from None
+    with f:
+        missing = [k for k in ("data", "label") if k not in f]
+        if missing:
+            raise DataFormatError(f"{path} must hold datasets 'data' (n, P, 3) and 'label' (n,); "
+                             f"missing {missing}, found {sorted(f.keys())}")
+        data, label = f["data"], f["label"]
+        if data.ndim != 3 or data.shape[2] != 3:
+            raise DataFormatError(f"{path}: dataset 'data' must have shape (n, P, 3); got {data.shape}")
+        if label.ndim == 2 and label.shape[1] == 1:
+            label_shape = label.shape[:1]
+        elif label.ndim == 1:
+            label_shape = label.shape
+        else:
+            raise DataFormatError(f"{path}: dataset 'label' must have shape (n,) or (n, 1); got {label.shape}")
+        if label_shape[0] != data.shape[0]:
+            raise DataFormatError(f"{path}: 'data' holds {data.shape[0]} clouds but 'label' holds {label_shape[0]} labels")
+        if data.shape[0] == 0:
+            raise DataFormatError(f"{path}: the file holds no clouds (data shape {data.shape})")
+        if data.shape[1] < min_points:
+            raise DataFormatError(f"{path}: clouds must hold at least {min_points} points (--num-points); "
+                             f"got {data.shape[1]}")
+        if not np.issubdtype(data.dtype, np.floating):
+            raise DataFormatError(f"{path}: dataset 'data' must be floating point; got dtype {data.dtype}")
+        if not np.issubdtype(label.dtype, np.integer):
+            raise DataFormatError(f"{path}: dataset 'label' must be integer; got dtype {label.dtype}")
+        points = np.asarray(data[:], dtype=np.float32)
+        labels = np.asarray(label[:]).reshape(-1).astype(np.int64)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise DataFormatError(f"{path}: labels must lie in 0..{num_classes - 1}; found {np.unique(labels[bad]).tolist()}")
+    if not np.isfinite(points).all():
+        raise DataFormatError(f"{path}: dataset 'data' contains NaN or inf")
+    return points, labels
+
+
+class PointCloudDataset(Dataset):
+    """In-memory point-cloud classification set.
+
+    Args:
+        points: float array (n, P, 3) of all clouds.
+        labels: int array (n,).
+        num_points: the first ``num_points`` of the P points are used (as the authors do).
+        transform: called on each (num_points, 3) tensor, e.g. ``PointCloudAugment()``; None = no augmentation.
+        class_names: optional list of names, one per class.
+    Items: ``{"xyz": (num_points, 3) float32 tensor, "label": () long tensor}``.
+    """
+
+    def __init__(self, points: np.ndarray, labels: np.ndarray, num_points: int,
+                 transform: Optional[Callable] = None, class_names: Optional[Sequence[str]] = None):
+        points = np.asarray(points)
+        labels = np.asarray(labels)
+        if points.ndim != 3 or points.shape[2] not in (2, 3):
+            raise ValueError(f"points must have shape (n, P, D) with D in {{2, 3}}; got {points.shape}")
+        if labels.shape != (points.shape[0],):
+            raise ValueError(f"labels must have shape ({points.shape[0]},); got {labels.shape}")
+        if not isinstance(num_points, int) or not 1 <= num_points <= points.shape[1]:
+            raise ValueError(f"num_points must be an int in [1, {points.shape[1]}] (points per cloud in the file); "
+                             f"got {num_points!r}")
+        self.points = torch.from_numpy(np.ascontiguousarray(points[:, :num_points], dtype=np.float32))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.num_points = num_points
+        self.transform = transform
+        self.class_names = list(class_names) if class_names is not None else None
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        xyz = self.points[i]
+        if self.transform is not None:
+            xyz = self.transform(xyz)
+        return {"xyz": xyz, "label": self.labels[i]}
+
+
+def _search_roots(root) -> List[Path]:
+    """The folder given plus the layouts users commonly unpack into (parent of h5_files, h5_files itself)."""
+    root = Path(root)
+    return [root, root / "h5_files", root / "ScanObjectNN" / "h5_files"]
+
+
+def find_scanobjectnn_files(root, variant: str = "PB_T50_RS") -> Tuple[Path, Path]:
+    """Locate the (training, test) h5 files of a ScanObjectNN variant under ``root``.
+
+    ``root`` may be the authors' ``h5_files`` folder, its parent, or a folder holding
+    ``ScanObjectNN/h5_files``. Raises ``DatasetNotFoundError`` naming every path searched.
+    """
+    key = str(variant).upper().replace("-", "_")
+    if key not in SCANOBJECTNN_VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(SCANOBJECTNN_VARIANTS)}; got {variant!r}")
+    folder, stem = SCANOBJECTNN_VARIANTS[key]
+    searched = []
+    for base in _search_roots(root):
+        train = base / folder / f"training_{stem}.h5"
+        test = base / folder / f"test_{stem}.h5"
+        searched += [train, test]
+        if train.is_file() and test.is_file():
+            return train, test
+    lines = "\n".join(f"  {p}" for p in searched)
+    raise DatasetNotFoundError(
+        f"ScanObjectNN {key} not found. Looked for:\n{lines}\n{_SCANOBJECTNN_HOWTO}")
+
+
+def load_scanobjectnn(root, variant: str = "PB_T50_RS", num_points: int = 1024, augment: Optional[Callable] = None):
+    """(train, test, class_names) for ScanObjectNN; ``augment`` is applied to training clouds only."""
+    train_path, test_path = find_scanobjectnn_files(root, variant)
+    n = len(SCANOBJECTNN_CLASSES)
+    train = PointCloudDataset(*read_h5_split(train_path, n, num_points), num_points, augment, SCANOBJECTNN_CLASSES)
+    test = PointCloudDataset(*read_h5_split(test_path, n, num_points), num_points, None, SCANOBJECTNN_CLASSES)
+    return train, test, list(SCANOBJECTNN_CLASSES)
+
+
+def _read_names(path: Path, expected: int) -> List[str]:
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != expected:
+        raise DataFormatError(f"{path} must list {expected} class names, one per line; got {len(names)}")
+    return names
+
+
+def _read_concat(paths: Sequence[Path], num_classes: int, num_points: int):
+    parts = [read_h5_split(p, num_classes, num_points) for p in paths]
+    shapes = {p[0].shape[1] for p in parts}
+    if len(shapes) != 1:
+        raise DataFormatError(f"files {list(map(str, paths))} hold clouds of different sizes {sorted(shapes)}")
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def load_modelnet40(root, num_points: int = 1024, augment: Optional[Callable] = None):
+    """(train, test, class_names) from the ``modelnet40_ply_hdf5_2048`` layout under ``root``."""
+    searched, found = [], None
+    for base in (Path(root), Path(root) / "modelnet40_ply_hdf5_2048"):
+        train = sorted(glob.glob(str(base / "ply_data_train*.h5")))
+        test = sorted(glob.glob(str(base / "ply_data_test*.h5")))
+        searched += [base / "ply_data_train*.h5", base / "ply_data_test*.h5", base / "shape_names.txt"]
+        if train and test and (base / "shape_names.txt").is_file():
+            found = base, [Path(p) for p in train], [Path(p) for p in test]
+            break
+    if found is None:
+        lines = "\n".join(f"  {p}" for p in searched)
+        raise DatasetNotFoundError(f"ModelNet40 (HDF5) not found. Looked for:\n{lines}\n{_MODELNET_HOWTO}")
+    base, train_paths, test_paths = found
+    names = _read_names(base / "shape_names.txt", 40)
+    train = PointCloudDataset(*_read_concat(train_paths, 40, num_points), num_points, augment, names)
+    test = PointCloudDataset(*_read_concat(test_paths, 40, num_points), num_points, None, names)
+    return train, test, names
+
+
+def load_modelnet40_mini(root=None, num_points: int = 1024, augment: Optional[Callable] = None):
+    """(train, test, class_names) of the shipped 156-shape ModelNet40 subset (127 train / 29 test, 40 classes)."""
+    base = Path(root) if root is not None else Path(DEFAULT_DATA_ROOTS["modelnet40_mini"])
+    files = [base / "modelnet40_mini_train.h5", base / "modelnet40_mini_test.h5", base / "shape_names.txt"]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        lines = "\n".join(f"  {p}" for p in files)
+        raise DatasetNotFoundError(
+            f"modelnet40_mini not found. Looked for:\n{lines}\nIt ships with the repository in data/modelnet40_mini/ "
+            f"(restore it with git); pass --data-root to point elsewhere.")
+    names = _read_names(files[2], 40)
+    train = PointCloudDataset(*read_h5_split(files[0], 40, num_points), num_points, augment, names)
+    test = PointCloudDataset(*read_h5_split(files[1], 40, num_points), num_points, None, names)
+    return train, test, names
+
+
+def build_point_datasets(name: str, root=None, variant: str = "PB_T50_RS", num_points: int = 1024,
+                         augment: Optional[Callable] = None):
+    """Dispatch by data-set name (one of ``POINT_DATASETS``); ``root`` None = the default folder.
+
+    Returns (train_dataset, test_dataset, class_names).
+    """
+    if name not in POINT_DATASETS:
+        raise ValueError(f"dataset must be one of {list(POINT_DATASETS)}; got {name!r}")
+    root = DEFAULT_DATA_ROOTS[name] if root is None else root
+    if name == "scanobjectnn":
+        return load_scanobjectnn(root, variant, num_points, augment)
+    if name == "modelnet40":
+        return load_modelnet40(root, num_points, augment)
+    return load_modelnet40_mini(root, num_points, augment)

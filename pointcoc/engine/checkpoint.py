@@ -1,0 +1,86 @@
+"""Checkpoints written atomically (temp file in the same folder + ``os.replace``) and loaded with checks."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "pointcoc-checkpoint-v1"
+REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "epoch", "rng", "config", "metrics")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing keys, unreadable, or does not fit the model it is loaded into."""
+
+
+def save_checkpoint(state: Dict[str, Any], path) -> Path:
+    """``torch.save(state)`` to ``path`` atomically: a crash leaves the old file (or none), never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
+    """Load and check a checkpoint written by ``save_checkpoint`` (tensors and plain Python values only).
+
+    Raises FileNotFoundError for a missing file, CheckpointError for anything else that is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt/foreign files
+        raise CheckpointError(f"{path} is not a readable pointcoc checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pointcoc checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks keys {missing}")
+    return state
+
+
+def capture_rng_state(loader_generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), numpy, python and the DataLoader generator, as loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+        "loader": loader_generator.get_state() if loader_generator is not None else None,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any], loader_generator: Optional[torch.Generator] = None) -> None:
+    """Inverse of ``capture_rng_state``."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if loader_generator is not None and state.get("loader") is not None:
+        loader_generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,148 @@
+"""Training configuration shared by every training script: ``TrainConfig`` and ``add_training_args``.
+
+Defaults are the published PointMLP ScanObjectNN recipe (ma-xu/pointMLP-pytorch,
+classification_ScanObjectNN/main.py): SGD lr 0.01, momentum 0.9, weight decay 1e-4, cosine
+annealing to lr/100 over 200 epochs, batch 32, label-smoothed cross-entropy (eps 0.2).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+__all__ = ["TrainConfig", "add_training_args", "config_from_args"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs besides the model and data objects; saved as ``config.json`` and in checkpoints.
+
+    ``batch_size`` is the global batch: under torchrun each of the W processes takes ``batch_size // W``.
+    ``model`` / ``model_kwargs`` and the data fields let ``scripts/evaluate.py`` rebuild model and test set.
+    ``extra`` holds script-specific settings (JSON-serialisable values only).
+    """
+
+    model: str = "pointmlp"
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    dataset: str = "scanobjectnn"
+    data_root: Optional[str] = None
+    variant: Optional[str] = "PB_T50_RS"
+    num_points: int = 1024
+    epochs: int = 200
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None
+    lr: float = 0.01
+    min_lr_ratio: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.2
+    workers: int = 4
+    device: str = "auto"
+    seed: int = 0
+    amp: bool = False
+    limit_train_batches: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+    select_on_test: bool = False
+    val_fraction: float = 0.0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        def positive(name):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+
+        for name in ("epochs", "batch_size", "num_points"):
+            positive(name)
+        for name in ("eval_batch_size", "limit_train_batches", "limit_val_batches"):
+            if getattr(self, name) is not None:
+                positive(name)
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an int >= 0; got {self.workers!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing!r}")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise ValueError(f"weight_decay and momentum must be >= 0; got {self.weight_decay!r}, {self.momentum!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def save_json(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainConfig] = None) -> argparse.ArgumentParser:
+    """Add the flags every training script shares (model, optimisation, run control) to ``parser``.
+
+    Data flags (``--dataset``, ``--data-root``, ``--num-points`` ...) belong to each script.
+    ``defaults`` overrides the recipe defaults shown in ``--help``. Returns the parser.
+    """
+    d = defaults or TrainConfig()
+    g = parser.add_argument_group("training (defaults = published PointMLP ScanObjectNN recipe)")
+    g.add_argument("--model", default=d.model, help="registered model name, see pointcoc.list_models() (default: %(default)s)")
+    g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="number of epochs (default: %(default)s)")
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                   help="global training batch size, split over torchrun processes (default: %(default)s)")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size,
+                   help="evaluation batch size (default: the training batch size)")
+    g.add_argument("--lr", type=float, default=d.lr, help="initial SGD learning rate (default: %(default)s)")
+    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio,
+                   help="cosine schedule ends at lr * this (default: %(default)s, i.e. lr/100)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay (default: %(default)s)")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="label smoothing eps of the cross-entropy, authors' form: true class 1-eps, "
+                        "others eps/(C-1) (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes (default: %(default)s)")
+    g.add_argument("--device", default=d.device,
+                   help="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same run (default: %(default)s)")
+    g.add_argument("--output", default="runs/train", help="output folder for config, metrics, checkpoints, plots (default: %(default)s)")
+    g.add_argument("--resume", default=None, metavar="PATH", help="continue exactly from a checkpoint (last.pt)")
+    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (ignored with a warning on CPU)")
+    g.add_argument("--limit-train-batches", type=_positive_int, default=d.limit_train_batches,
+                   help="train on at most this many batches per epoch (smoke runs)")
+    g.add_argument("--limit-val-batches", type=_positive_int, default=d.limit_val_batches,
+                   help="evaluate on at most this many batches (smoke runs)")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="hold out this fraction of the training set (stratified) as a validation split that selects "
+                        "best.pt; 0 = no validation, the final epoch is the result (default: %(default)s)")
+    g.add_argument("--select-on-test", action="store_true",
+                   help="PAPER PROTOCOL (optimistic): pick best.pt by test accuracy; results are labelled as such")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """Build a TrainConfig from parsed arguments (fields matched by name) plus keyword overrides."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(overrides)
+    return TrainConfig(**values)

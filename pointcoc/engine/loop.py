@@ -1,0 +1,440 @@
+"""Training and evaluation loop: ``fit`` and ``evaluate`` for any model with the pointcoc interface.
+
+A model is called as ``model(xyz, features, lengths) -> logits (B, num_classes)`` on batch dicts
+``{"xyz": (B, N, D), "label": (B,), optional "features": (B, N, C), "lengths": (B,)}``.
+
+Reproducibility: at the start of every epoch the global RNGs (torch, numpy, python) and the training
+DataLoader's generator are re-seeded from ``(seed, epoch, rank)``, so the data order and the augmentation
+of an epoch depend only on the seed and the epoch number -- with any number of DataLoader workers
+(each worker is seeded from the loader's generator) -- and a resumed run repeats an uninterrupted one
+exactly. The RNG states are also stored in every checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
+                         restore_rng_state, save_checkpoint)
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
+
+__all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
+           "seed_everything", "stratified_split", "build_model_from_checkpoint", "random_scale_votes"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 9_973 + rank * 101) % 2**63
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise ``torch.device(name)``, checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def collate_point_dicts(samples: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Stack per-sample dicts (``xyz`` (N, D), ``label`` (), optional ``features`` (N, C)) into a batch dict.
+
+    All samples must have the same keys and shapes (use a ragged collate with ``lengths`` otherwise).
+    """
+    if not samples:
+        raise ValueError("collate_point_dicts needs at least one sample")
+    keys = set(samples[0])
+    for s in samples:
+        if set(s) != keys:
+            raise ValueError(f"all samples must have the same keys; got {sorted(keys)} and {sorted(s)}")
+    out = {}
+    for k in samples[0]:
+        shapes = {tuple(torch.as_tensor(s[k]).shape) for s in samples}
+        if len(shapes) != 1:
+            raise ValueError(f"samples have different shapes for {k!r}: {sorted(shapes)}; "
+                             f"pad them and pass 'lengths' with a ragged collate_fn")
+        out[k] = torch.stack([torch.as_tensor(s[k]) for s in samples])
+    return out
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+    """Cross-entropy against smoothed targets of the PointMLP/DGCNN code: true class 1-eps, others eps/(C-1).
+
+    (torch's ``label_smoothing`` spreads eps over all C classes instead.) Returns the batch mean.
+    """
+    if eps == 0:
+        return F.cross_entropy(logits, labels)
+    n = logits.shape[1]
+    target = torch.full_like(logits, eps / (n - 1))
+    target.scatter_(1, labels[:, None], 1.0 - eps)
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int):
+    """Indices (train, val) with ~``fraction`` of every class (at least one sample of classes with >= 2) in val."""
+    g = torch.Generator().manual_seed(seed)
+    train_idx: List[int] = []
+    val_idx: List[int] = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)].tolist()
+        k = int(round(fraction * len(idx)))
+        k = max(k, 1) if len(idx) >= 2 else 0
+        val_idx += idx[:k]
+        train_idx += idx[k:]
+    return sorted(train_idx), sorted(val_idx)
+
+
+def _to_device(batch: Dict, device: torch.device) -> Dict:
+    if not isinstance(batch, dict) or "xyz" not in batch or "label" not in batch:
+        got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"a batch must be a dict with keys 'xyz' and 'label' (optional 'features', 'lengths'); got {got}")
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _forward(model: nn.Module, batch: Dict) -> torch.Tensor:
+    return model(batch["xyz"], batch.get("features"), batch.get("lengths"))
+
+
+def random_scale_votes(xyz: torch.Tensor, generator: torch.Generator, low: float = 0.85, high: float = 1.15):
+    """Test-time vote transform: one anisotropic scale U(low, high)^D per set of a (B, N, D) batch."""
+    scale = torch.empty(xyz.shape[0], 1, xyz.shape[2]).uniform_(low, high, generator=generator)
+    return xyz * scale.to(xyz)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, num_classes: int, device: Union[str, torch.device] = "cpu",
+             amp: bool = False, votes: int = 1, limit_batches: Optional[int] = None,
+             class_names: Optional[Sequence[str]] = None, dist_info: Optional[DistInfo] = None,
+             vote_transform: Callable = random_scale_votes, vote_seed: int = 0, progress: bool = True) -> Dict:
+    """Evaluate ``model`` on every batch of ``loader`` (at most ``limit_batches``).
+
+    With ``votes`` > 1 the softmax of the plain pass and of ``votes - 1`` passes with
+    ``vote_transform(xyz, generator)`` (default: anisotropic scale U(0.85, 1.15)) are averaged.
+    Under torch.distributed each process evaluates its own shard and the confusion matrices and loss
+    sums are summed over processes.
+
+    Returns ``summarize_confusion`` keys (``oa``, ``macc`` in %, ``per_class_acc``, ``confusion_matrix``,
+    ``count``) plus ``loss`` (mean unsmoothed cross-entropy of the averaged prediction).
+    """
+    if votes < 1:
+        raise ValueError(f"votes must be >= 1; got {votes}")
+    device = torch.device(device)
+    info = dist_info or DistInfo()
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    gen = torch.Generator().manual_seed(vote_seed)
+    total = len(loader) if limit_batches is None else min(limit_batches, len(loader))
+    bar = tqdm(loader, total=total, desc="eval", leave=False, disable=not (progress and info.is_main), file=sys.stderr)
+    for i, batch in enumerate(bar):
+        if limit_batches is not None and i >= limit_batches:
+            break
+        batch = _to_device(batch, device)
+        probs = 0.0
+        for v in range(votes):
+            b = batch if v == 0 else {**batch, "xyz": vote_transform(batch["xyz"], gen)}
+            with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+                logits = _forward(model, b)
+            if logits.dim() != 2 or logits.shape != (batch["label"].shape[0], num_classes):
+                raise ValueError(f"the model must return logits of shape (B, {num_classes}); got {tuple(logits.shape)}")
+            probs = probs + F.softmax(logits.float(), dim=1)
+        probs = probs / votes
+        labels = batch["label"].long()
+        loss_sum += F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum").double()
+        cm += confusion_matrix(probs.argmax(1), labels, num_classes)
+    cm = all_reduce_sum(cm, info)
+    loss_sum = all_reduce_sum(loss_sum, info)
+    out = summarize_confusion(cm, class_names)
+    out["loss"] = float(loss_sum) / max(out["count"], 1)
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def build_model_from_checkpoint(state: Dict, create: Optional[Callable] = None) -> nn.Module:
+    """Rebuild the model of a checkpoint: ``create(config.model, **config.model_kwargs)`` then load weights.
+
+    ``create`` defaults to ``pointcoc.models.create_model``. Raises CheckpointError when weights do not fit.
+    """
+    if create is None:
+        from pointcoc.models import create_model as create
+    cfg = state["config"]
+    model = create(cfg["model"], **cfg.get("model_kwargs", {}))
+    _load_weights(model, state["model"])
+    return model
+
+
+def _load_weights(model: nn.Module, weights: Dict) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint weights do not fit the model: {err}") from None
+
+
+class _Run:
+    """Bookkeeping of one ``fit`` call (files, selection of best.pt)."""
+
+    def __init__(self, output_dir: Path, info: DistInfo):
+        self.dir = output_dir
+        self.info = info
+
+    def log(self, record: Dict) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
+        print(json.dumps(short), flush=True)
+
+
+def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, sampler=None, drop_last=False):
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, collate_fn=collate_fn, generator=generator, drop_last=drop_last,
+                      pin_memory=False, persistent_workers=False)
+
+
+def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config: TrainConfig, output_dir,
+        class_names: Sequence[str], collate_fn: Optional[Callable] = None, val_dataset: Optional[Dataset] = None,
+        resume: Union[None, str, Path, Dict] = None) -> Dict:
+    """Train ``model`` with SGD + cosine schedule + smoothed cross-entropy; evaluate, checkpoint, log.
+
+    Args:
+        model: any module called as ``model(xyz, features, lengths) -> (B, num_classes)``.
+        train_dataset / test_dataset / val_dataset: map-style datasets yielding per-sample dicts.
+        config: TrainConfig (saved to ``output_dir/config.json`` and into checkpoints).
+        output_dir: folder for ``config.json``, ``metrics.jsonl`` (one JSON line per epoch),
+            ``last.pt``, ``best.pt`` (only when something selects it: ``val_dataset`` or
+            ``config.select_on_test``), ``results.json`` and ``confusion_matrix.png``.
+        class_names: one name per class; ``len(class_names)`` is the number of classes.
+        collate_fn: batches samples into dicts; default ``collate_point_dicts``.
+        resume: a checkpoint path (or loaded dict) to continue from; ``config.epochs`` is the total.
+
+    Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, training uses a
+    DistributedSampler (``config.batch_size`` is global), evaluation metrics are reduced over processes
+    and only rank 0 writes files.
+
+    Protocol: with ``val_dataset`` the epoch with the best validation OA is selected (best.pt) and its
+    test metrics are the result; else the final epoch is the result; ``config.select_on_test`` picks
+    the best test epoch instead (the paper protocol, labelled as such in results.json).
+
+    Returns the results dict that is also written to ``results.json``.
+    """
+    num_classes = len(class_names)
+    if num_classes < 2:
+        raise ValueError(f"class_names must name at least 2 classes; got {list(class_names)}")
+    collate_fn = collate_fn or collate_point_dicts
+    device = resolve_device(config.device)
+    info = init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    amp = config.amp and device.type == "cuda"
+    if config.amp and not amp:
+        warnings.warn("--amp has no effect on CPU; training in float32", stacklevel=2)
+    per_proc_batch = config.batch_size // info.world_size
+    if per_proc_batch < 1:
+        raise ValueError(f"batch_size ({config.batch_size}) must be >= the number of processes ({info.world_size})")
+    if len(train_dataset) < config.batch_size:
+        raise ValueError(f"the training set ({len(train_dataset)} samples) is smaller than one batch "
+                         f"(batch_size {config.batch_size}); lower --batch-size")
+    output_dir = Path(output_dir)
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.save_json(output_dir / "config.json")
+    run = _Run(output_dir, info)
+
+    model = model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs,
+                                                           eta_min=config.lr * config.min_lr_ratio)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loader_gen = torch.Generator()
+    start_epoch = 0
+    selection = {"metric": None, "best_value": None, "best_epoch": None}
+    if val_dataset is not None:
+        selection["metric"] = "val_oa"
+    elif config.select_on_test:
+        selection["metric"] = "test_oa"
+    if resume is not None:
+        state = resume if isinstance(resume, dict) else load_checkpoint(resume)
+        _load_weights(model, state["model"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"optimizer/scheduler state in the checkpoint does not fit: {err}") from None
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = int(state["epoch"])
+        selection = dict(state.get("selection", selection))
+        restore_rng_state(state["rng"], loader_gen)
+        if start_epoch >= config.epochs:
+            warnings.warn(f"checkpoint is at epoch {start_epoch} >= epochs {config.epochs}; nothing to train",
+                          stacklevel=2)
+    net = model
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = None
+    if info.enabled:
+        sampler = DistributedSampler(train_dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                     seed=config.seed, drop_last=True)
+    train_loader = _make_loader(train_dataset, per_proc_batch, True, config.workers, collate_fn, loader_gen,
+                                sampler=sampler, drop_last=True)
+
+    def eval_loader(ds):
+        if info.enabled:  # disjoint shards without padding, so reduced metrics count every sample once
+            ds = Subset(ds, list(range(info.rank, len(ds), info.world_size)))
+        return _make_loader(ds, config.eval_batch_size or per_proc_batch, False, config.workers, collate_fn, None)
+
+    test_loader = eval_loader(test_dataset)
+    val_loader = eval_loader(val_dataset) if val_dataset is not None else None
+
+    def evaluate_on(loader):
+        return evaluate(net, loader, num_classes, device, amp=amp, limit_batches=config.limit_val_batches,
+                        class_names=class_names, dist_info=info)
+
+    last = None
+    for epoch in range(start_epoch, config.epochs):
+        seed = _epoch_seed(config.seed, epoch, info.rank)
+        seed_everything(seed)
+        loader_gen.manual_seed(_epoch_seed(config.seed, epoch))
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        train = _train_one_epoch(net, train_loader, optimizer, scaler, config, num_classes, device, amp, info,
+                                 desc=f"epoch {epoch + 1}/{config.epochs}")
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        train_time = time.perf_counter() - t0
+        test = evaluate_on(test_loader)
+        val = evaluate_on(val_loader) if val_loader is not None else None
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_oa": train["oa"],
+                  "train_macc": train["macc"], "test_loss": test["loss"], "test_oa": test["oa"],
+                  "test_macc": test["macc"]}
+        if val is not None:
+            record.update(val_loss=val["loss"], val_oa=val["oa"], val_macc=val["macc"])
+        record.update(train_time_s=train_time, epoch_time_s=time.perf_counter() - t0)
+        is_best = False
+        if selection["metric"] is not None:
+            value = record[selection["metric"]]
+            if selection["best_value"] is None or value > selection["best_value"]:
+                selection.update(best_value=value, best_epoch=epoch + 1)
+                is_best = True
+        run.log(record)
+        last = {"record": record, "test": test, "val": val}
+        state = {
+            "format": CHECKPOINT_FORMAT, "model": _unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if amp else None,
+            "epoch": epoch + 1, "rng": capture_rng_state(loader_gen), "config": config.to_dict(),
+            "metrics": {"record": record, "test": _compact(test), "val": _compact(val)},
+            "selection": selection, "class_names": list(class_names),
+        }
+        if info.is_main:
+            save_checkpoint(state, output_dir / "last.pt")
+            if is_best:
+                save_checkpoint(state, output_dir / "best.pt")
+        barrier(info)
+
+    results = _final_results(output_dir, selection, last, class_names, info)
+    if info.enabled:
+        barrier(info)
+    return results
+
+
+def _compact(m: Optional[Dict]) -> Optional[Dict]:
+    return None if m is None else {k: m[k] for k in ("oa", "macc", "loss", "count", "per_class_acc", "confusion_matrix")}
+
+
+def _final_results(output_dir: Path, selection: Dict, last: Optional[Dict], class_names, info: DistInfo) -> Dict:
+    """Pick the result checkpoint by the protocol, write results.json and the confusion-matrix PNG (rank 0)."""
+    metric = selection["metric"]
+    if metric is None:
+        protocol = "final epoch (no validation split)"
+        source = output_dir / "last.pt"
+    elif metric == "val_oa":
+        protocol = "epoch selected by validation OA; test metrics of that epoch"
+        source = output_dir / "best.pt"
+    else:
+        protocol = "PAPER PROTOCOL: best test epoch (selected on the test set, optimistic)"
+        source = output_dir / "best.pt"
+    if last is None and not source.is_file():
+        raise ValueError(f"nothing was trained and {source} does not exist")
+    if info.is_main and source.is_file():
+        state = load_checkpoint(source)
+        epoch, test = int(state["epoch"]), state["metrics"]["test"]
+    else:
+        epoch, test = last["record"]["epoch"], _compact(last["test"])
+    results = {"protocol": protocol, "epoch": epoch, "test_oa": test["oa"], "test_macc": test["macc"],
+               "test_loss": test["loss"], "count": test["count"], "class_names": list(class_names),
+               "per_class_acc": test["per_class_acc"], "confusion_matrix": test["confusion_matrix"],
+               "checkpoint": str(source)}
+    if info.is_main:
+        (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        plot_confusion_matrix(torch.tensor(test["confusion_matrix"]), output_dir / "confusion_matrix.png",
+                              class_names, title=f"test OA {test['oa']:.2f}%  mAcc {test['macc']:.2f}%  "
+                                                 f"(epoch {epoch}; {protocol})")
+        print(f"RESULT [{protocol}] epoch {epoch}: OA {test['oa']:.2f}%  mAcc {test['macc']:.2f}%  "
+              f"({test['count']} test samples)", flush=True)
+    return results
+
+
+def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_classes, device, amp, info, desc):
+    net.train()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    total = len(loader) if config.limit_train_batches is None else min(config.limit_train_batches, len(loader))
+    bar = tqdm(loader, total=total, desc=desc, leave=False, disable=not info.is_main, file=sys.stderr)
+    for i, batch in enumerate(bar):
+        if config.limit_train_batches is not None and i >= config.limit_train_batches:
+            break
+        batch = _to_device(batch, device)
+        labels = batch["label"].long()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            logits = _forward(net, batch)
+        if logits.shape != (labels.shape[0], num_classes):
+            raise ValueError(f"the model must return logits of shape (B, {num_classes}); got {tuple(logits.shape)}")
+        loss = smoothed_cross_entropy(logits.float(), labels, config.label_smoothing)
+        if not bool(torch.isfinite(loss.detach())):
+            raise FloatingPointError(f"training loss became {loss.item()} at batch {i}; lower --lr")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().double() * labels.shape[0]
+        cm += confusion_matrix(logits.detach().argmax(1), labels, num_classes)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    cm = all_reduce_sum(cm, info)
+    loss_sum = all_reduce_sum(loss_sum, info)
+    out = summarize_confusion(cm)
+    out["loss"] = float(loss_sum) / max(out["count"], 1)
+    return out
