@@ -1,0 +1,118 @@
+"""Grouper, pointwise blocks and reducers against brute-force references."""
+import pytest
+import torch
+
+from pointcoc.layers import GroupTransfer, LocalGrouper, MaskedBatchNorm, ResidualPointBlock, masked_max, masked_std
+from pointcoc.ops import farthest_point_sample
+
+
+def test_masked_std_matches_torch_std():
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    mask = torch.rand(3, 5, 4) > 0.3
+    got = masked_std(x, mask)
+    for b in range(3):
+        torch.testing.assert_close(got[b], x[b][mask[b]].std())
+    torch.testing.assert_close(masked_std(x, torch.ones(3, 5, 4, dtype=torch.bool)), x.reshape(3, -1).std(-1))
+
+
+def test_masked_batchnorm_ignores_padding_in_training():
+    torch.manual_seed(0)
+    bn = MaskedBatchNorm(4)
+    ref = torch.nn.BatchNorm1d(4)
+    x = torch.randn(2, 10, 4)
+    mask = torch.arange(10)[None] < torch.tensor([[10], [6]])
+    x_bad = x.clone()
+    x_bad[~mask] = 1e4
+    out = bn(x_bad, mask)
+    want = ref(x[mask])
+    torch.testing.assert_close(out[mask], want)
+    assert (out[~mask] == 0).all()
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+
+
+def test_masked_max():
+    x = torch.randn(2, 3, 5, 4)
+    mask = torch.rand(2, 3, 5) > 0.5
+    mask[0, 0] = False
+    got = masked_max(x, mask, dim=2)
+    for b in range(2):
+        for s in range(3):
+            want = x[b, s][mask[b, s]].max(0).values if mask[b, s].any() else torch.zeros(4)
+            torch.testing.assert_close(got[b, s], want)
+    torch.testing.assert_close(masked_max(x, None, dim=2), x.max(2).values)
+    with pytest.raises(ValueError, match="channel"):
+        masked_max(x, mask, dim=-1)
+
+
+def _grouper_reference(grouper, xyz, feats):
+    """One set (N, D), (N, C): the published grouper written out with cdist/topk (no padding)."""
+    n = xyz.shape[0]
+    s = max(n // grouper.reducer, 1)
+    anchors = farthest_point_sample(xyz[None], s)[0]
+    nbr = (torch.cdist(xyz[anchors], xyz) ** 2).topk(min(grouper.k, n), largest=False).indices
+    grouped, ref = feats[nbr], feats[anchors][:, None]
+    if grouper.use_xyz:
+        grouped = torch.cat([grouped, xyz[nbr]], -1)
+        ref = torch.cat([feats[anchors], xyz[anchors]], -1)[:, None]
+    diff = grouped - ref
+    normed = grouper.affine_alpha * diff / (diff.std() + 1e-5) + grouper.affine_beta
+    return xyz[anchors], feats[anchors], normed
+
+
+@pytest.mark.parametrize("use_xyz", [False, True])
+def test_local_grouper_matches_reference_and_ragged(use_xyz):
+    torch.manual_seed(0)
+    grouper = LocalGrouper(5, k=6, reducer=2, coord_dim=3, use_xyz=use_xyz).double()
+    with torch.no_grad():
+        grouper.affine_alpha.uniform_(0.5, 1.5)
+        grouper.affine_beta.uniform_(-0.5, 0.5)
+    xyz = torch.rand(3, 30, 3, dtype=torch.float64)
+    feats = torch.randn(3, 30, 5, dtype=torch.float64)
+    lengths = torch.tensor([30, 17, 9])
+    g = grouper(xyz, feats, lengths)
+    assert torch.equal(g.lengths, torch.tensor([15, 8, 4]))
+    assert g.grouped.shape == (3, 15, 6, 5 + (3 if use_xyz else 0))
+    for b in range(3):
+        n, s = int(lengths[b]), int(g.lengths[b])
+        want_xyz, want_anchor, want = _grouper_reference(grouper, xyz[b, :n], feats[b, :n])
+        torch.testing.assert_close(g.xyz[b, :s], want_xyz)
+        torch.testing.assert_close(g.anchors[b, :s], want_anchor)
+        torch.testing.assert_close(g.grouped[b, :s], want)
+        assert g.mask[b, :s].all() and not g.mask[b, s:].any()
+        assert (g.anchor_idx[b, s:] == -1).all()
+
+
+def test_local_grouper_masks_short_groups():
+    grouper = LocalGrouper(2, k=8, reducer=2, coord_dim=2)
+    xyz, feats = torch.rand(2, 20, 2), torch.randn(2, 20, 2)
+    g = grouper(xyz, feats, torch.tensor([20, 5]))
+    assert g.mask[1, :2].sum(-1).tolist() == [5, 5]  # only 5 real points to group
+    assert not g.mask[1, 2:].any()
+
+
+def test_group_transfer_equals_linear_on_concatenation():
+    torch.manual_seed(0)
+    t = GroupTransfer(7, 4, 10, bias=True).eval()
+    full = torch.nn.Linear(11, 10)
+    with torch.no_grad():
+        full.weight.copy_(torch.cat([t.neighbour.weight, t.anchor.weight], 1))
+        full.bias.copy_(t.neighbour.bias)
+        t.norm.running_mean.uniform_(-1, 1)
+        t.norm.running_var.uniform_(0.5, 2)
+    grouped, anchors = torch.randn(2, 3, 5, 7), torch.randn(2, 3, 4)
+    want = torch.relu(t.norm(full(torch.cat([grouped, anchors[:, :, None].expand(-1, -1, 5, -1)], -1))))
+    torch.testing.assert_close(t(grouped, anchors), want)
+    assert sum(p.numel() for p in t.parameters()) == sum(p.numel() for p in full.parameters()) + 20
+
+
+def test_residual_block_gradient_and_shape():
+    block = ResidualPointBlock(8, res_expansion=0.25)
+    assert block.net1.linear.out_features == 2
+    x = torch.randn(4, 6, 8, requires_grad=True)
+    out = block(x)
+    assert out.shape == x.shape and (out >= 0).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in block.parameters())
+    with pytest.raises(ValueError, match="res_expansion"):
+        ResidualPointBlock(2, res_expansion=0.25)
