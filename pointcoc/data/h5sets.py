@@ -174,16 +174,15 @@ class PointCloudDataset(Dataset):
 
 
 def _search_roots(root) -> List[Path]:
-    """The folder given plus the layouts users commonly unpack into (parent of h5_files, h5_files itself)."""
-    root = Path(root)
-    return [root, root / "h5_files", root / "ScanObjectNN" / "h5_files"]
+    """The folder given (the authors' ``h5_files``) and ``root/h5_files`` (the folder h5_files.zip was unzipped in)."""
+    root = Path(root).absolute()
+    return [root] if root.name == "h5_files" else [root, root / "h5_files"]
 
 
 def find_scanobjectnn_files(root, variant: str = "PB_T50_RS") -> Tuple[Path, Path]:
     """Locate the (training, test) h5 files of a ScanObjectNN variant under ``root``.
 
-    ``root`` may be the authors' ``h5_files`` folder, its parent, or a folder holding
-    ``ScanObjectNN/h5_files``. Raises ``DatasetNotFoundError`` naming every path searched.
+    ``root`` may be the authors' ``h5_files`` folder or its parent. Raises ``DatasetNotFoundError`` naming every path searched.
     """
     key = str(variant).upper().replace("-", "_")
     if key not in SCANOBJECTNN_VARIANTS:
@@ -228,7 +227,7 @@ def _read_concat(paths: Sequence[Path], num_classes: int, num_points: int):
 def load_modelnet40(root, num_points: int = 1024, augment: Optional[Callable] = None):
     """(train, test, class_names) from the ``modelnet40_ply_hdf5_2048`` layout under ``root``."""
     searched, found = [], None
-    for base in (Path(root), Path(root) / "modelnet40_ply_hdf5_2048"):
+    for base in (Path(root).absolute(), Path(root).absolute() / "modelnet40_ply_hdf5_2048"):
         train = sorted(glob.glob(str(base / "ply_data_train*.h5")))
         test = sorted(glob.glob(str(base / "ply_data_test*.h5")))
         searched += [base / "ply_data_train*.h5", base / "ply_data_test*.h5", base / "shape_names.txt"]

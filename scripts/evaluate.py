@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Re-evaluate a training checkpoint on its test set and print OA / mAcc.
+
+    python scripts/evaluate.py runs/coc/last.pt --votes 10
+
+Exit code 2 (and a message) when the checkpoint or the data is missing or wrong.
+"""
+import sys
+
+from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
+
+if __name__ == "__main__":
+    sys.exit(run_cli(evaluate_main, build_eval_parser()))
