@@ -223,7 +223,7 @@ def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, s
 
 def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config: TrainConfig, output_dir,
         class_names: Sequence[str], collate_fn: Optional[Callable] = None, val_dataset: Optional[Dataset] = None,
-        resume: Union[None, str, Path, Dict] = None) -> Dict:
+        resume: Union[None, str, Path, Dict] = None, stop_after_epoch: Optional[int] = None) -> Dict:
     """Train ``model`` with SGD + cosine schedule + smoothed cross-entropy; evaluate, checkpoint, log.
 
     Args:
@@ -236,6 +236,8 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         class_names: one name per class; ``len(class_names)`` is the number of classes.
         collate_fn: batches samples into dicts; default ``collate_point_dicts``.
         resume: a checkpoint path (or loaded dict) to continue from; ``config.epochs`` is the total.
+        stop_after_epoch: stop once this epoch is done, as if interrupted (time-boxed jobs, tests);
+            results are then those of the last epoch trained.
 
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, training uses a
     DistributedSampler (``config.batch_size`` is global), evaluation metrics are reduced over processes
@@ -297,6 +299,9 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         start_epoch = int(state["epoch"])
         selection = dict(state.get("selection", selection))
         restore_rng_state(state["rng"], loader_gen)
+        if state["config"].get("epochs") != config.epochs:
+            warnings.warn(f"checkpoint was trained with epochs={state['config'].get('epochs')}; its cosine schedule "
+                          f"is kept, now running to epochs={config.epochs}", stacklevel=2)
         if start_epoch >= config.epochs:
             warnings.warn(f"checkpoint is at epoch {start_epoch} >= epochs {config.epochs}; nothing to train",
                           stacklevel=2)
@@ -324,7 +329,8 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
                         class_names=class_names, dist_info=info)
 
     last = None
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
+    for epoch in range(start_epoch, end_epoch):
         seed = _epoch_seed(config.seed, epoch, info.rank)
         seed_everything(seed)
         loader_gen.manual_seed(_epoch_seed(config.seed, epoch))

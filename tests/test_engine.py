@@ -1,0 +1,228 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pointcoc.data import PointCloudAugment, PointCloudDataset
+from pointcoc.engine import (CheckpointError, TrainConfig, build_model_from_checkpoint, collate_point_dicts,
+                             confusion_matrix, evaluate, fit, load_checkpoint, save_checkpoint,
+                             smoothed_cross_entropy, stratified_split, summarize_confusion)
+
+from point_h5_helpers import class_clouds
+
+NUM_CLASSES = 6
+NAMES = [f"class{i}" for i in range(NUM_CLASSES)]
+
+
+class TinyPointNet(nn.Module):
+    """Shared per-point MLP + max pooling; BatchNorm and Dropout exercise train/eval modes and RNG use."""
+
+    def __init__(self, num_classes=NUM_CLASSES, width=16):
+        super().__init__()
+        self.num_classes = num_classes
+        self.point = nn.Sequential(nn.Linear(3, width), nn.BatchNorm1d(width), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(width, num_classes))
+
+    def forward(self, xyz, features=None, lengths=None):
+        b, n, d = xyz.shape
+        h = self.point(xyz.reshape(b * n, d)).reshape(b, n, -1)
+        return self.head(h.max(1).values)
+
+
+def datasets(points=32):
+    train = PointCloudDataset(*class_clouds(48, points, NUM_CLASSES, 0), points, PointCloudAugment(), NAMES)
+    test = PointCloudDataset(*class_clouds(20, points, NUM_CLASSES, 1), points, None, NAMES)
+    return train, test
+
+
+def config(**kw):
+    base = dict(model="tiny", epochs=2, batch_size=8, workers=0, lr=0.05, seed=3, device="cpu", num_points=32,
+                dataset="synthetic")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def records(path):
+    lines = [json.loads(line) for line in open(path)]
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in lines]
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_confusion_matrix_and_summary_against_direct_counts():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 7, (200,), generator=g)
+    preds = torch.where(torch.rand(200, generator=g) < 0.6, labels, torch.randint(0, 7, (200,), generator=g))
+    labels[labels == 5] = 4  # class 5 absent from the truth
+    cm = confusion_matrix(preds, labels, 7)
+    brute = torch.zeros(7, 7, dtype=torch.long)
+    for t, p in zip(labels.tolist(), preds.tolist()):
+        brute[t, p] += 1
+    assert torch.equal(cm, brute)
+    s = summarize_confusion(cm, [str(i) for i in range(7)])
+    assert s["oa"] == pytest.approx(100 * (preds == labels).float().mean().item())
+    assert s["macc"] == pytest.approx(100 * balanced_accuracy_score(labels.numpy(), preds.numpy()))
+    assert s["per_class_acc"][5] is None and s["count"] == 200
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 7\)"):
+        confusion_matrix(preds, labels + 7, 7)
+
+
+def test_smoothed_cross_entropy_matches_formula():
+    logits = torch.randn(5, 4)
+    labels = torch.tensor([0, 3, 1, 1, 2])
+    target = torch.full((5, 4), 0.2 / 3)
+    target[torch.arange(5), labels] = 0.8
+    want = -(target * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(smoothed_cross_entropy(logits, labels, 0.2), want)
+    torch.testing.assert_close(smoothed_cross_entropy(logits, labels, 0.0), F.cross_entropy(logits, labels))
+
+
+def test_collate_and_bad_batches():
+    batch = collate_point_dicts([{"xyz": torch.zeros(4, 3), "label": torch.tensor(1)}] * 3)
+    assert batch["xyz"].shape == (3, 4, 3) and batch["label"].shape == (3,)
+    with pytest.raises(ValueError, match="different shapes for 'xyz'"):
+        collate_point_dicts([{"xyz": torch.zeros(4, 3), "label": 1}, {"xyz": torch.zeros(5, 3), "label": 1}])
+    loader = DataLoader([(torch.zeros(4, 3), 0)] * 2, batch_size=2)
+    with pytest.raises(ValueError, match="a batch must be a dict with keys 'xyz' and 'label'"):
+        evaluate(TinyPointNet(), loader, NUM_CLASSES)
+
+
+def test_fit_writes_consistent_outputs(tmp_path):
+    torch.manual_seed(0)
+    train, test = datasets()
+    out = tmp_path / "run"
+    results = fit(TinyPointNet(), train, test, config(epochs=3), out, NAMES)
+    for name in ("config.json", "metrics.jsonl", "last.pt", "results.json", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "best.pt").exists()  # nothing selects a best epoch without validation
+    recs = records(out / "metrics.jsonl")
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert recs[0]["lr"] == pytest.approx(0.05) and recs[2]["lr"] < recs[1]["lr"] < recs[0]["lr"]
+    assert results["protocol"].startswith("final epoch") and results["epoch"] == 3
+    cm = torch.tensor(results["confusion_matrix"])
+    assert cm.sum() == len(test) == results["count"]
+    assert results["test_oa"] == pytest.approx(100 * cm.trace().item() / cm.sum().item())
+    assert results["test_oa"] == pytest.approx(recs[-1]["test_oa"])
+    assert results["test_oa"] > 100 / NUM_CLASSES  # learnt something on separable data
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+    # the checkpoint re-evaluates to the logged numbers, counting predictions directly
+    state = load_checkpoint(out / "last.pt")
+    model = build_model_from_checkpoint(state, create=lambda name, **kw: TinyPointNet())
+    model.eval()
+    with torch.no_grad():
+        preds = model(test.points).argmax(1)
+    assert 100 * (preds == test.labels).float().mean().item() == pytest.approx(results["test_oa"])
+    loader = DataLoader(test, batch_size=7, collate_fn=collate_point_dicts)
+    again = evaluate(model, loader, NUM_CLASSES, progress=False)
+    assert again["confusion_matrix"] == results["confusion_matrix"]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    train, test = datasets()
+    torch.manual_seed(0)
+    straight = fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "a", NAMES)
+    torch.manual_seed(0)
+    fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "b", NAMES, stop_after_epoch=1)
+    assert len(records(tmp_path / "b" / "metrics.jsonl")) == 1
+    torch.manual_seed(123)  # the resumed run must not depend on the state of the process
+    resumed = fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "b", NAMES, resume=tmp_path / "b" / "last.pt")
+    assert records(tmp_path / "a" / "metrics.jsonl") == records(tmp_path / "b" / "metrics.jsonl")
+    assert straight["confusion_matrix"] == resumed["confusion_matrix"]
+    wa = load_checkpoint(tmp_path / "a" / "last.pt")
+    wb = load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in wa["model"]:
+        assert torch.equal(wa["model"][k], wb["model"][k]), k
+    assert wa["optimizer"]["state"].keys() == wb["optimizer"]["state"].keys()
+    for k in wa["optimizer"]["state"]:
+        assert torch.equal(wa["optimizer"]["state"][k]["momentum_buffer"], wb["optimizer"]["state"][k]["momentum_buffer"])
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_with_workers(tmp_path):
+    train, test = datasets()
+    torch.manual_seed(0)
+    fit(TinyPointNet(), train, test, config(epochs=2, workers=2), tmp_path / "a", NAMES)
+    torch.manual_seed(0)
+    fit(TinyPointNet(), train, test, config(epochs=2, workers=2), tmp_path / "b", NAMES, stop_after_epoch=1)
+    fit(TinyPointNet(), train, test, config(epochs=2, workers=2), tmp_path / "b", NAMES, resume=tmp_path / "b" / "last.pt")
+    assert records(tmp_path / "a" / "metrics.jsonl") == records(tmp_path / "b" / "metrics.jsonl")
+
+
+def test_validation_split_selects_best_and_paper_protocol_is_labelled(tmp_path):
+    train, test = datasets()
+    tr_idx, val_idx = stratified_split(train.labels, 0.25, seed=0)
+    assert sorted(tr_idx + val_idx) == list(range(len(train))) and not set(tr_idx) & set(val_idx)
+    assert set(train.labels[val_idx].tolist()) == set(range(NUM_CLASSES))  # every class in validation
+    val = torch.utils.data.Subset(PointCloudDataset(train.points.numpy(), train.labels.numpy(), 32), val_idx)
+    torch.manual_seed(0)
+    res = fit(TinyPointNet(), torch.utils.data.Subset(train, tr_idx), test, config(epochs=3), tmp_path / "v", NAMES,
+              val_dataset=val)
+    recs = records(tmp_path / "v" / "metrics.jsonl")
+    best = max(recs, key=lambda r: r["val_oa"])  # first maximum, as selected
+    assert res["epoch"] == best["epoch"] and res["test_oa"] == pytest.approx(best["test_oa"])
+    assert "validation" in res["protocol"]
+    torch.manual_seed(0)
+    res = fit(TinyPointNet(), train, test, config(epochs=2, select_on_test=True), tmp_path / "t", NAMES)
+    assert res["protocol"].startswith("PAPER PROTOCOL")
+    assert res["test_oa"] == max(r["test_oa"] for r in records(tmp_path / "t" / "metrics.jsonl"))
+
+
+def test_atomic_checkpoint_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"x": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"x": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable pointcoc checkpoint"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a pointcoc checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    train, test = datasets()
+    fit(TinyPointNet(), train, test, config(epochs=1), tmp_path / "r", NAMES)
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        fit(TinyPointNet(width=8), train, test, config(epochs=2), tmp_path / "r", NAMES,
+            resume=tmp_path / "r" / "last.pt")
+
+
+def test_fit_rejects_bad_setups(tmp_path):
+    train, test = datasets()
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        fit(TinyPointNet(), train, test, config(batch_size=64), tmp_path, NAMES)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        config(batch_size=0)
+    with pytest.raises(ValueError, match=r"logits of shape \(B, 6\)"):
+        fit(TinyPointNet(num_classes=4), train, test, config(), tmp_path, NAMES)
+
+
+def test_evaluate_votes_average_transformed_passes():
+    train, test = datasets()
+    model = TinyPointNet().eval()
+    loader = DataLoader(test, batch_size=5, collate_fn=collate_point_dicts)
+    identity = evaluate(model, loader, NUM_CLASSES, votes=3, vote_transform=lambda x, g: x, progress=False)
+    plain = evaluate(model, loader, NUM_CLASSES, progress=False)
+    assert identity["confusion_matrix"] == plain["confusion_matrix"]
+    assert identity["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="votes must be >= 1"):
+        evaluate(model, loader, NUM_CLASSES, votes=0)
