@@ -127,6 +127,8 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
     g.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same run (default: %(default)s)")
     g.add_argument("--output", default="runs/train", help="output folder for config, metrics, checkpoints, plots (default: %(default)s)")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue exactly from a checkpoint (last.pt)")
+    g.add_argument("--stop-after-epoch", type=_positive_int, default=None, metavar="N",
+                   help="stop after epoch N as if interrupted (time-boxed jobs); continue later with --resume")
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (ignored with a warning on CPU)")
     g.add_argument("--limit-train-batches", type=_positive_int, default=d.limit_train_batches,
                    help="train on at most this many batches per epoch (smoke runs)")

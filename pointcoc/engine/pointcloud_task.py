@@ -89,7 +89,7 @@ def train_main(args: argparse.Namespace) -> int:
     seed_everything(config.seed)
     model = create_model(config.model, **model_kwargs)
     fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts, val_dataset=val_ds,
-        resume=resume)
+        resume=resume, stop_after_epoch=args.stop_after_epoch)
     return 0
 
 

@@ -1,0 +1,154 @@
+"""The training / evaluation scripts end to end, in subprocesses, on tiny h5 files written here."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from point_h5_helpers import class_clouds, write_h5, write_scanobjectnn
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "scripts" / "train_scanobjectnn.py"
+EVAL = ROOT / "scripts" / "evaluate.py"
+SMALL = json.dumps({"embed_dim": 8, "k_neighbors": 4, "res_expansion": 0.25})
+FAST = ["--model", "pointmlp_elite", "--model-kwargs", SMALL, "--num-points", "64", "--batch-size", "8",
+        "--workers", "0", "--device", "cpu", "--lr", "0.05"]
+
+
+def run(args, timeout=300, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=kw.get("cwd", ROOT))
+
+
+def lines(path):
+    return [json.loads(line) for line in open(path)]
+
+
+@pytest.fixture(scope="module")
+def h5_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scanobjectnn") / "h5_files"
+    write_scanobjectnn(root, n_train=32, n_test=15, points=128)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(h5_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = run([TRAIN, "--data-root", h5_root, "--epochs", "2", "--output", out, "--seed", "1", *FAST])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_training_run_writes_checkpoint_and_consistent_metrics(trained):
+    out, proc = trained
+    for name in ("config.json", "metrics.jsonl", "last.pt", "results.json", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    recs = lines(out / "metrics.jsonl")
+    assert [r["epoch"] for r in recs] == [1, 2]
+    res = json.loads((out / "results.json").read_text())
+    cm = res["confusion_matrix"]
+    assert sum(map(sum, cm)) == 15 and len(cm) == 15
+    assert res["test_oa"] == pytest.approx(100 * sum(cm[i][i] for i in range(15)) / 15)
+    assert res["test_oa"] == pytest.approx(recs[-1]["test_oa"])
+    assert "RESULT [final epoch (no validation split)] epoch 2" in proc.stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "pointmlp_elite" and cfg["model_kwargs"]["num_classes"] == 15 and cfg["num_points"] == 64
+
+
+def test_evaluate_script_reproduces_the_logged_metrics(trained, tmp_path):
+    out, _ = trained
+    res = json.loads((out / "results.json").read_text())
+    proc = run([EVAL, out / "last.pt", "--device", "cpu", "--json", tmp_path / "m.json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["confusion_matrix"] == res["confusion_matrix"]
+    assert f"OA {res['test_oa']:.2f}%" in proc.stdout and f"mAcc {res['test_macc']:.2f}%" in proc.stdout
+
+
+def test_missing_data_exits_2_with_paths_and_no_traceback(tmp_path):
+    proc = run([TRAIN, "--data-root", tmp_path / "absent", *FAST])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert str(tmp_path / "absent" / "main_split" / "training_objectdataset_augmentedrot_scale75.h5") in proc.stderr
+    assert "terms of use" in proc.stderr
+
+
+@pytest.mark.parametrize("case, message", [
+    ("label", "labels must lie in 0..14; found [15]"),
+    ("shape", "dataset 'data' must have shape (n, P, 3)"),
+    ("keys", "missing ['label']"),
+])
+def test_bad_data_files_exit_2(tmp_path, case, message):
+    root = tmp_path / "h5_files"
+    (x, y), _ = write_scanobjectnn(root, n_train=16, n_test=8, points=64)
+    bad = root / "main_split" / "training_objectdataset_augmentedrot_scale75.h5"
+    if case == "label":
+        y[3] = 15
+        write_h5(bad, x, y)
+    elif case == "shape":
+        write_h5(bad, x[:, :, :2], y)
+    else:
+        write_h5(bad, x, None)
+    proc = run([TRAIN, "--data-root", root, *FAST])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr
+
+
+def test_bad_checkpoint_and_bad_arguments_exit_2(tmp_path, h5_root):
+    garbage = tmp_path / "last.pt"
+    garbage.write_bytes(b"junk")
+    proc = run([TRAIN, "--data-root", h5_root, "--resume", garbage, *FAST])
+    assert proc.returncode == 2 and "not a readable pointcoc checkpoint" in proc.stderr
+    proc = run([EVAL, garbage])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run([TRAIN, "--data-root", h5_root, *FAST, "--model", "pointmlp_nope"])
+    assert proc.returncode == 2 and "unknown model 'pointmlp_nope'" in proc.stderr
+    proc = run([TRAIN, "--batch-size", "0"])
+    assert proc.returncode == 2 and "expected a positive integer" in proc.stderr
+
+
+def test_help_documents_every_flag():
+    proc = run([TRAIN, "--help"])
+    assert proc.returncode == 0
+    for flag in ("--model", "--dataset", "--data-root", "--variant", "--epochs", "--batch-size", "--num-points",
+                 "--lr", "--workers", "--device", "--seed", "--output", "--resume", "--amp",
+                 "--limit-train-batches", "--limit-val-batches", "--select-on-test", "--val-fraction"):
+        assert flag in proc.stdout, flag
+    assert "--votes" in run([EVAL, "--help"]).stdout
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(trained, h5_root, tmp_path):
+    out = tmp_path / "r"
+    common = [TRAIN, "--data-root", h5_root, "--epochs", "2", "--output", out, "--seed", "1", *FAST]
+    first = run([*common, "--stop-after-epoch", "1"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len(lines(out / "metrics.jsonl")) == 1
+    again = run([*common, "--resume", out / "last.pt"])
+    assert again.returncode == 0, again.stderr[-2000:]
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in recs]
+
+    assert strip(lines(out / "metrics.jsonl")) == strip(lines(trained[0] / "metrics.jsonl"))
+    res = json.loads((out / "results.json").read_text())
+    assert res["confusion_matrix"] == json.loads((trained[0] / "results.json").read_text())["confusion_matrix"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_match_one_process(h5_root, tmp_path):
+    out = tmp_path / "ddp"
+    proc = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", TRAIN,
+                "--data-root", h5_root, "--epochs", "1", "--output", out, *FAST], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(lines(out / "metrics.jsonl")) == 1  # only rank 0 writes
+    res = json.loads((out / "results.json").read_text())
+    assert sum(map(sum, res["confusion_matrix"])) == 15  # every test sample counted once over both shards
+    single = run([EVAL, out / "last.pt", "--device", "cpu", "--json", tmp_path / "m.json"])
+    assert single.returncode == 0, single.stderr[-2000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["confusion_matrix"] == res["confusion_matrix"]
+    assert m["oa"] == pytest.approx(res["test_oa"]) and m["macc"] == pytest.approx(res["test_macc"])
+    assert m["loss"] == pytest.approx(res["test_loss"], rel=1e-4)
