@@ -216,3 +216,12 @@ def test_module_bad_inputs():
         cc(torch.randn(1, 10, 8), torch.full((1, 10, 3), float("nan")))
     with pytest.raises(ValueError, match="heads must be an int"):
         ContextCluster(8, heads=0)
+
+
+def test_centers_with_the_same_neighbourhood_are_dropped():
+    cc = ContextCluster(8, n_centers=3, center_k=5)
+    with record_assignments(cc):
+        out = cc(torch.randn(2, 5, 8), torch.rand(2, 5, 2), torch.tensor([5, 4]))
+    # every center's 5 nearest points are the whole set: one cluster remains
+    assert (cc.last_assignment[0] == 0).all() and (cc.last_assignment[1, :4] == 0).all()
+    assert torch.isfinite(out).all()

@@ -166,6 +166,18 @@ def context_cluster_dense(point_sim: torch.Tensor, point_val: torch.Tensor, cent
     return out, assign.masked_fill(~valid, -1)
 
 
+def _repeats_earlier_set(nbr: torch.Tensor) -> torch.Tensor:
+    """(B, M, k) neighbour indices -> (B, M) bool: the same set of neighbours as an earlier center.
+
+    Such a center has exactly the features of the earlier one; two equal
+    columns of similarities would make the assignment depend on rounding.
+    """
+    key = nbr.sort(dim=-1).values
+    same = (key[:, :, None, :] == key[:, None, :, :]).all(-1)  # (B, M, M)
+    earlier = torch.ones(same.shape[1:], dtype=torch.bool, device=nbr.device).tril(-1)
+    return (same & earlier).any(-1)
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     weight = mask.unsqueeze(-1).to(x.dtype)
     return (x * weight).sum(dim) / weight.sum(dim).clamp_min(1)
@@ -185,10 +197,12 @@ class ContextCluster(nn.Module):
       centers per set are proposed by FPS over ``xyz`` (fixed start, so
       deterministic, unless ``random_start`` and training); a center's
       similarity/value features are the mean of its ``center_k`` nearest
-      points'. With ``regions=r`` > 1 the set is cut into r equal-width slabs
-      along each coordinate axis of the set's bounding box (r**D cells) and a
-      point may only join a center of its own cell; points of a cell that
-      holds no center may join any center.
+      points' (a center whose k nearest points are those of an earlier
+      center is dropped: it would be the same center, and exact ties would
+      make the assignment depend on rounding). With ``regions=r`` > 1 the set
+      is cut into r equal-width slabs along each coordinate axis of the set's
+      bounding box (r**D cells) and a point may only join a center of its own
+      cell; points of a cell that holds no center may join any center.
 
     Args:
         in_channels: C.
@@ -291,6 +305,7 @@ class ContextCluster(nn.Module):
         center_valid = center_idx >= 0
         n_centers = center_valid.sum(1)
         nbr = knn(gather(geo, center_idx), geo, self.center_k, query_lengths=n_centers, point_lengths=lengths).idx
+        center_valid = center_valid & ~_repeats_earlier_set(nbr)
         sim, val = self.fc_sim(x), self.fc_val(x)
         nbr_mask = nbr >= 0
         c_sim = _masked_mean(gather(sim, nbr), nbr_mask, 2)
