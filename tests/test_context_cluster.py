@@ -182,6 +182,8 @@ def test_record_assignments_and_permutation():
     assert (cc.last_assignment[1, 20:] == -1).all() and (cc.last_assignment[:, :20] >= 0).all()
     assert cc.last_center_idx.shape == (2, 5)
     assert torch.equal(cc.last_xyz, xyz) and torch.equal(cc.last_lengths, lengths)
+    out_again, assign = cc(x, xyz, lengths, return_assignment=True)
+    assert torch.equal(out_again, out) and torch.equal(assign[:, 0], cc.last_assignment)
     assert int(cc.last_assignment.max()) < 5
     # permuting points that keep index 0 (the FPS start) in place permutes the outputs
     perm = torch.cat([torch.tensor([0]), torch.randperm(29) + 1])
@@ -225,3 +227,15 @@ def test_centers_with_the_same_neighbourhood_are_dropped():
     # every center's 5 nearest points are the whole set: one cluster remains
     assert (cc.last_assignment[0] == 0).all() and (cc.last_assignment[1, :4] == 0).all()
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    args = [a.detach().float() for a in _inputs(2, 500, 12, 8, 8, seed=4)]
+    lengths = torch.tensor([500, 321])
+    out, assign = context_cluster(*args, lengths=lengths)
+    out_c, assign_c = context_cluster(*[a.cuda() for a in args], lengths=lengths.cuda())
+    out_d, _ = context_cluster_dense(*[a.cuda() for a in args], lengths=lengths.cuda())
+    torch.testing.assert_close(out_c.cpu(), out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out_c, out_d, atol=1e-5, rtol=1e-4)
+    assert (assign_c.cpu() != assign).float().mean() < 0.01  # near-ties may round differently

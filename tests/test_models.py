@@ -225,6 +225,21 @@ def test_torch_compile_forward(name):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["pointmlp_elite", "pointmlp_coc", "pointmlp_coc_pixels_small"])
+def test_cuda_matches_cpu(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    n = _n_points(model)
+    xyz, feats = _inputs(model, 2, n)
+    lengths = torch.tensor([n, n - 10])
+    with torch.no_grad():
+        want = model(xyz, feats, lengths)
+        model.cuda()
+        got = model(xyz.cuda(), None if feats is None else feats.cuda(), lengths.cuda()).cpu()
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+
+
 def test_public_imports():
     assert pointcoc.PointMLP is PointMLP and pointcoc.create_model is create_model
     assert pointcoc.functional.context_cluster is pointcoc.layers.context_cluster

@@ -257,10 +257,19 @@ class ContextCluster(nn.Module):
         return None if t is None else t.repeat_interleave(self.heads, dim=0)
 
     def forward(self, x: torch.Tensor, xyz: Optional[torch.Tensor] = None, lengths: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, return_assignment: bool = False):
+        """Grouped: ``x`` (G, K, C), ``mask`` (G, K). Set-level: ``x`` (B, N, C), ``xyz`` (B, N, D), ``lengths`` (B,).
+
+        Returns (B, N, C_out); with ``return_assignment`` (set-level only) also
+        the hard assignment (B, heads, N) long, -1 on padding.
+        """
         if self.n_centers is None:
+            if return_assignment:
+                raise ValueError("return_assignment needs the set-level form (n_centers set); "
+                                 "in the grouped form every point joins its group's single center")
             return self._forward_grouped(x, mask)
-        return self._forward_set(x, xyz, lengths)
+        out, assign = self._forward_set(x, xyz, lengths)
+        return (out, assign) if return_assignment else out
 
     def _forward_grouped(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         check_points("x", x, dims=None, finite=False)
@@ -328,7 +337,7 @@ class ContextCluster(nn.Module):
             self.last_xyz = xyz.detach()
             self.last_lengths = lengths.detach()
         out = self.shortcut(x) + self.fc_out(self._merge(out, batch))
-        return out * valid.unsqueeze(-1).to(out.dtype)
+        return out * valid.unsqueeze(-1).to(out.dtype), assign.reshape(batch, self.heads, n)
 
 
 @contextmanager
