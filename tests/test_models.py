@@ -214,7 +214,7 @@ def test_pixel_models_use_set_level_cluster_and_grouped_coc():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["pointmlp", "pointmlp_coc"])
+@pytest.mark.parametrize("name", ["pointmlp_coc"])  # every layer of pointmlp plus the grouped context cluster
 def test_torch_compile_forward(name):
     torch.manual_seed(0)
     model = create_model(name).eval()
