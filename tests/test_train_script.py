@@ -137,10 +137,9 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(trained, h5_root, tmp
     assert res["confusion_matrix"] == json.loads((trained[0] / "results.json").read_text())["confusion_matrix"]
 
 
-@pytest.mark.slow
 def test_torchrun_two_gloo_processes_match_one_process(h5_root, tmp_path):
     out = tmp_path / "ddp"
-    proc = run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", TRAIN,
+    proc = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN,
                 "--data-root", h5_root, "--epochs", "1", "--output", out, *FAST], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(lines(out / "metrics.jsonl")) == 1  # only rank 0 writes

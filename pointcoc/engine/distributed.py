@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_buffers", "barrier"]
 
 
 @dataclass
@@ -45,6 +45,17 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process.
+
+    DDP keeps parameters equal, but each process updates its own running statistics in its last
+    training forward; without this, ranks would evaluate with different statistics than the checkpoint.
+    """
+    if info.enabled:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def barrier(info: DistInfo) -> None:

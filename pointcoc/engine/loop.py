@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, init_distributed
 from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
 
 __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
@@ -156,18 +156,19 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: Union[str, torc
         if limit_batches is not None and i >= limit_batches:
             break
         batch = _to_device(batch, device)
-        probs = 0.0
+        log_probs = []
         for v in range(votes):
             b = batch if v == 0 else {**batch, "xyz": vote_transform(batch["xyz"], gen)}
             with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
                 logits = _forward(model, b)
             if logits.dim() != 2 or logits.shape != (batch["label"].shape[0], num_classes):
                 raise ValueError(f"the model must return logits of shape (B, {num_classes}); got {tuple(logits.shape)}")
-            probs = probs + F.softmax(logits.float(), dim=1)
-        probs = probs / votes
+            log_probs.append(F.log_softmax(logits.float(), dim=1))
+        # log of the mean softmax over votes, computed stably
+        log_mean = torch.logsumexp(torch.stack(log_probs), 0) - math.log(votes)
         labels = batch["label"].long()
-        loss_sum += F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum").double()
-        cm += confusion_matrix(probs.argmax(1), labels, num_classes)
+        loss_sum += F.nll_loss(log_mean, labels, reduction="sum").double()
+        cm += confusion_matrix(log_mean.argmax(1), labels, num_classes)
     cm = all_reduce_sum(cm, info)
     loss_sum = all_reduce_sum(loss_sum, info)
     out = summarize_confusion(cm, class_names)
@@ -324,8 +325,8 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
     test_loader = eval_loader(test_dataset)
     val_loader = eval_loader(val_dataset) if val_dataset is not None else None
 
-    def evaluate_on(loader):
-        return evaluate(net, loader, num_classes, device, amp=amp, limit_batches=config.limit_val_batches,
+    def evaluate_on(loader):  # the unwrapped model: ranks may see different numbers of eval batches
+        return evaluate(model, loader, num_classes, device, amp=amp, limit_batches=config.limit_val_batches,
                         class_names=class_names, dist_info=info)
 
     last = None
@@ -333,7 +334,7 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
     for epoch in range(start_epoch, end_epoch):
         seed = _epoch_seed(config.seed, epoch, info.rank)
         seed_everything(seed)
-        loader_gen.manual_seed(_epoch_seed(config.seed, epoch))
+        loader_gen.manual_seed(seed ^ 0x5EED)  # data order and worker seeds: a stream apart from the globals
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -341,6 +342,7 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
                                  desc=f"epoch {epoch + 1}/{config.epochs}")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
+        broadcast_buffers(model, info)  # evaluate (and save) rank 0's BatchNorm statistics on every rank
         train_time = time.perf_counter() - t0
         test = evaluate_on(test_loader)
         val = evaluate_on(val_loader) if val_loader is not None else None
