@@ -64,10 +64,9 @@ class PointMLPStage(nn.Module):
             pre.append(block())
         for _ in range(pos_blocks):
             if cluster == "set":
-                pre_cc = ContextCluster(out_channels, heads=cluster_heads, head_dim=cluster_head_dim,
-                                        n_centers=cluster_centers, center_k=cluster_k, regions=cluster_regions,
-                                        random_start=random_start)
-                pos.append(pre_cc)
+                pos.append(ContextCluster(out_channels, heads=cluster_heads, head_dim=cluster_head_dim,
+                                          n_centers=cluster_centers, center_k=cluster_k, regions=cluster_regions,
+                                          random_start=random_start))
             pos.append(block())
         self.pre_blocks = nn.ModuleList(pre)
         self.pos_blocks = nn.ModuleList(pos)
