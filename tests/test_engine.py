@@ -226,3 +226,28 @@ def test_evaluate_votes_average_transformed_passes():
     assert identity["loss"] == pytest.approx(plain["loss"], rel=1e-5)
     with pytest.raises(ValueError, match="votes must be >= 1"):
         evaluate(model, loader, NUM_CLASSES, votes=0)
+
+
+def test_amp_on_cpu_warns_and_trains_in_float32(tmp_path):
+    train, test = datasets()
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="--amp has no effect on CPU"):
+        amp = fit(TinyPointNet(), train, test, config(epochs=1, amp=True), tmp_path / "amp", NAMES)
+    torch.manual_seed(0)
+    plain = fit(TinyPointNet(), train, test, config(epochs=1), tmp_path / "plain", NAMES)
+    assert amp["confusion_matrix"] == plain["confusion_matrix"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+def test_cuda_amp_training_and_checkpoint_loads_on_cpu(tmp_path):
+    train, test = datasets()
+    torch.manual_seed(0)
+    res = fit(TinyPointNet(), train, test, config(epochs=2, amp=True, device="cuda"), tmp_path, NAMES)
+    assert np.isfinite(res["test_loss"])
+    state = load_checkpoint(tmp_path / "last.pt", map_location="cpu")
+    assert state["scaler"] is not None
+    model = build_model_from_checkpoint(state, create=lambda name, **kw: TinyPointNet()).eval()
+    with torch.no_grad():
+        preds = model(test.points).argmax(1)
+    assert 100 * (preds == test.labels).float().mean().item() == pytest.approx(res["test_oa"], abs=100 / len(test))
