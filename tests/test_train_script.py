@@ -151,3 +151,14 @@ def test_torchrun_two_gloo_processes_match_one_process(h5_root, tmp_path):
     assert m["confusion_matrix"] == res["confusion_matrix"]
     assert m["oa"] == pytest.approx(res["test_oa"]) and m["macc"] == pytest.approx(res["test_macc"])
     assert m["loss"] == pytest.approx(res["test_loss"], rel=1e-4)
+
+
+def test_validation_split_from_the_script_selects_best_pt(h5_root, tmp_path):
+    out = tmp_path / "val"
+    proc = run([TRAIN, "--data-root", h5_root, "--epochs", "2", "--output", out, "--val-fraction", "0.25", *FAST])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = lines(out / "metrics.jsonl")
+    assert all("val_oa" in r for r in recs)
+    res = json.loads((out / "results.json").read_text())
+    assert "validation" in res["protocol"] and (out / "best.pt").is_file()
+    assert res["epoch"] == max(recs, key=lambda r: r["val_oa"])["epoch"]
