@@ -240,6 +240,25 @@ def test_cuda_matches_cpu(name):
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["pointmlp_elite_coc", "pointmlp_coc_pixels_small"])
+def test_bfloat16_autocast(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    n = _n_points(model)
+    xyz, feats = _inputs(model, 2, n)
+    lengths = torch.tensor([n, n - 20])
+    with torch.no_grad():
+        want = model(xyz, feats, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(xyz, feats, lengths)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.1 * float(want.abs().max()), rtol=0.05)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(xyz, feats, lengths).float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_public_imports():
     assert pointcoc.PointMLP is PointMLP and pointcoc.create_model is create_model
     assert pointcoc.functional.context_cluster is pointcoc.layers.context_cluster

@@ -101,6 +101,8 @@ def cluster_core(point_sim, point_val, center_sim, center_val, alpha, beta,
     m = center_val.shape[1]
     best, assign = _cosine_best(point_sim, center_sim, center_valid)
     w = torch.sigmoid(alpha * best + beta)
+    # Under autocast alpha (float32) promotes w: sum in w's dtype, never in a half type.
+    point_val, center_val = point_val.to(w.dtype), center_val.to(w.dtype)
     if point_valid is not None:
         w = w * point_valid.to(w.dtype)
         assign = assign.masked_fill(~point_valid, -1)

@@ -42,8 +42,9 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         shape = x.shape
         uses_batch_stats = self.training or not self.track_running_stats
         if mask is not None and uses_batch_stats:
-            out = x.new_zeros(shape)
-            out[mask] = super().forward(x[mask])
+            normed = super().forward(x[mask])
+            out = normed.new_zeros(shape)
+            out[mask] = normed
             return out
         return super().forward(x.reshape(-1, shape[-1])).reshape(shape)
 
