@@ -174,6 +174,8 @@ def test_bad_inputs():
     bad[1, 3, 0] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         model(bad)
+    with pytest.raises(ValueError, match="xyz must be torch.float32 on cpu"):
+        model(xyz.double())
     with pytest.raises(ValueError, match="lengths must have shape"):
         model(xyz, lengths=torch.tensor([64]))
     with pytest.raises(ValueError, match="features must be None"):

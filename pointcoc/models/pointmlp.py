@@ -183,6 +183,10 @@ class PointMLP(nn.Module):
 
     def _check(self, xyz, features, lengths):
         check_points("xyz", xyz, dims=(self.coord_dim,))
+        weight = self.embedding.linear.weight
+        if xyz.dtype != weight.dtype or xyz.device != weight.device:
+            raise ValueError(f"xyz must be {weight.dtype} on {weight.device} like the model's parameters; "
+                             f"got {xyz.dtype} on {xyz.device}")
         batch, n, _ = xyz.shape
         if self.in_channels == 0:
             if features is not None and features.shape[-1] != 0:
