@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from point_h5_helpers import class_clouds, write_h5, write_scanobjectnn
+from point_h5_helpers import write_h5, write_scanobjectnn
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train_scanobjectnn.py"

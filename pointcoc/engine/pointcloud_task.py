@@ -11,7 +11,6 @@ import json
 import sys
 from typing import Optional
 
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import PointCloudAugment
