@@ -71,6 +71,30 @@ def test_padded_batch_equals_one_by_one(name):
             torch.testing.assert_close(logits[b : b + 1], alone, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["pointmlp_elite_coc", "pointmlp_coc_pixels_small"])
+def test_padding_never_influences_training_mode(name):
+    """Batch statistics (BatchNorm in train mode, the anchor std) and gradients ignore what padding holds."""
+    model = create_model(name).train()
+    n = _n_points(model)
+    xyz, feats = _inputs(model, 3, n, seed=4)
+    lengths = torch.tensor([n, n - 30, model.min_points])
+    results = []
+    for fill in (0.0, 3.0):
+        x, f = xyz.clone(), None if feats is None else feats.clone()
+        for b in range(3):
+            x[b, lengths[b]:] = fill
+            if f is not None:
+                f[b, lengths[b]:] = -fill
+        torch.manual_seed(0)  # same dropout masks
+        model.zero_grad()
+        logits = model(x, f, lengths)
+        logits.square().sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for g0, g1 in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(g0, g1)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_permutation_invariance_in_eval(name):
     """FPS starts at index 0, so that point stays first; any order of the others gives the same logits."""
