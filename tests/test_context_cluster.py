@@ -42,6 +42,21 @@ def test_matches_dense_reference(batch, n, m, ds, dv, ragged):
     assert all(g.abs().sum() > 0 for g in grads)
 
 
+def test_chunked_assignment_matches_dense_reference(monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["pointcoc.layers.context_cluster"], "_SIM_CHUNK_ELEMENTS", 50)
+    args = _inputs(3, 61, 9, 5, 4, seed=11)  # chunks of 50 // (3 * 9) = 1 point
+    lengths = torch.tensor([61, 40, 2])
+    weight = torch.randn(3, 61, 4, dtype=torch.float64)
+    out, assign, grads = _grads(context_cluster, args, lengths, weight)
+    out_d, assign_d, grads_d = _grads(context_cluster_dense, args, lengths, weight)
+    assert torch.equal(assign, assign_d)
+    torch.testing.assert_close(out, out_d, atol=1e-5, rtol=1e-5)
+    for g, gd in zip(grads, grads_d):
+        torch.testing.assert_close(g, gd, atol=1e-5, rtol=1e-5)
+
+
 def test_matches_dense_reference_float32():
     args = [a.detach().float().requires_grad_(True) for a in _inputs(2, 300, 20, 16, 16, seed=3)]
     weight = torch.randn(2, 300, 16)

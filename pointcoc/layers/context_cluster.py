@@ -10,7 +10,8 @@ value space ``v``, and centers with their own ``s_c``, ``v_c``:
 4. dispatch ``out_i = w_i * g_{assign[i]}``.
 
 :func:`context_cluster` computes 3 with segment sums (``index_add``): memory
-O(B·N·(M + Dv)), never a (B, M, N, Dv) tensor. :func:`context_cluster_dense`
+O(B·N·(Ds + Dv)) plus a bounded chunk of similarities, never a (B, M, N, Dv)
+tensor. :func:`context_cluster_dense`
 is the dense-mask reference (as the published image code), O(B·M·N·Dv).
 
 Note: the published image code takes the argmax of ``sigmoid(alpha*S + beta)``,
@@ -70,18 +71,38 @@ def _check_inputs(point_sim, point_val, center_sim, center_val, alpha, beta, len
     return check_lengths("lengths", lengths, batch, n, device=point_sim.device)
 
 
+# Similarities are formed for this many (point, center) pairs at a time, so the
+# assignment never holds the whole (B, N, M) matrix.
+_SIM_CHUNK_ELEMENTS = 1 << 20
+
+
 def _cosine_best(point_sim, center_sim, center_valid):
-    """(B, N) best cosine similarity and (B, N) argmax center; padded centers never win."""
+    """(B, N) cosine similarity to the most similar center and (B, N) its index; padded centers never win.
+
+    The argmax runs without autograd in chunks of points; the chosen similarity is
+    then recomputed from the chosen center alone, which has the gradient of the
+    max. Memory O(B·N·Ds + chunk) instead of O(B·N·M).
+    """
     ps = F.normalize(point_sim, dim=-1)
     cs = F.normalize(center_sim, dim=-1)
-    if center_sim.shape[1] == 1 and center_valid is None:
-        best = (ps * cs).sum(-1)
-        return best, torch.zeros(best.shape, dtype=torch.long, device=best.device)
-    sim = torch.bmm(ps, cs.transpose(1, 2))
-    if center_valid is not None:
-        allowed = center_valid if center_valid.dim() == 3 else center_valid[:, None, :]
-        sim = sim.masked_fill(~allowed, float("-inf"))
-    return sim.max(dim=-1)
+    batch, n, _ = ps.shape
+    m = cs.shape[1]
+    if m == 1 and center_valid is None:
+        assign = torch.zeros((batch, n), dtype=torch.long, device=ps.device)
+        return (ps * cs).sum(-1), assign
+    chunk = max(1, _SIM_CHUNK_ELEMENTS // max(1, batch * m))
+    parts = []
+    with torch.no_grad():
+        cs_t = cs.transpose(1, 2)
+        for start in range(0, n, chunk):
+            sim = torch.bmm(ps[:, start : start + chunk], cs_t)
+            if center_valid is not None:
+                allowed = center_valid[:, start : start + chunk] if center_valid.dim() == 3 else center_valid[:, None]
+                sim = sim.masked_fill(~allowed, float("-inf"))
+            parts.append(sim.argmax(-1))
+    assign = torch.cat(parts, 1)
+    chosen = torch.gather(cs, 1, assign.unsqueeze(-1).expand(-1, -1, cs.shape[-1]))
+    return (ps * chosen).sum(-1), assign
 
 
 def cluster_core(point_sim, point_val, center_sim, center_val, alpha, beta,
@@ -137,7 +158,8 @@ def context_cluster(point_sim: torch.Tensor, point_val: torch.Tensor, center_sim
         out: Tensor (B, N, Dv), ``sigmoid(alpha*S_i + beta) * g_{assign_i}``; 0 on padding.
         assign: LongTensor (B, N), index of each point's most similar center; -1 on padding.
 
-    Memory O(B·N·(M + Dv)); matches :func:`context_cluster_dense` in values and gradients.
+    Memory O(B·N·(Ds + Dv)) (similarities are formed in bounded chunks); matches
+    :func:`context_cluster_dense` in values and gradients.
     """
     lengths = _check_inputs(point_sim, point_val, center_sim, center_val, alpha, beta, lengths)
     n = point_sim.shape[1]
