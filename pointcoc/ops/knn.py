@@ -13,8 +13,9 @@ __all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2"]
 # Upper bound on the number of elements of one (B, m, N) distance chunk: the
 # reference holds about five such temporaries (8 MiB each in float32).
 _CHUNK_ELEMENTS = 1 << 21
-# The matmul path keeps one (B, m, N) chunk; small chunks stay in cache.
-_MM_CHUNK_ELEMENTS = 1 << 20
+# The matmul path keeps one (B, m, N) chunk (16 MiB in float32): few enough chunks that
+# a loaded machine does not pay many parallel-region start-ups, small enough to bound memory.
+_MM_CHUNK_ELEMENTS = 1 << 22
 
 
 class KNNResult(NamedTuple):
