@@ -41,19 +41,19 @@ def test_registry():
 def test_forward_backward_every_parameter(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7).train()
-    xyz, feats = _inputs(model, 3, _n_points(model))
+    xyz, feats = _inputs(model, 2, _n_points(model))
     logits = model(xyz, feats)
-    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
     logits.square().sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without a finite gradient: {missing}"
     zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
     assert not zero, f"parameters with an all-zero gradient: {zero}"
     feats_out = model.forward_features(xyz, feats)
-    assert feats_out.shape == (3, model.num_features)
+    assert feats_out.shape == (2, model.num_features)
     model.reset_classifier(4)
-    assert model.num_classes == 4 and model(xyz, feats).shape == (3, 4)
-    assert model.forward_head(feats_out).shape == (3, 4)
+    assert model.num_classes == 4 and model(xyz, feats).shape == (2, 4)
+    assert model.forward_head(feats_out).shape == (2, 4)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -75,7 +75,7 @@ def test_padded_batch_equals_one_by_one(name):
 def test_padding_never_influences_training_mode(name):
     """Batch statistics (BatchNorm in train mode, the anchor std) and gradients ignore what padding holds."""
     model = create_model(name).train()
-    n = _n_points(model)
+    n = 64
     xyz, feats = _inputs(model, 3, n, seed=4)
     lengths = torch.tensor([n, n - 30, model.min_points])
     results = []
