@@ -20,6 +20,10 @@ def _n_points(model):
 def _inputs(model, batch, n, seed=0):
     g = torch.Generator().manual_seed(seed)
     xyz = torch.rand(batch, n, model.coord_dim, generator=g) - 0.5
+    if hasattr(model, "image_size"):  # grid models (convnet_pixels*): n distinct pixels of the image per set
+        h, w = model.image_size
+        cells = torch.stack([torch.randperm(h * w, generator=g)[:n] for _ in range(batch)])
+        xyz[..., 0], xyz[..., 1] = (cells % w) / w - 0.5, (cells // w) / h - 0.5
     feats = torch.rand(batch, n, model.in_channels, generator=g) if model.in_channels else None
     return xyz, feats
 
