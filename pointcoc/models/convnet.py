@@ -20,10 +20,53 @@ from torch import nn
 from ..ops.validation import check_lengths, check_points, check_positive_int
 from .registry import register_model
 
-__all__ = ["ConvNetPixels", "rasterize_pixel_sets", "convnet_pixels_small", "convnet_pixels"]
+__all__ = ["ConvNetPixels", "pixel_cells", "rasterize_pixel_sets", "convnet_pixels_small", "convnet_pixels"]
 
 # how far (in pixels) a coordinate may sit from its grid position: float32 rounding only
 GRID_TOLERANCE = 1e-3
+
+
+def pixel_cells(xyz: torch.Tensor, image_size: Tuple[int, int], lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Row-major cell ``j * w + i`` of every pixel of a batch of pixel sets.
+
+    Args:
+        xyz: (B, N, D) with D in {2, 3}; ``xyz[..., 0] = i / w - 0.5`` (column i),
+            ``xyz[..., 1] = j / h - 0.5`` (row j); ``xyz[..., 2]`` (depth) is ignored.
+        image_size: (h, w) of the grid.
+        lengths: (B,) long with values in [1, N], or None (every set has N points).
+
+    Returns:
+        (B, N) long cell index in [0, h * w), -1 on padding.
+
+    Raises ValueError when a real point does not fall on the grid (more than
+    ``GRID_TOLERANCE`` pixels from a cell, or outside the image) or when two
+    points of one set fall on the same cell.
+    """
+    h, w = image_size
+    check_points("xyz", xyz, dims=(2, 3))
+    batch, n, _ = xyz.shape
+    lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device)
+    valid = torch.arange(n, device=xyz.device)[None, :] < lengths[:, None]
+    col = (xyz[..., 0].double() + 0.5) * w
+    row = (xyz[..., 1].double() + 0.5) * h
+    i, j = col.round(), row.round()
+    off_grid = ((col - i).abs() > GRID_TOLERANCE) | ((row - j).abs() > GRID_TOLERANCE)
+    outside = (i < 0) | (i >= w) | (j < 0) | (j >= h)
+    bad = (off_grid | outside) & valid
+    if bool(bad.any()):
+        b, p = (int(t) for t in torch.nonzero(bad)[0])
+        x, y = xyz[b, p, 0].item(), xyz[b, p, 1].item()
+        raise ValueError(f"xyz must hold pixel coordinates (i / {w} - 0.5, j / {h} - 0.5) of a {h}x{w} image "
+                         f"(image_size={tuple(image_size)}); point {p} of set {b} is at ({x:.6g}, {y:.6g}), "
+                         f"i.e. column {col[b, p].item():.4g}, row {row[b, p].item():.4g}")
+    cell = (j * w + i).long()
+    cell = torch.where(valid, cell, -1)  # padding: no cell
+    ordered, _ = cell.sort(dim=1)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if bool(repeated.any()):
+        b = int(torch.nonzero(repeated)[0, 0])
+        raise ValueError(f"xyz must hold each pixel at most once per set; set {b} has two points on one pixel")
+    return cell
 
 
 def rasterize_pixel_sets(xyz: torch.Tensor, features: torch.Tensor, image_size: Tuple[int, int],
@@ -41,9 +84,7 @@ def rasterize_pixel_sets(xyz: torch.Tensor, features: torch.Tensor, image_size: 
     Returns:
         (B, C, h, w) image, zero where a pixel is not in the set.
 
-    Raises ValueError when a real point does not fall on the grid (more than
-    ``GRID_TOLERANCE`` pixels from a cell, or outside the image) or when two
-    points of one set fall on the same cell.
+    Raises ValueError as :func:`pixel_cells`.
     """
     h, w = image_size
     check_points("xyz", xyz, dims=(2, 3))
@@ -52,30 +93,8 @@ def rasterize_pixel_sets(xyz: torch.Tensor, features: torch.Tensor, image_size: 
     if features.shape[:2] != (batch, n):
         raise ValueError(f"features must have shape (B, N, C) = ({batch}, {n}, C) as xyz; "
                          f"got {tuple(features.shape)}")
-    lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device)
-    valid = torch.arange(n, device=xyz.device)[None, :] < lengths[:, None]
-
-    col = (xyz[..., 0].double() + 0.5) * w
-    row = (xyz[..., 1].double() + 0.5) * h
-    i, j = col.round(), row.round()
-    off_grid = ((col - i).abs() > GRID_TOLERANCE) | ((row - j).abs() > GRID_TOLERANCE)
-    outside = (i < 0) | (i >= w) | (j < 0) | (j >= h)
-    bad = (off_grid | outside) & valid
-    if bool(bad.any()):
-        b, p = (int(t) for t in torch.nonzero(bad)[0])
-        x, y = xyz[b, p, 0].item(), xyz[b, p, 1].item()
-        raise ValueError(f"xyz must hold pixel coordinates (i / {w} - 0.5, j / {h} - 0.5) of a {h}x{w} image "
-                         f"(image_size={tuple(image_size)}); point {p} of set {b} is at ({x:.6g}, {y:.6g}), "
-                         f"i.e. column {col[b, p].item():.4g}, row {row[b, p].item():.4g}")
-
-    cell = (j * w + i).long()
-    cell = torch.where(valid, cell, -1)  # padding: no cell
-    ordered, _ = cell.sort(dim=1)
-    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
-    if bool(repeated.any()):
-        b = int(torch.nonzero(repeated)[0, 0])
-        raise ValueError(f"xyz must hold each pixel at most once per set; set {b} has two points on one pixel")
-
+    cell = pixel_cells(xyz, image_size, lengths)
+    valid = cell >= 0
     channels = features.shape[-1]
     flat = features.new_zeros(batch, h * w + 1, channels)  # last row: a bin for padding, dropped below
     index = torch.where(valid, cell, h * w)
