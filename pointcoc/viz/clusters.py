@@ -1,0 +1,190 @@
+"""Clustering maps: which context cluster every pixel of an image belongs to, layer by layer.
+
+As the clustering maps of "Image as Set of Points" (Ma et al., ICLR 2023): for
+each set-level :class:`~pointcoc.layers.ContextCluster` of a pixel-set model,
+the image with each pixel coloured by its cluster and the cluster centers marked.
+
+Later stages cluster FPS-subsampled anchors, not pixels. A pixel takes the
+cluster of its nearest anchor of that stage (Euclidean distance in the model's
+coordinates, so with depth the third coordinate counts; ties go to the anchor
+listed first). At an anchor itself this is the recorded assignment. Head 0's
+assignment is drawn (the pixel models have one head).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..layers import ContextCluster, record_assignments
+from ..models.convnet import pixel_cells
+
+__all__ = ["ClusterMap", "cluster_maps", "colorize_clusters", "plot_cluster_maps"]
+
+
+@dataclass
+class ClusterMap:
+    """The clustering of one context-cluster layer, mapped back to the pixels of an image.
+
+    layer: the module's name in the model (e.g. ``stages.0.pos_blocks.0``).
+    labels: (h, w) long, cluster slot of each pixel (0..M-1), -1 where the pixel is not in the set.
+    centers: (m, 2) float, (column, row) of each center in pixels (may be fractional only if the
+        coordinates were).
+    center_slots: (m,) long, the slot of each center (its colour in the map).
+    num_points: how many points (pixels or anchors) this layer clustered.
+    """
+
+    layer: str
+    labels: torch.Tensor
+    centers: torch.Tensor
+    center_slots: torch.Tensor
+    num_points: int
+
+
+def _nearest(queries: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(n, D), (m, D) -> (n,) index of the nearest point (first one on ties)."""
+    return torch.cdist(queries.double(), points.double()).argmin(dim=1)
+
+
+@torch.no_grad()
+def cluster_maps(model: nn.Module, xyz: torch.Tensor, features: Optional[torch.Tensor],
+                 image_size: Tuple[int, int]) -> Tuple[List[ClusterMap], torch.Tensor]:
+    """Run ``model`` (in eval mode) on one pixel set and map every context cluster's assignment to pixels.
+
+    Args:
+        model: a pointcoc model with set-level context clusters (``pointmlp_coc_pixels*``).
+        xyz: (N, D) or (1, N, D) pixel coordinates ``(i / w - 0.5, j / h - 0.5[, depth])``.
+        features: (N, C) or (1, N, C), or None for a model without features.
+        image_size: (h, w) of the image the pixels come from.
+
+    Returns:
+        (one :class:`ClusterMap` per recorded layer, in forward order; logits (num_classes,)).
+
+    Raises ValueError when the model has no set-level context cluster or a point is off the grid.
+    """
+    if xyz.dim() == 2:
+        xyz = xyz[None]
+        features = None if features is None else features[None]
+    if xyz.dim() != 3 or xyz.shape[0] != 1:
+        raise ValueError(f"xyz must be one pixel set, (N, D) or (1, N, D); got shape {tuple(xyz.shape)}")
+    h, w = image_size
+    cells = pixel_cells(xyz, (h, w))[0]
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, ContextCluster) and m.n_centers is not None]
+    if not layers:
+        raise ValueError(f"model {type(model).__name__} has no set-level ContextCluster to draw "
+                         "(use a pointmlp_coc_pixels* model)")
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with record_assignments(model):
+            logits = model(xyz.to(param), None if features is None else features.to(param))
+    finally:
+        model.train(was_training)
+    maps = []
+    points = xyz[0].double().cpu()
+    for name, layer in layers:
+        n = int(layer.last_lengths[0])
+        anchors = layer.last_xyz[0, :n].double().cpu()
+        assign = layer.last_assignment[0, :n].cpu()
+        labels = torch.full((h * w,), -1, dtype=torch.long)
+        labels[cells] = assign[_nearest(points, anchors)]
+        center_idx = layer.last_center_idx[0].cpu()
+        slots = torch.nonzero(center_idx >= 0).flatten()
+        where = anchors[center_idx[slots]]
+        centers = torch.stack([(where[:, 0] + 0.5) * w, (where[:, 1] + 0.5) * h], dim=1).float()
+        maps.append(ClusterMap(name, labels.view(h, w), centers, slots, n))
+    return maps, logits[0].cpu()
+
+
+def _palette(count: int) -> np.ndarray:
+    """(count, 3) distinct RGB colours in [0, 1]: matplotlib's tab20, strong shades first, repeated if needed."""
+    from matplotlib import colormaps
+
+    tab20 = np.asarray(colormaps["tab20"].colors)
+    colours = np.concatenate([tab20[0::2], tab20[1::2]])
+    return colours[np.arange(count) % len(colours)]
+
+
+def colorize_clusters(labels: torch.Tensor, image: Optional[torch.Tensor] = None, alpha: float = 0.75,
+                      missing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """(h, w) labels (-1: missing) [+ (C, h, w) image in [0, 1]] -> (h, w, 3) RGB array in [0, 1].
+
+    Pixels of cluster s get palette colour s, blended with the image's grey value
+    (``alpha`` of colour, ``1 - alpha`` of grey); missing pixels get ``missing``.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 2:
+        raise ValueError(f"labels must have shape (h, w); got {tuple(labels.shape)}")
+    lab = labels.numpy()
+    colour = _palette(max(int(lab.max()) + 1, 1))[np.clip(lab, 0, None)]
+    if image is not None:
+        if image.dim() != 3 or tuple(image.shape[1:]) != tuple(labels.shape):
+            raise ValueError(f"image must have shape (C, h, w) with (h, w) = {tuple(labels.shape)}; "
+                             f"got {tuple(image.shape)}")
+        grey = image.float().mean(0).clamp(0, 1).numpy()[..., None]
+        colour = alpha * colour + (1 - alpha) * grey
+    colour[lab < 0] = missing
+    return colour
+
+
+def _show_image(image: torch.Tensor, present: Optional[torch.Tensor]) -> np.ndarray:
+    """(C, h, w) -> (h, w, 3) for imshow; pixels not present drawn as a pale red checkerboard."""
+    img = image.float().clamp(0, 1)
+    rgb = img[:3].permute(1, 2, 0).numpy() if img.shape[0] >= 3 else img[0, :, :, None].repeat(1, 1, 3).numpy()
+    if present is not None:
+        h, w = present.shape
+        checker = 0.1 * ((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2)[..., None]
+        pale_red = np.array([1.0, 0.75, 0.75]) - checker
+        rgb = np.where(present.numpy()[..., None], rgb, pale_red)
+    return rgb
+
+
+def plot_cluster_maps(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap], str]], path,
+                      panel_size: float = 2.6) -> Path:
+    """Draw one row per image: the input, then one clustering map per context-cluster layer; save a PNG.
+
+    In the input panel missing pixels are pale red; in the maps they are white and
+    the centers are white stars.
+
+    Args:
+        rows: (image (C, h, w) in [0, 1], its ClusterMaps, a title) per image.
+        path: output PNG path (folders are created).
+    Returns the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("rows must hold at least one (image, maps, title); got none")
+    cols = 1 + max(len(maps) for _, maps, _ in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(panel_size * cols, panel_size * len(rows) + 0.4),
+                             squeeze=False)
+    for r, (image, maps, title) in enumerate(rows):
+        present = maps[0].labels >= 0 if maps else None
+        axes[r, 0].imshow(_show_image(image, present), interpolation="nearest")
+        axes[r, 0].set_title(title, fontsize=8)
+        for c, m in enumerate(maps, start=1):
+            ax = axes[r, c]
+            ax.imshow(colorize_clusters(m.labels, image), interpolation="nearest")
+            ax.scatter(m.centers[:, 0].numpy(), m.centers[:, 1].numpy(), s=70, marker="*", c="white",
+                       edgecolors="black", linewidths=0.9)
+            used = len(torch.unique(m.labels[m.labels >= 0]))
+            ax.set_title(f"{m.layer}\n{m.num_points} points, {used}/{len(m.center_slots)} clusters", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in axes[r, 1 + len(maps):]:
+            ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
