@@ -284,6 +284,9 @@ class PixelSetDataset(Dataset):
         seed: the keep-mask of item i is drawn from a generator seeded with (seed, i) only, so it is the
             same in every epoch, in every DataLoader worker and after resume (masks are NOT re-drawn per
             epoch; use another seed for another draw).
+        redraw: instead draw a new mask at every access from torch's global generator (training-time
+            augmentation). :func:`pointcoc.engine.fit` re-seeds that generator (and each DataLoader
+            worker's) from (seed, epoch) at every epoch, so runs stay reproducible and resumable.
         depth: float (n, H, W); required by ``rgbd`` (ignored by the other formats).
         class_names: optional, one name per class.
 
@@ -292,7 +295,8 @@ class PixelSetDataset(Dataset):
     """
 
     def __init__(self, images: ArrayLike, labels: ArrayLike, fmt: str = "regular", keep: float = 1.0,
-                 seed: int = 0, depth: Optional[ArrayLike] = None, class_names: Optional[Sequence[str]] = None):
+                 seed: int = 0, depth: Optional[ArrayLike] = None, class_names: Optional[Sequence[str]] = None,
+                 redraw: bool = False):
         imgs = _as_tensor("images", images, 4, "(n, C, H, W)")
         if not imgs.is_floating_point():
             raise ValueError(f"images must be floating point (n, C, H, W); got dtype {imgs.dtype}")
@@ -309,6 +313,7 @@ class PixelSetDataset(Dataset):
         self.labels = labs.long()
         self.fmt = fmt
         self.seed = int(seed)
+        self.redraw = bool(redraw)
         self.class_names = list(class_names) if class_names is not None else None
         self.height, self.width = int(imgs.shape[2]), int(imgs.shape[3])
         self.depth = None
@@ -344,8 +349,11 @@ class PixelSetDataset(Dataset):
         return kept_pixel_count(self.keep, self.height, self.width)
 
     def mask(self, index: int) -> torch.Tensor:
-        """(H, W) bool keep-mask of item ``index`` (a function of (seed, index) only)."""
-        g = torch.Generator().manual_seed(_item_seed(self.seed, index))
+        """(H, W) bool keep-mask of item ``index`` (a function of (seed, index) only, unless ``redraw``)."""
+        if self.redraw:
+            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        else:
+            g = torch.Generator().manual_seed(_item_seed(self.seed, index))
         return keep_mask(self.fmt, self.height, self.width, self.keep, generator=g)
 
     def __len__(self) -> int:
