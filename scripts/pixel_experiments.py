@@ -10,8 +10,8 @@ are missing. The seed sets both the training seed and the pixel-mask seed.
     python scripts/pixel_experiments.py --plan rgbd --plan mnist5k
     python scripts/pixel_experiments.py --report                   # table + JSON + bar chart only
 
-Resumable: a cell whose ``results.json`` exists is skipped, an interrupted cell continues from its
-``last.pt``. ``--report`` (also run after every plan) collects every finished cell under ``--runs``
+Resumable: a finished cell (``results.json`` and its last epoch in ``metrics.jsonl``) is skipped, an
+interrupted one continues from its ``last.pt``. ``--report`` (also run after every plan) collects every finished cell under ``--runs``
 into ``--json`` (all cells), prints the markdown table (mean ± std over seeds) and writes it to
 ``--table`` and the bar chart to ``--png``.
 """
@@ -66,9 +66,18 @@ def train_argv(cell: dict, output: Path, extra: List[str]) -> List[str]:
     return argv + extra
 
 
+def finished(out: Path, epochs: int) -> bool:
+    """A cell is done when it has results.json and metrics.jsonl logged its last epoch."""
+    metrics = out / "metrics.jsonl"
+    if not (out / "results.json").is_file() or not metrics.is_file():
+        return False
+    lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+    return bool(lines) and json.loads(lines[-1])["epoch"] >= epochs
+
+
 def run_cells(cells: List[dict], runs: Path, extra: List[str] = ()) -> None:
-    """Train every cell without a results.json (continuing from last.pt where one exists)."""
-    todo = [c for c in cells if not (runs / cell_name(**_key(c)) / "results.json").is_file()]
+    """Train every unfinished cell (continuing from its last.pt where one exists)."""
+    todo = [c for c in cells if not finished(runs / cell_name(**_key(c)), c["epochs"])]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already done", flush=True)
     parser = build_train_parser()
     for cell in tqdm(todo, desc="cells", file=sys.stderr):
