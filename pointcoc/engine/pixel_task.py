@@ -136,14 +136,25 @@ def _check_set_sizes(model, train: PixelSetDataset, test: PixelSetDataset, model
 
 
 def train_main(args: argparse.Namespace) -> int:
-    """Build data, model and config from parsed args, then ``fit``. Returns 0 (or raises a usage error)."""
+    """Build data, model and config from parsed args, then ``fit``. Returns 0 (or raises a usage error).
+
+    ``--threads`` applies to this call only; torch's previous thread count is restored afterwards.
+    """
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0 = torch's default); got {args.threads}")
+    previous = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return _train(args)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(args: argparse.Namespace) -> int:
     from pointcoc.models import create_model
 
     keep = _resolve_keep(args.fmt, args.keep)
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0 = torch's default); got {args.threads}")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     model_name = default_model(args.dataset) if args.model == "auto" else args.model
     resume = load_checkpoint(args.resume) if args.resume else None
     train_ds, test_ds, names = pixel_datasets(args.dataset, args.fmt, keep, args.mask_seed, args.data_root,
