@@ -24,8 +24,8 @@ test-slow: install
 
 # Real data end to end: PointMLP-elite on the shipped modelnet40_mini (127 train / 29 test ModelNet40 shapes).
 demo: install
-	$(PY) scripts/train_scanobjectnn.py --dataset modelnet40_mini --model pointmlp_elite --num-points 512 \
-		--epochs 6 --batch-size 16 --lr 0.01 --workers 0 --seed 0 --output runs/demo
+	$(PY) scripts/train_scanobjectnn.py --dataset modelnet40_mini --model pointmlp_elite --num-points 256 \
+		--epochs 20 --batch-size 16 --lr 0.05 --workers 0 --seed 0 --output runs/demo
 	$(PY) scripts/evaluate.py runs/demo/last.pt --votes 1
 
 bench: install
