@@ -55,7 +55,7 @@ def test_script_writes_checkpoint_metrics_and_config(trained):
     assert cfg["model"] == "pointmlp_coc_pixels_small" and cfg["dataset"] == "digits"
     assert cfg["model_kwargs"] == {"num_classes": 10, "in_channels": 1, "coord_dim": 2}
     assert cfg["extra"] == {"task": "pixels", "format": "discrete", "keep": 0.5, "mask_seed": 0,
-                            "redraw_masks": False, "image_shape": [1, 8, 8]}
+                            "redraw_masks": True, "image_shape": [1, 8, 8]}
     assert "RESULT [final epoch (no validation split)] epoch 2" in proc.stdout
 
 

@@ -72,7 +72,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-seed", type=int, default=0,
                    help="seed of the pixel masks (fixed per image, the same every epoch); test masks use "
                         f"mask_seed + {TEST_MASK_SEED_OFFSET}")
-    g.add_argument("--redraw-masks", action=argparse.BooleanOptionalAction, default=False,
+    g.add_argument("--redraw-masks", action=argparse.BooleanOptionalAction, default=True,
                    help="draw new training masks every epoch (augmentation; reproducible from --seed and the "
                         "epoch); --no-redraw-masks keeps one mask per image. Test masks are always fixed")
     p.add_argument("--threads", type=int, default=1,
