@@ -29,7 +29,7 @@ __all__ = ["build_train_parser", "train_main", "pixel_datasets", "pixel_test_set
 
 # Defaults of train_pixels.py: sized so that `--dataset digits --format discrete --keep 0.5` trains on two
 # CPU cores in a few minutes. Other data sets usually want more epochs (see docs/pixels.md).
-PIXEL_DEFAULTS = TrainConfig(model="auto", dataset="digits", variant=None, epochs=15, batch_size=32, lr=0.05,
+PIXEL_DEFAULTS = TrainConfig(model="auto", dataset="digits", variant=None, epochs=30, batch_size=32, lr=0.05,
                              min_lr_ratio=0.01, weight_decay=1e-4, label_smoothing=0.1, workers=0)
 
 # The test set's masks are drawn with mask_seed + this, so test items never share a train item's draw.
