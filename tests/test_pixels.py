@@ -12,6 +12,15 @@ from pointcoc.data.pixels import (PIXEL_FORMATS, PixelSetDataset, collate_pixel_
 from pointcoc.models import create_model
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on a shared 2-core machine: one torch thread is many times faster than two."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_image_dataset("digits")
