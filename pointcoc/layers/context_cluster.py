@@ -296,17 +296,45 @@ class ContextCluster(nn.Module):
         return (out, assign) if return_assignment else out
 
     def _forward_grouped(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (G, K, C), mask (G, K) bool or None -> (G, K, C_out); the closed form of a one-center cluster.
+
+        With a single center per group every point joins it, so steps 3-6 need
+        no argmax and no segment sums, and the value projection and the output
+        projection are linear in quantities that are the same for every point
+        of a group: ``sum_i w_i W_v x_i = W_v (sum_i w_i x_i)`` and
+        ``W_o (w_i g) = w_i (W_o g)``. Both are applied once per group instead
+        of once per point; only the similarity projection (needed for each
+        point's cosine) runs per point. Same values as projecting every point
+        (``tests/test_reference_model.py`` compares with the published block).
+        """
         check_points("x", x, dims=None, finite=False)
         if mask is not None and mask.shape != x.shape[:2]:
             raise ValueError(f"mask must have shape (G, K) = {tuple(x.shape[:2])}; got {tuple(mask.shape)}")
-        sim, val = self.fc_sim(x), self.fc_val(x)
-        if mask is None:
-            c_sim, c_val = sim.mean(1, keepdim=True), val.mean(1, keepdim=True)
-        else:
-            c_sim, c_val = _masked_mean(sim, mask, 1).unsqueeze(1), _masked_mean(val, mask, 1).unsqueeze(1)
-        out, _ = cluster_core(self._split(sim), self._split(val), self._split(c_sim), self._split(c_val),
-                              self.alpha, self.beta, self._repeat(mask))
-        out = self.shortcut(x) + self.fc_out(self._merge(out, x.shape[0]))
+        groups, k, _ = x.shape
+        heads, d = self.heads, self.head_dim
+        x_mean = x.mean(1) if mask is None else _masked_mean(x, mask, 1)  # (G, C)
+        sim = self.fc_sim(x).view(groups, k, heads, d)
+        center = self.fc_sim(x_mean).view(groups, heads, d)  # the mean of the points' projections
+        eps = 1e-12  # as F.normalize
+        dot = torch.einsum("gkhd,ghd->gkh", sim, center)
+        norms = torch.linalg.vector_norm(sim, dim=-1).clamp_min(eps) * \
+            torch.linalg.vector_norm(center, dim=-1).clamp_min(eps)[:, None, :]
+        w = torch.sigmoid(self.alpha * (dot / norms) + self.beta)  # (G, K, H)
+        if mask is not None:
+            w = w * mask[..., None].to(w.dtype)
+        weight_sum = w.sum(1)  # (G, H)
+        x_weighted = torch.bmm(w.transpose(1, 2), x.to(w.dtype))  # (G, H, C): sum_i w_ih x_i
+        w_val = self.fc_val.weight.view(heads, d, -1)
+        b_val = self.fc_val.bias.view(heads, d)
+        weighted_val = torch.einsum("ghc,hdc->ghd", x_weighted, w_val.to(w.dtype)) + weight_sum[..., None] * b_val
+        center_val = self.fc_val(x_mean).view(groups, heads, d).to(w.dtype)
+        g = (center_val + weighted_val) / (1.0 + weight_sum)[..., None]  # (G, H, d)
+        # fc_out(concat_h w_ih g_h) = sum_h w_ih (W_o,h g_h) + b_o: one batched product with a column
+        # of ones for the bias.
+        projected = torch.einsum("ghd,chd->ghc", g, self.fc_out.weight.view(-1, heads, d).to(w.dtype))
+        projected = torch.cat([projected, self.fc_out.bias.to(w.dtype).expand(groups, 1, -1)], 1)
+        w1 = torch.cat([w, w.new_ones(groups, k, 1)], 2)
+        out = torch.baddbmm(self.shortcut(x).to(w.dtype), w1, projected)
         return out if mask is None else out * mask.unsqueeze(-1).to(out.dtype)
 
     def _region_ids(self, xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

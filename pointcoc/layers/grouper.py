@@ -114,8 +114,13 @@ class LocalGrouper(nn.Module):
                 weight = mask.unsqueeze(-1).to(grouped.dtype)
                 ref = (grouped * weight).sum(2, keepdim=True) / weight.sum(2, keepdim=True).clamp_min(1)
             diff = grouped - ref
-            std = masked_std(diff, mask).reshape(batch, 1, 1, 1)
-            grouped = self.affine_alpha * (diff / (std + 1e-5)) + self.affine_beta
+            if bool(mask.all()):
+                std = torch.std(diff.reshape(batch, -1), dim=-1)  # one fused pass
+            else:
+                std = masked_std(diff, mask)
+            # alpha * (diff / (std + eps)) + beta in one pass over the groups
+            scale = self.affine_alpha / (std.reshape(batch, 1, 1, 1) + 1e-5)
+            grouped = torch.addcmul(self.affine_beta, diff, scale)
         return Groups(new_xyz, n_anchors, anchors, grouped, mask, anchor_idx)
 
 
@@ -141,7 +146,7 @@ class GroupTransfer(nn.Module):
         self.neighbour = nn.Linear(norm_channels, out_channels, bias=bias)
         self.anchor = nn.Linear(anchor_channels, out_channels, bias=False)
         self.norm = MaskedBatchNorm(out_channels)
-        self.act = get_activation(activation)
+        self.act = get_activation(activation, inplace=True)
 
     def forward(self, grouped: torch.Tensor, anchors: torch.Tensor, mask: Optional[torch.Tensor] = None):
         h = self.neighbour(grouped) + self.anchor(anchors).unsqueeze(2)

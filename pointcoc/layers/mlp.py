@@ -16,13 +16,18 @@ from torch import nn
 __all__ = ["MaskedBatchNorm", "PointwiseLayer", "ResidualPointBlock", "get_activation"]
 
 
-def get_activation(name: str) -> nn.Module:
-    """An activation module by name: relu, gelu, silu or leakyrelu."""
+def get_activation(name: str, inplace: bool = False) -> nn.Module:
+    """An activation module by name: relu, gelu, silu or leakyrelu.
+
+    ``inplace=True`` overwrites its input (relu, silu, leakyrelu; gelu has no
+    in-place form): use it only on a fresh tensor that no one else keeps, such
+    as a BatchNorm output (BatchNorm's backward needs its input, not its output).
+    """
     table = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leakyrelu": nn.LeakyReLU}
     key = str(name).lower()
     if key not in table:
         raise ValueError(f"activation must be one of {sorted(table)}; got {name!r}")
-    return table[key]()
+    return table[key]() if key == "gelu" else table[key](inplace=bool(inplace))
 
 
 class MaskedBatchNorm(nn.BatchNorm1d):
@@ -56,7 +61,7 @@ class PointwiseLayer(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_channels, out_channels, bias=bias)
         self.norm = MaskedBatchNorm(out_channels)
-        self.act = get_activation(activation) if activation else nn.Identity()
+        self.act = get_activation(activation, inplace=True) if activation else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (..., C_in), mask: (...) bool or None -> (..., C_out)."""
@@ -77,7 +82,7 @@ class ResidualPointBlock(nn.Module):
             raise ValueError(f"channels * res_expansion must be >= 1; got {channels} * {res_expansion}")
         self.net1 = PointwiseLayer(channels, hidden, bias=bias, activation=activation)
         self.net2 = PointwiseLayer(hidden, channels, bias=bias, activation=None)
-        self.act = get_activation(activation)
+        self.act = get_activation(activation, inplace=True)  # acts on the fresh sum below
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (..., C), mask: (...) bool or None -> (..., C)."""
