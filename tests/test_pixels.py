@@ -327,3 +327,26 @@ def test_sgd_steps_on_real_ragged_digits_reduce_the_loss(digits):
         opt.step()
     with torch.no_grad():
         assert float(loss()) < 0.7 * first
+
+
+@pytest.mark.parametrize("name, size, kwargs, smallest", [
+    ("pointmlp_coc_pixels_small", (8, 8), {}, 8),
+    ("pointmlp_coc_pixels_small", (8, 8), {"k_neighbors": (6, 6)}, 6),
+    ("pointmlp_coc_pixels", (28, 28), {}, 16),
+])
+def test_pixel_models_take_their_smallest_sets_in_ragged_batches(name, size, kwargs, smallest):
+    """Sets of exactly model.min_points pixels, fewer anchors than k and than centers, next to a full image."""
+    splits = load_image_dataset("mnist5k") if size == (28, 28) else load_image_dataset("digits")
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1, coord_dim=2, **kwargs).eval()
+    assert model.min_points == smallest
+    keep = smallest / (size[0] * size[1])
+    small = PixelSetDataset(splits.test_images, splits.test_labels, "irregular", keep=keep)[0]
+    full = PixelSetDataset(splits.test_images, splits.test_labels, "regular")[1]
+    assert len(small["xyz"]) == smallest
+    batch = collate_pixel_sets([small, full])
+    with torch.no_grad():
+        together = model(batch["xyz"], batch["features"], batch["lengths"])
+        alone = torch.cat([model(s["xyz"][None], s["features"][None]) for s in (small, full)])
+    assert torch.isfinite(together).all()
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)

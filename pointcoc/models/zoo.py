@@ -11,6 +11,16 @@ coord_dim=3 and one more channel with depth):
 The CoC pixel models use the set-level context cluster before each
 pos-extraction block, so their clustering can be recorded and drawn
 (:func:`pointcoc.layers.record_assignments`).
+
+Ragged pixel sets: a set needs at least ``k_neighbors[0]`` points
+(``model.min_points``: 8 for the small models, 16 for the others; the model
+raises a ValueError naming the smallest set otherwise). Past the first
+grouping, fewer anchors than k or than cluster centers are fine (groups are
+masked, a set gets ``min(centers, points)`` centers). So the small models take
+8x8 digits at keep >= 0.125 (64, 32, 16 points at keep 1, 0.5, 0.25, not 6 at
+0.1: pass ``k_neighbors=(6, 6)`` for that), the others 28x28 sets down to 16
+points (784, 392, 196, 78 at keep 1, 0.5, 0.25, 0.1). ``train_pixels.py``
+checks this before training.
 """
 from .pointmlp import ELITE_CONFIG, PointMLP, PointMLPCoC, PointMLPElite
 from .registry import register_model
