@@ -117,3 +117,15 @@ def test_resume_refuses_another_format(trained, tmp_path, capsys):
     code = run_inprocess(["--dataset", "digits", "--format", "irregular", "--keep", "0.5", "--output", tmp_path,
                           "--resume", out / "last.pt", *TINY])
     assert code == 2 and "was trained with extra" in capsys.readouterr().err
+
+
+def test_evaluate_script_reproduces_a_pixel_checkpoint(trained, tmp_path):
+    out, _ = trained
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(out / "last.pt"),
+                           "--batch-size", "16", "--limit-val-batches", "2", "--json", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    res = json.loads((out / "results.json").read_text())
+    assert m["oa"] == pytest.approx(res["test_oa"]) and m["confusion_matrix"] == res["confusion_matrix"]

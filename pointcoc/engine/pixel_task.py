@@ -25,7 +25,7 @@ from .loop import fit, seed_everything, stratified_split
 from .pointcloud_task import _json_dict, run_cli
 
 __all__ = ["build_train_parser", "train_main", "pixel_datasets", "pixel_test_set", "default_model", "run_cli",
-           "PIXEL_DEFAULTS", "TEST_MASK_SEED_OFFSET"]
+           "collate_pixel_sets", "PIXEL_DEFAULTS", "TEST_MASK_SEED_OFFSET"]
 
 # Defaults of train_pixels.py: sized so that `--dataset digits --format discrete --keep 0.5` trains on two
 # CPU cores in a few minutes. Other data sets usually want more epochs (see docs/pixels.md).

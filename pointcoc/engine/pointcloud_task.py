@@ -94,7 +94,8 @@ def train_main(args: argparse.Namespace) -> int:
 
 def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Re-evaluate a checkpoint written by train_scanobjectnn.py on its test set; prints OA and mAcc.",
+        description="Re-evaluate a checkpoint written by train_scanobjectnn.py or train_pixels.py on its test set; "
+                    "prints OA and mAcc.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="last.pt or best.pt")
     p.add_argument("--votes", type=int, default=1,
@@ -116,14 +117,22 @@ def evaluate_main(args: argparse.Namespace) -> int:
         raise ValueError(f"--votes and --batch-size must be >= 1; got {args.votes}, {args.batch_size}")
     state = load_checkpoint(args.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
-    if cfg.dataset not in POINT_DATASETS:
-        raise ValueError(f"checkpoint was trained on {cfg.dataset!r}; this script evaluates {list(POINT_DATASETS)}")
-    _, test_ds, names = build_point_datasets(cfg.dataset, args.data_root or cfg.data_root, cfg.variant or "PB_T50_RS",
-                                             cfg.num_points)
+    collate = collate_point_dicts
+    if (cfg.extra or {}).get("task") == "pixels":  # a train_pixels.py run: same pixel sets, same masks
+        from .pixel_task import collate_pixel_sets, pixel_test_set
+
+        test_ds, names = pixel_test_set(cfg, args.data_root)
+        collate = collate_pixel_sets
+    elif cfg.dataset not in POINT_DATASETS:
+        raise ValueError(f"checkpoint was trained on {cfg.dataset!r}; this script evaluates {list(POINT_DATASETS)} "
+                         "and train_pixels.py checkpoints")
+    else:
+        _, test_ds, names = build_point_datasets(cfg.dataset, args.data_root or cfg.data_root,
+                                                 cfg.variant or "PB_T50_RS", cfg.num_points)
     device = resolve_device(args.device)
     model = build_model_from_checkpoint(state).to(device)
     loader = DataLoader(test_ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        collate_fn=collate_point_dicts)
+                        collate_fn=collate)
     m = evaluate(model, loader, len(names), device, votes=args.votes, limit_batches=args.limit_val_batches,
                  class_names=names, vote_seed=args.seed)
     print(f"checkpoint {args.checkpoint} (epoch {state['epoch']}, model {cfg.model}, {cfg.dataset}): "
