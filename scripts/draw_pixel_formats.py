@@ -8,6 +8,7 @@ irregular 50 % pixel sets) and pixel_rgbd.png (TUM and NYU frames and a modelnet
 colour, depth, and the RGB-D point set in 3-D). Every panel shows the points that the models receive.
 """
 import argparse
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -57,12 +58,9 @@ def _downscale(image, depth, factor):
     img = image[:, :h, :w].reshape(c, h // factor, factor, w // factor, factor).mean((2, 4))
     blocks = depth[:h, :w].reshape(h // factor, factor, w // factor, factor).transpose(0, 2, 1, 3)
     blocks = blocks.reshape(h // factor, w // factor, -1)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            d = np.nanmedian(blocks, axis=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks: median NaN, as wanted
+        d = np.nanmedian(blocks, axis=-1)
     return img.astype(np.float32), d.astype(np.float32)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pointcoc.data.image_datasets import (IMAGE_DATASETS, RGBD_FRAMES, load_image_dataset, load_rgbd_frame,
+from pointcoc.data.image_datasets import (IMAGE_DATASETS, load_image_dataset, load_rgbd_frame,
                                           read_pgm16, render_depth_views, stratified_split)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import torch
 from skimage.measure import label as connected_components
 
 from pointcoc.data import load_image_dataset, load_rgbd_frame
-from pointcoc.data.pixels import (PIXEL_FORMATS, PixelSetDataset, collate_pixel_sets, image_to_point_set, keep_mask,
+from pointcoc.data.pixels import (PixelSetDataset, collate_pixel_sets, image_to_point_set, keep_mask,
                                   kept_pixel_count, scale_depth)
 from pointcoc.models import create_model
 
