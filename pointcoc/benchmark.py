@@ -22,6 +22,7 @@ from .ops.fps import fps_torch
 __all__ = [
     "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row",
     "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm", "bench_context_cluster", "bench_models",
+    "bench_model_vs_reference", "profile_model_vs_reference", "plot_model_vs_reference",
     "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS",
 ]
 
@@ -488,6 +489,206 @@ def profile_train_step(name: str, batch: int = 16, n_points: int = 1024, device=
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
 
 
+def _coc_pair(batch: int, n_points: int, num_classes: int, device, kwargs: Optional[dict] = None):
+    """(ours, reference, xyz, label): pointcoc's PointMLP-CoC and the published-layout reference with its parameters."""
+    from .models import create_model
+    from .reference_pointmlp import reference_from_pointcoc
+
+    torch.manual_seed(0)
+    ours = create_model("pointmlp_coc", num_classes=num_classes, **(kwargs or {})).to(device)
+    reference = reference_from_pointcoc(ours, points=n_points)
+    xyz = _rand((batch, n_points, 3), device, 3) * 2 - 1
+    label = (torch.arange(batch) % num_classes).to(device)
+    return ours, reference, xyz, label
+
+
+def _train_step(model: torch.nn.Module, inputs: torch.Tensor, label: torch.Tensor) -> Callable:
+    """One SGD step (forward, cross-entropy, backward, update) of ``model`` as a callable returning the loss."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(inputs), label)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def bench_model_vs_reference(device="cpu", quick=False, batches=None, n_points=1024, num_classes=15,
+                             repeat=None, model_kwargs: Optional[dict] = None) -> List[Row]:
+    """PointMLP-CoC training step: pointcoc vs the straightforward published layout (:mod:`pointcoc.reference_pointmlp`).
+
+    Both hold the same parameters (the reference is loaded from ours); before
+    timing, the first training step's loss is checked equal (same dropout
+    seed). Then one untimed step each and ``repeat`` timed steps, alternating
+    ours and the reference; the row's times are the medians and its note the
+    median of the per-pair throughput ratios (reference time / our time).
+    Memory is not measured here (a profiled step at batch 32 holds >10 GB twice).
+    """
+    batches = batches or ((4,) if quick else (16, 32))
+    repeat = repeat or (1 if quick else 3)
+    rows = []
+    for batch in tqdm(batches, desc="model vs reference", leave=False):
+        ours, reference, xyz, label = _coc_pair(batch, n_points, num_classes, device, model_kwargs)
+        step_ours, step_ref = _train_step(ours, xyz, label), _train_step(reference, xyz.transpose(1, 2), label)
+        torch.manual_seed(1)
+        loss_ours = step_ours()
+        torch.manual_seed(1)
+        loss_ref = step_ref()
+        same = torch.allclose(loss_ours, loss_ref, rtol=1e-4, atol=1e-5)
+        pairs = []
+        for _ in tqdm(range(repeat), desc=f"B={batch} steps", leave=False):
+            times = []
+            for step in (step_ours, step_ref):
+                synchronize(device)
+                start = time.perf_counter()
+                step()
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+            pairs.append(times)
+        t_ours = statistics.median(p[0] for p in pairs)
+        t_ref = statistics.median(p[1] for p in pairs)
+        speedup = statistics.median(p[1] / p[0] for p in pairs)
+        note = (f"{speedup:.2f}x throughput (median of {repeat} pairs); first loss "
+                f"{'equal' if same else 'DIFFERS'} ({float(loss_ours):.5f} vs {float(loss_ref):.5f})")
+        rows.append(Row("PointMLP-CoC train step", f"B={batch}, N={n_points}, {num_classes} classes",
+                        "pointcoc", "published layout", t_ours, t_ref, note=note))
+        del ours, reference, step_ours, step_ref
+    return rows
+
+
+# Forward-time sections of a step: which module classes of each model make up each one.
+_SECTION_CLASSES = {
+    "ours": {"grouping (FPS, kNN, gathers, normalisation)": ("LocalGrouper",),
+             "context clusters": ("ContextCluster",),
+             "pointwise MLP (linear/conv + BN + ReLU)": ("GroupTransfer", "ResidualPointBlock", "PointwiseLayer")},
+    "reference": {"grouping (FPS, kNN, gathers, normalisation)": ("LocalGrouper",),
+                  "context clusters": ("GroupContextCluster",),
+                  "pointwise MLP (linear/conv + BN + ReLU)": ("ConvBNReLU1D", "ConvBNReLURes1D")},
+}
+
+# Whole-step aten ops (forward and backward) by kind, for the profile summary.
+_OP_KINDS = [
+    ("matrix products / 1x1 convolutions", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                                            "aten::mkldnn_convolution", "aten::convolution_backward")),
+    ("BatchNorm", ("aten::native_batch_norm", "aten::native_batch_norm_backward")),
+    ("gathers and their gradients", ("aten::index", "aten::index_select", "aten::index_put_",
+                                     "aten::_index_put_impl_", "aten::scatter_add_", "aten::index_add_",
+                                     "aten::index_add", "aten::gather", "aten::scatter_add")),
+    ("max / topk / sort (FPS loop, kNN, pooling)", ("aten::max", "aten::topk", "aten::sort", "aten::argmax",
+                                                    "aten::amax", "aten::adaptive_max_pool2d",
+                                                    "aten::adaptive_max_pool2d_backward")),
+]
+
+
+def _label_sections(model: torch.nn.Module, sections: dict) -> list:
+    """Wrap the forward of the outermost modules of each section in a ``record_function`` range; returns undo info."""
+    from torch.profiler import record_function
+
+    undo = []
+
+    def wrap(module, name):
+        original = module.forward
+
+        def forward(*args, **kwargs):
+            with record_function(name):
+                return original(*args, **kwargs)
+
+        module.forward = forward
+        undo.append(module)
+
+    def visit(module):
+        for child in module.children():
+            name = next((sec for sec, classes in sections.items() if type(child).__name__ in classes), None)
+            if name is not None:
+                wrap(child, name)  # nested modules of a labelled one are inside its range
+            else:
+                visit(child)
+
+    visit(model)
+    return undo
+
+
+def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classes: int = 15, device="cpu",
+                               row_limit: int = 20, model_kwargs: Optional[dict] = None) -> str:
+    """Where one PointMLP-CoC training step's time goes, ours and the published-layout reference.
+
+    For each: the forward time by section (``record_function`` ranges around
+    the grouper, the context clusters and the pointwise layers; wall time, so
+    the numba FPS/kNN are counted), the whole step's self CPU time by kind of
+    op (forward and backward), then ``torch.profiler``'s top ops. One untimed
+    step precedes each profiled one. Returns the text.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    ours, reference, xyz, label = _coc_pair(batch, n_points, num_classes, device, model_kwargs)
+    runs = [("ours", ours, xyz), ("reference", reference, xyz.transpose(1, 2))]
+    lines = [f"PointMLP-CoC training step, B={batch}, N={n_points}, {num_classes} classes, "
+             f"{machine_description(device)}", ""]
+    for name, model, inputs in runs:
+        step = _train_step(model, inputs, label)
+        step()
+        undo = _label_sections(model, _SECTION_CLASSES[name])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+        start = time.perf_counter()
+        with profile(activities=activities) as prof:
+            with record_function("step"):
+                step()
+            synchronize(device)
+        wall = time.perf_counter() - start
+        for module in undo:
+            del module.forward  # back to the class's forward
+        events = prof.key_averages()
+        by_key = {e.key: e for e in events}
+        total_self = sum(e.self_cpu_time_total for e in events)
+        lines.append(f"== {name} ({'pointcoc' if name == 'ours' else 'published layout'}): "
+                     f"step {wall:.2f} s wall under the profiler")
+        lines.append("forward time by section (wall, inside record_function ranges):")
+        for section in _SECTION_CLASSES[name]:
+            e = by_key.get(section)
+            lines.append(f"  {section:48s} {0 if e is None else e.cpu_time_total / 1e6:8.3f} s")
+        lines.append("whole step, self CPU time by kind of op (forward + backward):")
+        counted = 0.0
+        for kind, keys in _OP_KINDS:
+            t = sum(by_key[k].self_cpu_time_total for k in keys if k in by_key)
+            counted += t
+            lines.append(f"  {kind:48s} {t / 1e6:8.2f} s  {100 * t / max(total_self, 1):5.1f} %")
+        rest = total_self - counted
+        lines.append(f"  {'elementwise, reductions, copies, other':48s} {rest / 1e6:8.2f} s  "
+                     f"{100 * rest / max(total_self, 1):5.1f} %")
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=row_limit))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_model_vs_reference(rows: List[Row], path: str) -> None:
+    """Bar chart of the training-step rows: seconds per step, ours and the reference, per batch size (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.group == "PointMLP-CoC train step"]
+    if not rows:
+        raise ValueError("rows must hold at least one 'PointMLP-CoC train step' row; got none")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r.ref_s for r in rows], width=0.4, label="published layout (reference)")
+    ax.bar([x + 0.2 for x in xs], [r.ours_s for r in rows], width=0.4, label="pointcoc")
+    for x, r in zip(xs, rows):
+        ax.text(x + 0.2, r.ours_s, f"{r.ref_s / r.ours_s:.2f}x", ha="center", va="bottom")
+    ax.set_xticks(list(xs), [r.case.split(",")[0] for r in rows])
+    ax.set_ylabel("seconds per training step (median)")
+    ax.set_title("PointMLP-CoC training step, N=1024")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def to_markdown(rows: List[Row], skipped: Optional[dict] = None) -> str:
     """The rows as a markdown table (times in ms, memory in MiB, ratios ours / reference), then skipped sections."""
     def mib(b):
@@ -540,6 +741,7 @@ SECTIONS = {
     "masked_norm": bench_masked_norm,
     "context_cluster": bench_context_cluster,
     "models": bench_models,
+    "model_vs_reference": bench_model_vs_reference,
 }
 
 

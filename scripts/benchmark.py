@@ -3,6 +3,8 @@
 
     python scripts/benchmark.py [--quick] [--device cpu|cuda] [--json OUT] [--markdown OUT] [--only fps,knn,...]
     python scripts/benchmark.py --profile pointmlp_coc [--backend torch]   # where a training step's time goes
+    python scripts/benchmark.py --only model_vs_reference --png step.png   # PointMLP-CoC step vs the published layout
+    python scripts/benchmark.py --profile-vs-reference 16 --out profile.txt   # both steps profiled side by side
 
 Prints a markdown table (paste it into docs/benchmarks.md with the command,
 machine and date). See pointcoc/benchmark.py for what each row compares.
@@ -25,9 +27,21 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help=f"comma-separated sections from {list(benchmark.SECTIONS)}")
     parser.add_argument("--profile", metavar="MODEL", help="instead: profile one training step of MODEL (batch 16)")
     parser.add_argument("--backend", help="with --profile: force this ops backend (e.g. torch)")
+    parser.add_argument("--profile-vs-reference", type=int, metavar="BATCH",
+                        help="instead: profile one PointMLP-CoC training step of pointcoc and of the published-layout "
+                             "reference at this batch size (N=1024)")
+    parser.add_argument("--out", metavar="TXT", help="with --profile-vs-reference: also write the text here")
+    parser.add_argument("--png", metavar="OUT", help="with model_vs_reference rows: bar chart of the step times")
     args = parser.parse_args(argv)
     if args.profile:
         print(benchmark.profile_train_step(args.profile, device=args.device, backend=args.backend))
+        return 0
+    if args.profile_vs_reference:
+        text = benchmark.profile_model_vs_reference(args.profile_vs_reference, device=args.device)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -50,6 +64,8 @@ def main(argv=None) -> int:
             f.write(header + table + "\n")
     if args.json:
         benchmark.to_json(rows, args.json, dict(meta, skipped=skipped))
+    if args.png and any(r.group == "PointMLP-CoC train step" for r in rows):
+        benchmark.plot_model_vs_reference(rows, args.png)
     return 0
 
 

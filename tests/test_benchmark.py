@@ -186,3 +186,54 @@ def test_transfer_rows_compare_equal_layers():
 def test_masked_norm_rows_compare_equal_layers():
     rows = benchmark.bench_masked_norm(quick=True, cases=[(2, 6, 4, 8)])
     assert [r.note for r in rows] == ["same outputs"]
+
+
+_TINY_COC = dict(k_neighbors=8, embed_dim=16)  # 128 points, narrow: the plumbing, not the speed
+
+
+@pytest.fixture
+def one_thread():
+    """Small models are many tiny ops: on a shared 2-core CPU, two threads mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_model_vs_reference_row_checks_the_loss_and_times_both(one_thread):
+    (row,) = benchmark.bench_model_vs_reference(batches=(2,), n_points=128, repeat=2, model_kwargs=_TINY_COC)
+    assert row.group == "PointMLP-CoC train step" and row.case == "B=2, N=128, 15 classes"
+    assert "first loss equal" in row.note and row.ours_s > 0 and row.ref_s > 0
+    speedup = float(row.note.split("x throughput")[0])
+    assert speedup > 0 and "median of 2 pairs" in row.note
+
+
+def test_profile_model_vs_reference_reports_sections_and_restores_modules(monkeypatch, one_thread):
+    made = []
+    original = benchmark._coc_pair
+
+    def keep(*args):
+        pair = original(*args)
+        made.extend(pair[:2])
+        return pair
+
+    monkeypatch.setattr(benchmark, "_coc_pair", keep)
+    text = benchmark.profile_model_vs_reference(batch=2, n_points=128, model_kwargs=_TINY_COC, row_limit=5)
+    assert text.count("forward time by section") == 2 and "== reference (published layout)" in text
+    sections = [line for line in text.splitlines()
+                if line.startswith(("  grouping", "  context clusters", "  pointwise MLP")) and line.endswith(" s")]
+    assert len(sections) == 6
+    assert all(float(line.split()[-2]) > 0 for line in sections)  # every section ran inside its range
+    assert "matrix products / 1x1 convolutions" in text
+    # the record_function wrappers are gone: forward is the class's again
+    assert all("forward" not in m.__dict__ for model in made for m in model.modules())
+
+
+def test_plot_model_vs_reference_writes_png(tmp_path):
+    rows = [Row("PointMLP-CoC train step", "B=16, N=1024, 15 classes", "pointcoc", "published layout", 1.0, 2.0),
+            Row("PointMLP-CoC train step", "B=32, N=1024, 15 classes", "pointcoc", "published layout", 2.0, 3.5)]
+    path = tmp_path / "step.png"
+    benchmark.plot_model_vs_reference(rows, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="PointMLP-CoC train step"):
+        benchmark.plot_model_vs_reference([Row("FPS", "x", "a", "b", 1.0, 1.0)], str(path))
