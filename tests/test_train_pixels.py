@@ -129,3 +129,15 @@ def test_evaluate_script_reproduces_a_pixel_checkpoint(trained, tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     res = json.loads((out / "results.json").read_text())
     assert m["oa"] == pytest.approx(res["test_oa"]) and m["confusion_matrix"] == res["confusion_matrix"]
+
+
+def test_validation_split_keeps_fixed_masks_while_training_masks_change():
+    from pointcoc.engine.pixel_task import pixel_datasets, split_validation
+
+    train, _, _ = pixel_datasets("digits", "discrete", 0.5, redraw=True)
+    tr, val = split_validation(train, 0.2, seed=0)
+    assert abs(len(val) - 0.2 * len(train)) <= 10 and len(tr) + len(val) == len(train)
+    assert not set(tr.indices) & set(val.indices)
+    torch.manual_seed(0)
+    assert torch.equal(val[0]["xyz"], val[0]["xyz"])
+    assert not torch.equal(tr[0]["xyz"], tr[0]["xyz"])

@@ -25,7 +25,7 @@ from .loop import fit, seed_everything, stratified_split
 from .pointcloud_task import _json_dict, run_cli
 
 __all__ = ["build_train_parser", "train_main", "pixel_datasets", "pixel_test_set", "default_model", "run_cli",
-           "collate_pixel_sets", "PIXEL_DEFAULTS", "TEST_MASK_SEED_OFFSET"]
+           "collate_pixel_sets", "split_validation", "PIXEL_DEFAULTS", "TEST_MASK_SEED_OFFSET"]
 
 # Defaults of train_pixels.py: sized so that `--dataset digits --format discrete --keep 0.5` trains on two
 # CPU cores in a few minutes. Other data sets usually want more epochs (see docs/pixels.md).
@@ -125,6 +125,14 @@ def pixel_test_set(config: Union[TrainConfig, Dict], root=None) -> Tuple[PixelSe
     return test, names
 
 
+def split_validation(train: PixelSetDataset, fraction: float, seed: int) -> Tuple[Subset, Subset]:
+    """Stratified (train, validation) subsets; validation items keep one fixed mask even when ``train.redraw``."""
+    tr_idx, val_idx = stratified_split(train.labels, fraction, seed)
+    fixed = copy.copy(train)
+    fixed.redraw = False
+    return Subset(train, tr_idx), Subset(fixed, val_idx)
+
+
 def _check_set_sizes(model, train: PixelSetDataset, test: PixelSetDataset, model_name: str) -> None:
     smallest = min(train.smallest_set_size(), test.smallest_set_size())
     need = getattr(model, "min_points", 1)
@@ -176,10 +184,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_set_sizes(model, train_ds, test_ds, model_name)
     val_ds = None
     if config.val_fraction > 0:
-        tr_idx, val_idx = stratified_split(train_ds.labels, config.val_fraction, config.seed)
-        fixed = copy.copy(train_ds)
-        fixed.redraw = False  # validation masks never change
-        train_ds, val_ds = Subset(train_ds, tr_idx), Subset(fixed, val_idx)
+        train_ds, val_ds = split_validation(train_ds, config.val_fraction, config.seed)
     fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_pixel_sets, val_dataset=val_ds,
         resume=resume, stop_after_epoch=args.stop_after_epoch)
     return 0
