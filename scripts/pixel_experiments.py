@@ -41,6 +41,9 @@ PLANS: Dict[str, dict] = {
     "rgbd": dict(dataset="modelnet_depth", models=FULL, seeds=(0,), epochs=5,
                  formats=(("regular", 1.0), ("rgbd", 1.0))),
     "mnist5k": dict(dataset="mnist5k", models=FULL, seeds=(0,), epochs=3, formats=(("discrete", 0.1),)),
+    # the same digits cells with a longer budget (run with --runs runs/pixel_experiments_e30)
+    "digits_long": dict(dataset="digits", models=SMALL, seeds=(0,), epochs=30,
+                        formats=(("regular", 1.0), ("discrete", 0.5))),
 }
 
 
@@ -91,10 +94,13 @@ def _key(cell: dict) -> dict:
     return {k: cell[k] for k in ("dataset", "model", "fmt", "keep", "seed")}
 
 
-def collect(runs: Path) -> List[dict]:
-    """One record per finished cell under ``runs`` (cell.json + results.json + the epoch times)."""
+def collect(runs) -> List[dict]:
+    """One record per finished cell under ``runs`` (a folder or a list of them): cell.json + results.json + times."""
+    roots = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
     records = []
-    for res in sorted(runs.glob("*/*/*/seed*/results.json")):
+    for res in sorted(p for root in roots for p in root.glob("*/*/*/seed*/results.json")):
+        if not finished(res.parent, json.loads((res.parent / "cell.json").read_text())["epochs"]):
+            continue
         cell = json.loads((res.parent / "cell.json").read_text())
         result = json.loads(res.read_text())
         times = [json.loads(line)["train_time_s"] for line in (res.parent / "metrics.jsonl").read_text().split("\n")
@@ -185,27 +191,30 @@ def bar_chart(rows: List[dict], path: Path) -> Path:
     families = [f for f in MODEL_LABELS if any(r["family"] == f for r in rows)]
     keys = []
     for r in rows:
-        k = (r["dataset"], r["fmt"], r["keep"])
+        k = (r["dataset"], r["fmt"], r["keep"], r["epochs"])
         if k not in keys:
             keys.append(k)
     width = 0.8 / max(len(families), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(keys) + 1.5), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(keys) + 2.5), 4.2))
     for f_i, fam in enumerate(families):
         xs, means, stds = [], [], []
         for k_i, k in enumerate(keys):
-            r = next((r for r in rows if (r["dataset"], r["fmt"], r["keep"]) == k and r["family"] == fam), None)
+            r = next((r for r in rows if (r["dataset"], r["fmt"], r["keep"], r["epochs"]) == k and r["family"] == fam),
+                     None)
             if r is not None:
                 xs.append(k_i + (f_i - (len(families) - 1) / 2) * width)
                 means.append(r["oa_mean"])
                 stds.append(r["oa_std"] or 0.0)
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=MODEL_LABELS[fam])
     ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([f"{d}\n{format_label(d, f, k).split(' (')[0]}" for d, f, k in keys], fontsize=7)
+    ax.set_xticklabels([f"{d}\n{format_label(d, f, k).split(' (')[0]}\n{e} epochs" for d, f, k, e in keys],
+                       fontsize=7)
     ax.set_ylabel("test OA (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Pixel sets with missing pixels: mean ± std over seeds (same epochs per data set)", fontsize=9)
+    ax.set_title("Pixel sets with missing pixels: test OA, mean ± std over seeds (same data and epochs within a group)",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -213,7 +222,7 @@ def bar_chart(rows: List[dict], path: Path) -> Path:
     return path
 
 
-def report(runs: Path, json_path: Path, table_path: Path, png_path: Path) -> str:
+def report(runs, json_path: Path, table_path: Path, png_path: Path) -> str:
     """Collect finished cells, write the all-cells JSON, the markdown table and the bar chart; return the table."""
     records = collect(runs)
     if not records:
@@ -236,7 +245,8 @@ def main(argv=None) -> int:
                                                         f"{v['epochs']} epochs" for k, v in PLANS.items()))
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the plan's seeds")
     p.add_argument("--epochs", type=int, default=None, help="override the plan's epochs")
-    p.add_argument("--runs", default="runs/pixel_experiments", help="one folder per cell under this")
+    p.add_argument("--runs", nargs="+", default=["runs/pixel_experiments"],
+                   help="one folder per cell under this; --report collects from every folder given")
     p.add_argument("--json", default="docs/results/pixel_experiments.json", help="all cells + summary")
     p.add_argument("--table", default="docs/results/pixel_experiments.md", help="markdown table")
     p.add_argument("--png", default="docs/images/pixel_experiments.png", help="bar chart")
@@ -246,18 +256,20 @@ def main(argv=None) -> int:
                    help="after '--': extra scripts/train_pixels.py flags for every cell (e.g. -- --lr 0.05)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    runs = Path(args.runs)
+    runs = [Path(r) for r in args.runs]
     extra = [a for a in args.train_args if a != "--"]
     if not args.report:
         if not args.plan:
             p.error("give --plan (one or more) or --report")
+        if len(runs) != 1:
+            p.error(f"running a plan needs one --runs folder; got {len(runs)}")
         for name in args.plan:
             plan = dict(PLANS[name])
             if args.seeds is not None:
                 plan["seeds"] = tuple(args.seeds)
             if args.epochs is not None:
                 plan["epochs"] = args.epochs
-            run_cells(plan_cells(plan), runs, extra)
+            run_cells(plan_cells(plan), runs[0], extra)
     print(report(runs, Path(args.json), Path(args.table), Path(args.png)))
     return 0
 
