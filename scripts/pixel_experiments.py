@@ -57,9 +57,16 @@ def plan_cells(plan: dict) -> List[dict]:
             for fmt, keep in plan["formats"] for seed in plan["seeds"] for model in plan["models"]]
 
 
+# The recipe of every cell, pinned here so later changes of train_pixels.py defaults do not mix into a grid:
+# SGD lr 0.05 with cosine decay to lr/100, weight decay 1e-4, label smoothing 0.1, batch 32, one fixed
+# pixel mask per image (no redraw), the final epoch as the result (no validation split).
+RECIPE = ["--lr", "0.05", "--min-lr-ratio", "0.01", "--weight-decay", "1e-4", "--momentum", "0.9",
+          "--label-smoothing", "0.1", "--batch-size", "32", "--no-redraw-masks", "--val-fraction", "0"]
+
+
 def train_argv(cell: dict, output: Path, extra: List[str]) -> List[str]:
-    """Command-line arguments of scripts/train_pixels.py for one cell."""
-    argv = ["--dataset", cell["dataset"], "--format", cell["fmt"], "--model", cell["model"],
+    """Command-line arguments of scripts/train_pixels.py for one cell: the cell, RECIPE, then ``extra``."""
+    argv = RECIPE + ["--dataset", cell["dataset"], "--format", cell["fmt"], "--model", cell["model"],
             "--epochs", str(cell["epochs"]), "--seed", str(cell["seed"]), "--mask-seed", str(cell["seed"]),
             "--device", "cpu", "--workers", "0", "--output", str(output)]
     if cell["fmt"] not in ("regular", "rgbd"):
