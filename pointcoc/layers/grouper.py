@@ -150,4 +150,5 @@ class GroupTransfer(nn.Module):
 
     def forward(self, grouped: torch.Tensor, anchors: torch.Tensor, mask: Optional[torch.Tensor] = None):
         h = self.neighbour(grouped) + self.anchor(anchors).unsqueeze(2)
-        return self.act(self.norm(h, mask))
+        flat_mask = None if mask is None else mask.reshape(-1)
+        return self.act(self.norm(h.reshape(-1, h.shape[-1]), flat_mask)).reshape(h.shape)

@@ -51,7 +51,23 @@ class MaskedBatchNorm(nn.BatchNorm1d):
             out = normed.new_zeros(shape)
             out[mask] = normed
             return out
+        if x.dim() == 2:  # a fresh result, not a view: an in-place activation after it stays cheap
+            return super().forward(x)
         return super().forward(x.reshape(-1, shape[-1])).reshape(shape)
+
+
+def linear_norm_act(linear: nn.Module, norm: MaskedBatchNorm, act: nn.Module, x: torch.Tensor,
+                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``act(norm(linear(x), mask))`` on (..., C_in) -> (..., C_out), computed on the flattened (M, C) rows.
+
+    Flat, every intermediate is a fresh tensor rather than a view, so an
+    in-place activation costs nothing in the backward pass (an in-place op on
+    a view makes autograd copy the gradient of the whole base tensor).
+    """
+    shape = x.shape
+    flat_mask = None if mask is None else mask.reshape(-1)
+    out = act(norm(linear(x.reshape(-1, shape[-1])), flat_mask))
+    return out.reshape(*shape[:-1], out.shape[-1])
 
 
 class PointwiseLayer(nn.Module):
@@ -65,7 +81,7 @@ class PointwiseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (..., C_in), mask: (...) bool or None -> (..., C_out)."""
-        return self.act(self.norm(self.linear(x), mask))
+        return linear_norm_act(self.linear, self.norm, self.act, x, mask)
 
 
 class ResidualPointBlock(nn.Module):
