@@ -141,3 +141,20 @@ def test_validation_split_keeps_fixed_masks_while_training_masks_change():
     torch.manual_seed(0)
     assert torch.equal(val[0]["xyz"], val[0]["xyz"])
     assert not torch.equal(tr[0]["xyz"], tr[0]["xyz"])
+
+
+def test_script_resumes_a_checkpoint_for_more_epochs(trained, tmp_path):
+    out, _ = trained
+    run_dir = tmp_path / "more"
+    run_dir.mkdir()
+    for name in ("config.json", "metrics.jsonl"):
+        (run_dir / name).write_text((out / name).read_text())
+    args = ["--dataset", "digits", "--format", "discrete", "--keep", "0.5", "--output", run_dir,
+            "--resume", out / "last.pt", *TINY]
+    args[args.index("--epochs") + 1] = "3"
+    proc = run_script(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = lines(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert recs[:2] == lines(out / "metrics.jsonl")
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 3
