@@ -4,8 +4,8 @@
     python scripts/draw_pixel_formats.py --output docs/images
 
 Writes pixel_formats.png (one mnist5k test digit as regular, discrete 50/25/10 %, masked 50 % and
-irregular 50 % pixel sets) and pixel_rgbd.png (TUM and NYU frames and a modelnet_depth rendering:
-colour, depth, and the RGB-D point set in 3-D). Every panel shows the points that the models receive.
+irregular 50 % pixel sets) and pixel_rgbd.png (TUM, NYU and Middlebury motorcycle frames and a
+modelnet_depth rendering: colour, depth, and the RGB-D point set in 3-D). Every panel shows the points that the models receive.
 """
 import argparse
 import warnings
@@ -66,9 +66,10 @@ def _downscale(image, depth, factor):
 
 def rgbd_figure(path: Path) -> None:
     rows = []
-    for name in ("tum", "nyu"):
+    for name, title in (("tum", "TUM RGB-D frame"), ("nyu", "NYU Depth v2 frame"),
+                        ("motorcycle", "Middlebury motorcycle")):
         image, depth = load_rgbd_frame(name)
-        rows.append((name.upper() + " frame (8x down-sampled)", *_downscale(image, depth, 8)))
+        rows.append((f"{title}, 8x down-sampled", *_downscale(image, depth, 8)))
     mn = load_image_dataset("modelnet_depth")
     k = 5 * 8 + 1
     rows.append((f"modelnet_depth test image {k} ({mn.class_names[mn.test_labels[k]]})",
@@ -82,7 +83,8 @@ def rgbd_figure(path: Path) -> None:
         ax.axis("off")
         ax = fig.add_subplot(len(rows), 3, 3 * r + 2)
         im = ax.imshow(depth, cmap="viridis")
-        fig.colorbar(im, ax=ax, fraction=0.04).set_label("depth (m)" if r < 2 else "depth (sphere radii)", fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.04).set_label("depth (sphere radii)" if "modelnet" in title else "depth (m)",
+                                                         fontsize=7)
         ax.set_title("depth (white = invalid, absent)", fontsize=8)
         ax.axis("off")
         xyz, feats = image_to_point_set(image, depth=depth)
@@ -97,7 +99,7 @@ def rgbd_figure(path: Path) -> None:
         ax.view_init(elev=20, azim=-60)
         ax.set_title(f"RGB-D point set, {len(xyz)} points", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=64)
+    fig.savefig(path, dpi=56)
     plt.close(fig)
 
 
