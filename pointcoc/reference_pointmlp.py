@@ -333,6 +333,17 @@ def reference_from_pointcoc(model: nn.Module, points: int = 1024) -> ReferencePo
     with one head (the published configurations).
     """
     stages = list(model.stages)
+    clusters = [m for s in stages for m in s.pre_blocks if type(m).__name__ == "ContextCluster"]
+    unsupported = {
+        "in_channels": model.in_channels != 0, "coord_dim": model.coord_dim != 3,
+        "use_xyz": stages[0].grouper.use_xyz, "cluster_heads": any(m.heads != 1 for m in clusters),
+        "cluster": any(m.n_centers is not None for s in stages for m in s.pos_blocks
+                       if type(m).__name__ == "ContextCluster"),
+    }
+    if any(unsupported.values()):
+        raise ValueError("model must be a published PointMLP / PointMLP-CoC configuration (in_channels=0, "
+                         "coord_dim=3, use_xyz=False, cluster None or 'grouped' with one head); got different "
+                         f"{[k for k, bad in unsupported.items() if bad]}")
     cluster = any(type(m).__name__ == "ContextCluster" for s in stages for m in s.pre_blocks)
     first = stages[0]
     embed_dim = model.embedding.linear.out_features

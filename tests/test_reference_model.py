@@ -145,3 +145,5 @@ def test_reference_rejects_wrong_shapes():
         ref(torch.rand(2, 128, 3))
     with pytest.raises(ValueError, match="one entry per stage"):
         ReferencePointMLP(pre_blocks=(1, 1), pos_blocks=(1, 1, 1))
+    with pytest.raises(ValueError, match=r"published PointMLP .*\['use_xyz'\]"):
+        reference_from_pointcoc(create_model("pointmlp_coc", use_xyz=True, **SMALL), points=128)
