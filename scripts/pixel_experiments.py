@@ -44,6 +44,9 @@ PLANS: Dict[str, dict] = {
     # the same digits cells with a longer budget (run with --runs runs/pixel_experiments_e30)
     "digits_long": dict(dataset="digits", models=SMALL, seeds=(0,), epochs=30,
                         formats=(("regular", 1.0), ("discrete", 0.5))),
+    # 30 epochs with a new training mask every epoch (train_pixels.py's own default; runs/pixel_experiments_redraw)
+    "digits_redraw": dict(dataset="digits", models=SMALL, seeds=(0,), epochs=30, formats=(("discrete", 0.5),),
+                          train_args=("--redraw-masks",)),
 }
 
 
@@ -53,7 +56,9 @@ def cell_name(dataset: str, model: str, fmt: str, keep: float, seed: int) -> str
 
 def plan_cells(plan: dict) -> List[dict]:
     """Every (dataset, format, keep, model, seed, epochs) of a plan, formats outermost."""
-    return [dict(dataset=plan["dataset"], fmt=fmt, keep=keep, model=model, seed=seed, epochs=plan["epochs"])
+    train_args = list(plan.get("train_args", ()))
+    return [dict(dataset=plan["dataset"], fmt=fmt, keep=keep, model=model, seed=seed, epochs=plan["epochs"],
+                 train_args=train_args)
             for fmt, keep in plan["formats"] for seed in plan["seeds"] for model in plan["models"]]
 
 
@@ -73,7 +78,7 @@ def train_argv(cell: dict, output: Path, extra: List[str]) -> List[str]:
         argv += ["--keep", str(cell["keep"])]
     if (output / "last.pt").is_file():
         argv += ["--resume", str(output / "last.pt")]
-    return argv + extra
+    return argv + list(cell.get("train_args", ())) + extra
 
 
 def finished(out: Path, epochs: int) -> bool:
@@ -138,11 +143,12 @@ def summarize(records: List[dict]) -> List[dict]:
     """Group records by (dataset, format, keep, model family): mean and sample std of test OA over seeds."""
     groups: Dict[tuple, List[dict]] = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["fmt"], r["keep"], family(r["model"]), r["epochs"]), []).append(r)
+        recipe = " ".join(r.get("train_args", []))
+        groups.setdefault((r["dataset"], r["fmt"], r["keep"], family(r["model"]), r["epochs"], recipe), []).append(r)
     rows = []
-    for (dataset, fmt, keep, fam, epochs), rs in groups.items():
+    for (dataset, fmt, keep, fam, epochs, recipe), rs in groups.items():
         oa = np.array([r["test_oa"] for r in rs])
-        rows.append(dict(dataset=dataset, fmt=fmt, keep=keep, family=fam, epochs=epochs, n=len(rs),
+        rows.append(dict(dataset=dataset, fmt=fmt, keep=keep, family=fam, epochs=epochs, recipe=recipe, n=len(rs),
                          seeds=sorted(r["seed"] for r in rs), oa_mean=float(oa.mean()),
                          oa_std=float(oa.std(ddof=1)) if len(rs) > 1 else None,
                          macc_mean=float(np.mean([r["test_macc"] for r in rs])),
@@ -157,7 +163,7 @@ FORMAT_ORDER = ("regular", "discrete", "masked", "irregular", "rgbd")
 def _row_order(row: dict):
     """Data sets, then formats in PIXEL_FORMATS order (more pixels kept first), then model families."""
     dataset = DATASET_ORDER.index(row["dataset"]) if row["dataset"] in DATASET_ORDER else len(DATASET_ORDER)
-    return (dataset, row["dataset"], FORMAT_ORDER.index(row["fmt"]), -row["keep"], row["epochs"],
+    return (dataset, row["dataset"], FORMAT_ORDER.index(row["fmt"]), -row["keep"], row["epochs"], row["recipe"],
             list(MODEL_LABELS).index(row["family"]))
 
 
@@ -168,11 +174,12 @@ def markdown_table(rows: List[dict]) -> str:
     lines = [header, "|" + "---|" * (4 + len(families))]
     keys = []
     for r in rows:
-        k = (r["dataset"], r["fmt"], r["keep"], r["epochs"])
+        k = (r["dataset"], r["fmt"], r["keep"], r["epochs"], r["recipe"])
         if k not in keys:
             keys.append(k)
-    for dataset, fmt, keep, epochs in keys:
-        cells = {r["family"]: r for r in rows if (r["dataset"], r["fmt"], r["keep"], r["epochs"]) == (dataset, fmt, keep, epochs)}
+    for key in keys:
+        dataset, fmt, keep, epochs, recipe = key
+        cells = {r["family"]: r for r in rows if (r["dataset"], r["fmt"], r["keep"], r["epochs"], r["recipe"]) == key}
         best = max(r["oa_mean"] for r in cells.values())
         seeds = sorted({n for r in cells.values() for n in [r["n"]]})
         out = []
@@ -183,7 +190,8 @@ def markdown_table(rows: List[dict]) -> str:
                 continue
             text = f"{r['oa_mean']:.1f}" + (f" ± {r['oa_std']:.1f}" if r["oa_std"] is not None else "")
             out.append(f"**{text}**" if r["oa_mean"] == best else text)
-        lines.append(f"| {dataset} | {format_label(dataset, fmt, keep)} | {epochs} | {'/'.join(map(str, seeds))} | "
+        label = format_label(dataset, fmt, keep) + (f" (`{recipe}`)" if recipe else "")
+        lines.append(f"| {dataset} | {label} | {epochs} | {'/'.join(map(str, seeds))} | "
                      + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
@@ -198,7 +206,7 @@ def bar_chart(rows: List[dict], path: Path) -> Path:
     families = [f for f in MODEL_LABELS if any(r["family"] == f for r in rows)]
     keys = []
     for r in rows:
-        k = (r["dataset"], r["fmt"], r["keep"], r["epochs"])
+        k = (r["dataset"], r["fmt"], r["keep"], r["epochs"], r["recipe"])
         if k not in keys:
             keys.append(k)
     width = 0.8 / max(len(families), 1)
@@ -206,16 +214,16 @@ def bar_chart(rows: List[dict], path: Path) -> Path:
     for f_i, fam in enumerate(families):
         xs, means, stds = [], [], []
         for k_i, k in enumerate(keys):
-            r = next((r for r in rows if (r["dataset"], r["fmt"], r["keep"], r["epochs"]) == k and r["family"] == fam),
-                     None)
+            r = next((r for r in rows if (r["dataset"], r["fmt"], r["keep"], r["epochs"], r["recipe"]) == k
+                      and r["family"] == fam), None)
             if r is not None:
                 xs.append(k_i + (f_i - (len(families) - 1) / 2) * width)
                 means.append(r["oa_mean"])
                 stds.append(r["oa_std"] or 0.0)
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=MODEL_LABELS[fam])
     ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([f"{d}\n{format_label(d, f, k).split(' (')[0]}\n{e} epochs" for d, f, k, e in keys],
-                       fontsize=7)
+    ax.set_xticklabels([f"{d}\n{format_label(d, f, k).split(' (')[0]}\n{e} epochs" + (f"\n{r.lstrip('-')}" if r else "")
+                        for d, f, k, e, r in keys], fontsize=7)
     ax.set_ylabel("test OA (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -73,6 +73,22 @@ def _records(seed=0):
     return records
 
 
+def test_cells_with_other_training_flags_are_their_own_rows():
+    records = _records()
+    redrawn = [dict(r, train_args=["--redraw-masks"], test_oa=0.0) for r in records if r["fmt"] == "regular"]
+    rows = px.summarize(records + redrawn)
+    assert len(rows) == 4 * 3 + 1 + 3
+    plain = [r for r in rows if r["fmt"] == "regular" and r["recipe"] == ""]
+    assert len(plain) == 3 and all(r["oa_mean"] > 0 for r in plain)
+    assert [r["oa_mean"] for r in rows if r["recipe"] == "--redraw-masks"] == [0.0, 0.0, 0.0]
+    assert "regular (`--redraw-masks`)" in px.markdown_table(rows)
+    cell = dict(dataset="digits", fmt="discrete", keep=0.5, model="convnet_pixels_small", seed=0, epochs=2,
+                train_args=["--redraw-masks"])
+    assert px.build_train_parser().parse_args(px.train_argv(cell, Path("x"), [])).redraw_masks is True
+    assert px.build_train_parser().parse_args(px.train_argv(dict(cell, train_args=[]), Path("x"), [])).redraw_masks \
+        is False
+
+
 def test_summary_is_mean_and_sample_std_over_seeds():
     records = _records()
     rows = px.summarize(records)
