@@ -115,3 +115,20 @@ def test_bad_inputs():
         cluster_maps(_model(False), xyz, feats, (28, 28))
     with pytest.raises(ValueError, match="one pixel set"):
         cluster_maps(_model(False), xyz[None].expand(2, -1, -1), feats[None].expand(2, -1, -1), (8, 8))
+
+
+def test_image_file_is_area_averaged_to_the_model_size(tmp_path):
+    from pointcoc.viz.sources import image_from_file
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(16, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    rgb = image_from_file(tmp_path / "rgb.png", (3, 8, 12))
+    blocks = pixels.reshape(8, 2, 12, 2, 3).astype(np.float64).mean(axis=(1, 3)) / 255.0
+    np.testing.assert_allclose(rgb.permute(1, 2, 0).numpy(), blocks, atol=1 / 255 + 1e-6)
+    grey = image_from_file(tmp_path / "rgb.png", (1, 8, 12), invert=True)
+    assert grey.shape == (1, 8, 12)
+    luma = np.asarray(Image.fromarray(pixels).convert("L"), dtype=np.float64).reshape(8, 2, 12, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(grey[0].numpy(), 1 - luma / 255.0, atol=1 / 255 + 1e-6)
+    with pytest.raises(ValueError, match="1 \\(grey\\) or 3 \\(RGB\\) channels; the model expects 4"):
+        image_from_file(tmp_path / "rgb.png", (4, 8, 12))
