@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..ops.validation import check_lengths, check_points, check_positive_int
+from .classifier import PointSetClassifier
 from .registry import register_model
 
 __all__ = ["ConvNetPixels", "pixel_cells", "rasterize_pixel_sets", "convnet_pixels_small", "convnet_pixels"]
@@ -106,7 +107,7 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class ConvNetPixels(nn.Module):
+class ConvNetPixels(PointSetClassifier):
     """Small CNN on rasterised pixel sets (the "missing pixels filled with zeros" baseline).
 
     Per stage: two 3x3 conv-BN-ReLU layers, then 2x2 max-pooling (except after
@@ -175,21 +176,6 @@ class ConvNetPixels(nn.Module):
                          lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """xyz (B, N, D), features (B, N, C), lengths (B,) or None -> pooled embedding (B, num_features)."""
         return self.body(self.rasterize(xyz, features, lengths)).mean(dim=(2, 3))
-
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, num_features) -> logits (B, num_classes)."""
-        return self.classifier(feats)
-
-    def forward(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
-                lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """xyz (B, N, D), features (B, N, C), lengths (B,) or None -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(xyz, features, lengths))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer by a fresh one with ``num_classes`` outputs."""
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        last = self.classifier[-1]
-        self.classifier[-1] = nn.Linear(last.in_features, self.num_classes).to(last.weight.device, last.weight.dtype)
 
 
 @register_model

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..layers import ContextCluster, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation, masked_max
 from ..ops.validation import check_lengths, check_points, check_positive_int
+from .classifier import PointSetClassifier
 
 __all__ = ["PointMLP", "PointMLPElite", "PointMLPCoC", "PointMLPStage"]
 
@@ -102,7 +103,7 @@ def _per_stage(name: str, value, stages: int) -> list:
     return value
 
 
-class PointMLP(nn.Module):
+class PointMLP(PointSetClassifier):
     """PointMLP (Ma et al., ICLR 2022) for point clouds and pixel sets.
 
     Defaults are the published PointMLP: embedding 64, four stages with k=24,
@@ -220,21 +221,6 @@ class PointMLP(nn.Module):
         for stage in self.stages:
             xyz, h, lengths, mask = stage(xyz, h, lengths)
         return masked_max(h, mask, dim=1)
-
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, num_features) -> logits (B, num_classes)."""
-        return self.classifier(feats)
-
-    def forward(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
-                lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """xyz (B, N, D), features (B, N, C) or None, lengths (B,) or None -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(xyz, features, lengths))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer by a fresh one with ``num_classes`` outputs."""
-        self.num_classes = check_positive_int("num_classes", num_classes)
-        last = self.classifier[-1]
-        self.classifier[-1] = nn.Linear(last.in_features, self.num_classes).to(last.weight.device, last.weight.dtype)
 
 
 class PointMLPElite(PointMLP):
