@@ -191,15 +191,6 @@ def test_masked_norm_rows_compare_equal_layers():
 _TINY_COC = dict(k_neighbors=8, embed_dim=16)  # 128 points, narrow: the plumbing, not the speed
 
 
-@pytest.fixture
-def one_thread():
-    """Small models are many tiny ops: on a shared 2-core CPU, two threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_model_vs_reference_row_checks_the_loss_and_times_both(one_thread):
     (row,) = benchmark.bench_model_vs_reference(batches=(2,), n_points=128, repeat=2, model_kwargs=_TINY_COC)
     assert row.group == "PointMLP-CoC train step" and row.case == "B=2, N=128, 15 classes"

@@ -12,13 +12,7 @@ from pointcoc.data.pixels import (PixelSetDataset, collate_pixel_sets, image_to_
 from pointcoc.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine: one torch thread is many times faster than two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

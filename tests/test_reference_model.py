@@ -14,13 +14,7 @@ from pointcoc.reference_pointmlp import (
     reference_from_pointcoc, state_dict_from_pointcoc,
 )
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models are many tiny ops: on a shared 2-core CPU, two threads mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SMALL = dict(k_neighbors=8, embed_dim=16)  # 128 points: 64, 32, 16, 8 anchors; groups of 8; narrow

@@ -1,9 +1,5 @@
 """scripts/train_pixels.py end to end on real images: files, metrics, resume, rebuilt test set, usage errors."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,24 +9,19 @@ from pointcoc.data.pixels import collate_pixel_sets
 from pointcoc.engine import build_model_from_checkpoint, evaluate, load_checkpoint
 from pointcoc.engine.pixel_task import build_train_parser, pixel_test_set, run_cli, train_main
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_checks import ROOT, assert_run_outputs, lines, run_python
+
 SCRIPT = ROOT / "scripts" / "train_pixels.py"
 TINY = ["--epochs", "2", "--batch-size", "16", "--limit-train-batches", "3", "--limit-val-batches", "2",
         "--device", "cpu", "--workers", "0"]
 
 
 def run_script(args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+    return run_python([SCRIPT, *args], timeout=timeout)
 
 
 def run_inprocess(args):
     return run_cli(train_main, build_train_parser(), [str(a) for a in args])
-
-
-def lines(path):
-    return [json.loads(line) for line in open(path)]
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +34,7 @@ def trained(tmp_path_factory):
 
 def test_script_writes_checkpoint_metrics_and_config(trained):
     out, proc = trained
-    for name in ("config.json", "metrics.jsonl", "last.pt", "results.json", "confusion_matrix.png"):
-        assert (out / name).is_file(), name
-    recs = lines(out / "metrics.jsonl")
-    assert [r["epoch"] for r in recs] == [1, 2]
-    res = json.loads((out / "results.json").read_text())
-    cm = res["confusion_matrix"]
-    assert sum(map(sum, cm)) == 32  # two evaluation batches of 16
-    assert res["test_oa"] == pytest.approx(100 * sum(cm[i][i] for i in range(10)) / 32)
+    assert_run_outputs(out, epochs=2, n_eval=32, num_classes=10)  # two evaluation batches of 16
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "pointmlp_coc_pixels_small" and cfg["dataset"] == "digits"
     assert cfg["model_kwargs"] == {"num_classes": 10, "in_channels": 1, "coord_dim": 2}
@@ -121,10 +105,8 @@ def test_resume_refuses_another_format(trained, tmp_path, capsys):
 
 def test_evaluate_script_reproduces_a_pixel_checkpoint(trained, tmp_path):
     out, _ = trained
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(out / "last.pt"),
-                           "--batch-size", "16", "--limit-val-batches", "2", "--json", str(tmp_path / "m.json")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    proc = run_python([ROOT / "scripts" / "evaluate.py", out / "last.pt", "--batch-size", "16",
+                       "--limit-val-batches", "2", "--json", tmp_path / "m.json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "m.json").read_text())
     res = json.loads((out / "results.json").read_text())

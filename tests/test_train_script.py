@@ -1,30 +1,16 @@
 """The training / evaluation scripts end to end, in subprocesses, on tiny h5 files written here."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from point_h5_helpers import write_h5, write_scanobjectnn
+from script_checks import ROOT, assert_run_outputs, lines, run_python as run
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train_scanobjectnn.py"
 EVAL = ROOT / "scripts" / "evaluate.py"
 SMALL = json.dumps({"embed_dim": 8, "k_neighbors": 4, "res_expansion": 0.25})
 FAST = ["--model", "pointmlp_elite", "--model-kwargs", SMALL, "--num-points", "64", "--batch-size", "8",
         "--workers", "0", "--device", "cpu", "--lr", "0.05"]
-
-
-def run(args, timeout=300, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=kw.get("cwd", ROOT))
-
-
-def lines(path):
-    return [json.loads(line) for line in open(path)]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +30,7 @@ def trained(h5_root, tmp_path_factory):
 
 def test_training_run_writes_checkpoint_and_consistent_metrics(trained):
     out, proc = trained
-    for name in ("config.json", "metrics.jsonl", "last.pt", "results.json", "confusion_matrix.png"):
-        assert (out / name).is_file(), name
-    recs = lines(out / "metrics.jsonl")
-    assert [r["epoch"] for r in recs] == [1, 2]
-    res = json.loads((out / "results.json").read_text())
-    cm = res["confusion_matrix"]
-    assert sum(map(sum, cm)) == 15 and len(cm) == 15
-    assert res["test_oa"] == pytest.approx(100 * sum(cm[i][i] for i in range(15)) / 15)
+    recs, res = assert_run_outputs(out, epochs=2, n_eval=15, num_classes=15)
     assert res["test_oa"] == pytest.approx(recs[-1]["test_oa"])
     assert "RESULT [final epoch (no validation split)] epoch 2" in proc.stdout
     cfg = json.loads((out / "config.json").read_text())
