@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     import pointcoc_before  # noqa: E402
 
     import pointcoc
-    from pointcoc.benchmark import _train_step
+    from pointcoc.bench.model_rows import train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(3)
     xyz = torch.rand(args.batch, 1024, 3, generator=g) * 2 - 1
     label = torch.arange(args.batch) % 15
-    step_new, step_old = _train_step(new, xyz, label), _train_step(old, xyz, label)
+    step_new, step_old = train_step(new, xyz, label), train_step(old, xyz, label)
     torch.manual_seed(1)
     loss_new = step_new()
     torch.manual_seed(1)

@@ -7,7 +7,7 @@
     python scripts/benchmark.py --profile-vs-reference 16 --out profile.txt   # both steps profiled side by side
 
 Prints a markdown table (paste it into docs/benchmarks.md with the command,
-machine and date). See pointcoc/benchmark.py for what each row compares.
+machine and date). See pointcoc/bench/ for what each row compares.
 """
 import argparse
 import datetime
@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from pointcoc import benchmark
+from pointcoc import bench as benchmark
 
 
 def main(argv=None) -> int:

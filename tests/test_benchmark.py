@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pointcoc import benchmark
-from pointcoc.benchmark import Row, peak_cpu_memory, time_pair, to_json, to_markdown
+from pointcoc import bench as benchmark
+from pointcoc.bench import Row, peak_cpu_memory, time_pair, to_json, to_markdown
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
@@ -201,14 +201,16 @@ def test_model_vs_reference_row_checks_the_loss_and_times_both(one_thread):
 
 def test_profile_model_vs_reference_reports_sections_and_restores_modules(monkeypatch, one_thread):
     made = []
-    original = benchmark._coc_pair
+    from pointcoc.bench import profiles
+
+    original = profiles.coc_pair
 
     def keep(*args):
         pair = original(*args)
         made.extend(pair[:2])
         return pair
 
-    monkeypatch.setattr(benchmark, "_coc_pair", keep)
+    monkeypatch.setattr(profiles, "coc_pair", keep)
     text = benchmark.profile_model_vs_reference(batch=2, n_points=128, model_kwargs=_TINY_COC, row_limit=5)
     assert text.count("forward time by section") == 2 and "== reference (published layout)" in text
     sections = [line for line in text.splitlines()

@@ -7,7 +7,7 @@ import torch
 
 from ops_reference import numpy_knn_dist2, random_lengths
 from pointcoc import _optional
-from pointcoc.benchmark import peak_cpu_memory
+from pointcoc.bench import peak_cpu_memory
 from pointcoc.ops import available_backends, knn, use_backend
 
 knn_impl = importlib.import_module("pointcoc.ops.knn")

@@ -1,0 +1,64 @@
+"""Benchmark harness behind ``scripts/benchmark.py``: kept apart from the library.
+
+One module per subject:
+
+* :mod:`.measure` - paired timings, peak memory, :class:`Row`, the machine's name;
+* :mod:`.ops_rows` - single ops and layers (FPS, kNN, gather, pointwise layers, context cluster);
+* :mod:`.model_rows` - whole models: eval forward, training step, pointcoc vs the published layout;
+* :mod:`.profiles` - where a training step's time goes;
+* :mod:`.report` - markdown table, JSON, bar chart.
+
+The published-layout reference model the rows compare against is
+:mod:`pointcoc.reference_pointmlp` (tests use it too).
+"""
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from .measure import (Row, SectionUnavailable, machine_description, peak_cpu_memory, peak_memory, synchronize,
+                      time_pair)
+from .model_rows import bench_model_vs_reference, bench_models
+from .ops_rows import (bench_context_cluster, bench_fps, bench_gather, bench_knn, bench_masked_norm, bench_pointwise,
+                       bench_transfer)
+from .profiles import profile_model_vs_reference, profile_train_step
+from .report import plot_model_vs_reference, to_json, to_markdown
+
+__all__ = [
+    "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
+    "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+    "bench_context_cluster", "bench_models", "bench_model_vs_reference", "profile_model_vs_reference",
+    "plot_model_vs_reference", "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description",
+    "SECTIONS",
+]
+
+SECTIONS = {
+    "fps": bench_fps,
+    "knn": bench_knn,
+    "gather": bench_gather,
+    "pointwise": bench_pointwise,
+    "transfer": bench_transfer,
+    "masked_norm": bench_masked_norm,
+    "context_cluster": bench_context_cluster,
+    "models": bench_models,
+    "model_vs_reference": bench_model_vs_reference,
+}
+
+
+def run_all(device="cpu", quick=False, only=None):
+    """Run the benchmark sections named in ``only`` (default: all).
+
+    Returns:
+        (rows, skipped): the measured rows, and {section: reason} for sections
+        that could not run here.
+    """
+    names = list(SECTIONS) if only is None else list(only)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise ValueError(f"only must name sections from {sorted(SECTIONS)}; got {unknown}")
+    rows, skipped = [], {}
+    for name in tqdm(names, desc="benchmark"):
+        try:
+            rows.extend(SECTIONS[name](device=device, quick=quick))
+        except SectionUnavailable as err:
+            skipped[name] = str(err)
+    return rows, skipped

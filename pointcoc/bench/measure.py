@@ -1,0 +1,141 @@
+"""Measuring: paired timings, peak memory, the :class:`Row` every benchmark produces, the machine's name.
+
+Every number is a ratio against a reference run in the same process,
+interleaved, so that a shared and noisy machine slows both sides alike.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
+           "import_or_skip", "random_tensor", "machine_description"]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels on ``device`` (no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_pair(ours: Callable, reference: Callable, device="cpu", repeat: int = 5, warmup: int = 1):
+    """Median wall time of two callables, run alternately ``repeat`` times after ``warmup`` runs each.
+
+    Returns:
+        (seconds_ours, seconds_reference), medians over the repeats.
+    """
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"repeat must be >= 1 and warmup >= 0; got repeat={repeat}, warmup={warmup}")
+    for _ in range(warmup):
+        ours()
+        reference()
+    synchronize(device)
+    times = ([], [])
+    for _ in range(repeat):
+        for fn, out in ((ours, times[0]), (reference, times[1])):
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def peak_cpu_memory(fn: Callable) -> int:
+    """Largest amount of CPU memory held by torch tensors while ``fn()`` runs, in bytes.
+
+    Uses ``torch.profiler`` with ``profile_memory``: each event's own
+    allocations minus frees, in time order; the peak of the running sum over the
+    memory already held when ``fn`` starts. Memory that does not go through
+    torch's allocator (numpy or numba arrays) is not seen.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())
+    held = peak = 0
+    for _, delta in deltas:
+        held += delta
+        peak = max(peak, held)
+    return peak
+
+
+def peak_memory(fn: Callable, device="cpu") -> Optional[int]:
+    """Peak extra memory of ``fn()`` on ``device`` in bytes: CUDA allocator statistics, or :func:`peak_cpu_memory`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    return peak_cpu_memory(fn)
+
+class SectionUnavailable(RuntimeError):
+    """A benchmark section cannot run here (a module it measures is missing); the message says why."""
+
+
+@dataclass
+class Row:
+    """One measured comparison. Times in seconds (medians), memory in bytes (None: not measured)."""
+
+    group: str
+    case: str
+    ours: str
+    reference: str
+    ours_s: float
+    ref_s: float
+    ours_mem: Optional[int] = None
+    ref_mem: Optional[int] = None
+    note: str = ""
+
+    @property
+    def time_ratio(self) -> float:
+        """ours / reference wall time: below 1 means ours is faster."""
+        return self.ours_s / self.ref_s
+
+    @property
+    def mem_ratio(self) -> Optional[float]:
+        if self.ours_mem is None or not self.ref_mem:
+            return None
+        return self.ours_mem / self.ref_mem
+
+
+def import_or_skip(module: str, name: str):
+    """``module.name``, or SectionUnavailable when it does not import."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise SectionUnavailable(f"{module}.{name} is not available ({err})") from err
+
+
+def random_tensor(shape, device, seed):
+    """Uniform [0, 1) tensor of ``shape`` from a fixed ``seed``, made on the CPU and moved to ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g).to(device)
+
+
+def machine_description(device="cpu") -> str:
+    """One line naming the machine, threads and torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                what = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        what += f", {os.cpu_count()} CPU cores"
+    return f"{what}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+

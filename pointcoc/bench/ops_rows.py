@@ -1,0 +1,279 @@
+"""Benchmark rows for single ops and layers: each compares pointcoc's form with a reference form."""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from .. import ops
+from ..ops import backends
+from ..ops.fps import fps_torch
+from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
+
+__all__ = ["bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+           "bench_context_cluster"]
+
+
+def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048))) -> List[Row]:
+    """FPS: the default backend vs the plain torch loop (and pytorch3d when importable).
+
+    ``cases``: (B, N, n_samples) triples.
+    """
+    repeat = 3 if quick else 7
+    rows = []
+    for batch, n, n_samples in cases:
+        xyz = random_tensor((batch, n, 3), device, 0)
+        lengths = torch.full((batch,), n, dtype=torch.long, device=device)
+        start = torch.zeros(batch, dtype=torch.long, device=device)
+        ours_name = backends.resolve("fps", xyz.device).name
+        ours = lambda: ops.farthest_point_sample(xyz, n_samples)  # noqa: E731
+        ref = lambda: fps_torch(xyz, n_samples, lengths, start)  # noqa: E731
+        same = bool(torch.equal(ours(), ref()))
+        t_ours, t_ref = time_pair(ours, ref, device, repeat=repeat)
+        case = f"B={batch}, N={n} -> {n_samples}"
+        note = "same indices" if same else "INDICES DIFFER"
+        rows.append(Row("FPS", case, ours_name, "torch loop", t_ours, t_ref, note=note))
+        if "pytorch3d" in ops.available_backends("fps") and ours_name != "pytorch3d":
+            p3d = lambda: ops.farthest_point_sample(xyz, n_samples, backend="pytorch3d")  # noqa: E731
+            t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
+            rows.append(Row("FPS", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8192, 24))) -> List[Row]:
+    """kNN: the default backend vs brute force ``torch.cdist`` + ``topk`` (and pytorch3d when importable).
+
+    ``cases``: (B, M, N, k) tuples. Peak memory of both sides is measured.
+    """
+    repeat = 3 if quick else 7
+    rows = []
+    for batch, m, n, k in cases:
+        query, points = random_tensor((batch, m, 3), device, 1), random_tensor((batch, n, 3), device, 2)
+        ours_name = backends.resolve("knn", query.device).name
+        ours = lambda: ops.knn(query, points, k)  # noqa: E731
+        brute = lambda: torch.topk(torch.cdist(query, points), k, dim=-1, largest=False)  # noqa: E731
+        exact = ops.knn(query, points, k, backend="torch").dist2
+        close = torch.allclose(ours().dist2, exact, rtol=1e-5, atol=1e-6)
+        t_ours, t_ref = time_pair(ours, brute, device, repeat=repeat)
+        mem_ours, mem_ref = peak_memory(ours, device), peak_memory(brute, device)
+        note = "same distances as the torch reference" if close else "DISTANCES DIFFER from the torch reference"
+        case = f"B={batch}, M={m}, N={n}, k={k}"
+        rows.append(Row("kNN", case, ours_name, "cdist + topk", t_ours, t_ref, mem_ours, mem_ref, note))
+        if ours_name != "mm":  # the torch-only fast path (the default on CUDA without pytorch3d)
+            mm = lambda: ops.knn(query, points, k, backend="mm")  # noqa: E731
+            t_mm, t_ref = time_pair(mm, brute, device, repeat=repeat)
+            close = torch.allclose(mm().dist2, exact, rtol=1e-5, atol=1e-6)
+            note = "same distances as the torch reference" if close else "DISTANCES DIFFER from the torch reference"
+            rows.append(Row("kNN", case, "mm", "cdist + topk", t_mm, t_ref, peak_memory(mm, device), mem_ref, note))
+        if "pytorch3d" in ops.available_backends("knn") and ours_name != "pytorch3d":
+            p3d = lambda: ops.knn(query, points, k, backend="pytorch3d")  # noqa: E731
+            t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
+            rows.append(Row("kNN", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+def bench_gather(device="cpu", quick=False, cases=((32, 1024, 64, 512, 24), (32, 512, 128, 256, 24))) -> List[Row]:
+    """gather, forward + backward: ours vs advanced indexing ``x[batch_index, idx]`` (the published PointMLP code).
+
+    ``cases``: (B, N, C, S, K) for x (B, N, C) and idx (B, S, K), as in a PointMLP grouping stage.
+    """
+    repeat = 3 if quick else 7
+    rows = []
+    for batch, n, c, s, k in cases:
+        x = random_tensor((batch, n, c), device, 4).requires_grad_(True)
+        idx = (random_tensor((batch, s, k), device, 5) * n).long()
+        weights = random_tensor((batch, s, k, c), device, 6)
+
+        def ours():
+            (ops.gather(x, idx) * weights).sum().backward()
+
+        batch_index = torch.arange(batch, device=device)[:, None, None]
+
+        def plain():
+            (x[batch_index, idx] * weights).sum().backward()
+
+        t_ours, t_ref = time_pair(ours, plain, device, repeat=repeat)
+        case = f"x ({batch}, {n}, {c}), idx ({batch}, {s}, {k}), fwd+bwd"
+        rows.append(Row("gather", case, "index_select", "x[batch, idx]", t_ours, t_ref))
+    return rows
+
+
+def bench_pointwise(device="cpu", quick=False, cases=((16, 128, 512 * 24), (16, 256, 256 * 24),
+                                                      (16, 512, 128 * 24), (16, 1024, 64 * 24))) -> List[Row]:
+    """One pointwise layer of a PointMLP block (C -> C, BatchNorm, ReLU), forward + backward, two layouts.
+
+    Ours: ``nn.Linear`` on channels-last (B, L, C) with BatchNorm over the
+    flattened rows; reference: ``nn.Conv1d(kernel_size=1)`` on (B, C, L) with
+    ``BatchNorm1d``, as the published code writes it. Same maths, same weights;
+    ``cases``: (B, C, L) with L = groups x neighbours of PointMLP's four stages
+    at batch 16. This row measures a proposal for the model code (see docs/benchmarks.md).
+    """
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, c, length in (cases[:2] if quick else cases):
+        conv = torch.nn.Conv1d(c, c, 1).to(device)
+        linear = torch.nn.Linear(c, c).to(device)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight[:, :, 0])
+            linear.bias.copy_(conv.bias)
+        norm_first, norm_last = torch.nn.BatchNorm1d(c).to(device), torch.nn.BatchNorm1d(c).to(device)
+        x_first = (random_tensor((batch, c, length), device, 12) - 0.5).requires_grad_(True)
+        x_last = x_first.detach().transpose(1, 2).contiguous().requires_grad_(True)
+        # A dense upstream gradient, as the next layer gives (out.sum() would pass a stride-0 one).
+        grad_first = random_tensor((batch, c, length), device, 15)
+        grad_last = grad_first.transpose(1, 2).contiguous()
+
+        def channels_first():
+            out = torch.relu(norm_first(conv(x_first)))
+            out.backward(grad_first)
+            return out
+
+        def channels_last():
+            out = torch.relu(norm_last(linear(x_last).reshape(-1, c))).reshape(batch, length, c)
+            out.backward(grad_last)
+            return out
+
+        same = torch.allclose(channels_last().transpose(1, 2), channels_first(), rtol=1e-3, atol=1e-4)
+        t_ours, t_ref = time_pair(channels_last, channels_first, device, repeat=repeat)
+        case = f"C={c}, (B, L)=({batch}, {length}), fwd+bwd"
+        rows.append(Row("pointwise layer", case, "Linear (B, L, C)", "Conv1d (B, C, L)", t_ours, t_ref,
+                        note="same outputs" if same else "OUTPUTS DIFFER"))
+    return rows
+
+
+def bench_transfer(device="cpu", quick=False, cases=((16, 512, 24, 64), (16, 256, 24, 128),
+                                                    (16, 128, 24, 256), (16, 64, 24, 512))) -> List[Row]:
+    """The first layer after grouping, forward + backward: split anchor term vs concatenated input.
+
+    The published grouper concatenates each neighbour's normalised features
+    and xyz (C + 3) with its group's anchor features repeated k times (C), then
+    applies one pointwise layer to 2C + 3 channels. The anchor part of that
+    product is the same for the k neighbours of a group: ours computes it once
+    per group and broadcasts it (same maths). ``cases``: (B, S groups, k, C),
+    output 2C channels, channels-last Linear layers on both sides.
+    """
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, groups, k, c in (cases[:2] if quick else cases):
+        full = torch.nn.Linear(2 * c + 3, 2 * c).to(device)
+        neighbour = torch.nn.Linear(c + 3, 2 * c).to(device)
+        anchor_part = torch.nn.Linear(c, 2 * c, bias=False).to(device)
+        with torch.no_grad():
+            neighbour.weight.copy_(full.weight[:, : c + 3])
+            neighbour.bias.copy_(full.bias)
+            anchor_part.weight.copy_(full.weight[:, c + 3 :])
+        grouped = (random_tensor((batch, groups, k, c + 3), device, 13) - 0.5).requires_grad_(True)
+        anchor = (random_tensor((batch, groups, c), device, 14) - 0.5).requires_grad_(True)
+        grad = random_tensor((batch, groups, k, 2 * c), device, 16)
+
+        def concatenated():
+            out = full(torch.cat([grouped, anchor[:, :, None, :].expand(-1, -1, k, -1)], -1))
+            out.backward(grad)
+            return out
+
+        def split():
+            out = neighbour(grouped) + anchor_part(anchor)[:, :, None, :]
+            out.backward(grad)
+            return out
+
+        same = torch.allclose(split(), concatenated(), rtol=1e-4, atol=1e-4)
+        t_ours, t_ref = time_pair(split, concatenated, device, repeat=repeat)
+        case = f"(B, S, k, C)=({batch}, {groups}, {k}, {c}), fwd+bwd"
+        rows.append(Row("transfer layer", case, "anchor term per group", "concat anchor x k", t_ours, t_ref,
+                        note="same outputs" if same else "OUTPUTS DIFFER"))
+    return rows
+
+
+def bench_masked_norm(device="cpu", quick=False, cases=((16, 512, 24, 128), (16, 256, 24, 256))) -> List[Row]:
+    """BatchNorm over the real entries of a (B, S, k, C) tensor with no padding, forward + backward.
+
+    Reference: the boolean-mask form ``out[mask] = bn(x[mask])`` (two copies
+    of the tensor each way); ours: check ``mask.all()`` and normalise the
+    flattened tensor directly (same statistics, same result).
+    """
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, groups, k, c in (cases[:1] if quick else cases):
+        norm = torch.nn.BatchNorm1d(c).to(device)
+        x = (random_tensor((batch, groups, k, c), device, 17) - 0.5).requires_grad_(True)
+        mask = torch.ones(batch, groups, k, dtype=torch.bool, device=device)
+        grad = random_tensor((batch, groups, k, c), device, 18)
+
+        def boolean_index():
+            out = x.new_zeros(x.shape)
+            out[mask] = norm(x[mask])
+            out.backward(grad)
+            return out
+
+        def direct_when_full():
+            if bool(mask.all()):
+                out = norm(x.reshape(-1, c)).reshape(x.shape)
+            else:
+                out = x.new_zeros(x.shape)
+                out[mask] = norm(x[mask])
+            out.backward(grad)
+            return out
+
+        same = torch.allclose(direct_when_full(), boolean_index(), rtol=1e-4, atol=1e-5)
+        t_ours, t_ref = time_pair(direct_when_full, boolean_index, device, repeat=repeat)
+        case = f"(B, S, k, C)=({batch}, {groups}, {k}, {c}), no padding, fwd+bwd"
+        rows.append(Row("masked BatchNorm", case, "skip mask when all real", "x[mask] copy", t_ours, t_ref,
+                        note="same outputs" if same else "OUTPUTS DIFFER"))
+    return rows
+
+
+def _context_cluster_functions():
+    """(context_cluster, context_cluster_dense) from pointcoc.layers, or SectionUnavailable."""
+    try:
+        return (import_or_skip("pointcoc.layers", "context_cluster"),
+                import_or_skip("pointcoc.layers", "context_cluster_dense"))
+    except SectionUnavailable:
+        return (import_or_skip("pointcoc.layers.context_cluster", "context_cluster"),
+                import_or_skip("pointcoc.layers.context_cluster", "context_cluster_dense"))
+
+
+def bench_context_cluster(device="cpu", quick=False, cases=((1, 3136, 196, 64), (1, 12544, 196, 64)),
+                          functions=None) -> List[Row]:
+    """Set-level context cluster, forward + backward: segment sums (ours) vs the dense-mask reference.
+
+    ``cases``: (B, N points, M centers, channels), with similarity and value
+    spaces of ``channels`` each. Time and peak memory of both. ``functions``:
+    (ours, reference) with the signature of ``pointcoc.layers.context_cluster``;
+    default: ``context_cluster`` and ``context_cluster_dense`` from pointcoc.layers.
+    """
+    ours_fn, dense_fn = functions or _context_cluster_functions()
+    repeat = 2 if quick else 5
+    rows = []
+    for batch, n, m, c in cases:
+        inputs = [
+            random_tensor((batch, n, c), device, 7) - 0.5,
+            random_tensor((batch, n, c), device, 8) - 0.5,
+            random_tensor((batch, m, c), device, 9) - 0.5,
+            random_tensor((batch, m, c), device, 10) - 0.5,
+        ]
+        inputs = [t.requires_grad_(True) for t in inputs]
+        alpha = torch.ones((), device=device, requires_grad=True)
+        beta = torch.zeros((), device=device, requires_grad=True)
+        weights = random_tensor((batch, n, c), device, 11)
+
+        def run(fn):
+            def fwd_bwd():
+                out, _ = fn(*inputs, alpha, beta)
+                grads = torch.autograd.grad((out * weights).sum(), inputs + [alpha, beta], allow_unused=True)
+                return out, grads
+
+            return fwd_bwd
+
+        (out_o, grads_o), (out_d, grads_d) = run(ours_fn)(), run(dense_fn)()
+        same = torch.allclose(out_o, out_d, rtol=1e-4, atol=1e-5) and all(
+            (a is None and b is None) or (a is not None and b is not None and torch.allclose(a, b, rtol=1e-3, atol=1e-4))
+            for a, b in zip(grads_o, grads_d)
+        )
+        del out_o, grads_o, out_d, grads_d
+        t_ours, t_ref = time_pair(run(ours_fn), run(dense_fn), device, repeat=repeat)
+        mem_ours, mem_ref = peak_memory(run(ours_fn), device), peak_memory(run(dense_fn), device)
+        case = f"B={batch}, N={n}, {m} centers, {c} channels, fwd+bwd"
+        note = "same values and gradients" if same else "RESULTS DIFFER"
+        rows.append(Row("context cluster", case, "segment sums", "dense mask", t_ours, t_ref, mem_ours, mem_ref, note))
+    return rows
+
