@@ -2,6 +2,7 @@
 __version__ = "0.1.0"
 
 from . import functional, layers, models, ops  # noqa: F401
+from .env import env_report
 from .models import PointMLP, PointMLPCoC, PointMLPElite, create_model, list_models, register_model
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "create_model",
     "list_models",
     "register_model",
+    "env_report",
     "__version__",
 ]

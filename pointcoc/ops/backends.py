@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-__all__ = ["register", "set_backend", "get_backend", "use_backend", "available_backends", "resolve"]
+__all__ = ["register", "note_unavailable", "set_backend", "get_backend", "use_backend", "available_backends",
+           "resolve", "explain"]
 
 ENV_VAR = "POINTCOC_BACKEND"
 
@@ -39,12 +40,18 @@ class Backend:
 
 
 _REGISTRY: Dict[str, Dict[str, Backend]] = {}
+_UNAVAILABLE: Dict[str, Dict[str, str]] = {}  # op -> backend name -> why it did not register (for explain)
 _forced: Optional[str] = None
 
 
 def register(op: str, name: str, fn: Callable, devices=("cpu", "cuda"), priority: int = 0) -> None:
     """Register ``fn`` as implementation ``name`` of ``op``."""
     _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, tuple(devices), priority)
+
+
+def note_unavailable(op: str, name: str, reason: str) -> None:
+    """Record that optional backend ``name`` of ``op`` did not register and why (:func:`explain` says so)."""
+    _UNAVAILABLE.setdefault(op, {})[name] = reason
 
 
 def available_backends(op: Optional[str] = None):
@@ -104,6 +111,11 @@ def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Bac
         device: device of the input tensors.
         backend: a backend name that overrides the global choice for this call.
     """
+    return _select(op, device, backend)[0]
+
+
+def _select(op: str, device: torch.device, backend: Optional[str]):
+    """(chosen Backend, the forced name or None, the candidates on ``device`` by priority)."""
     table = _REGISTRY[op]
     wanted = backend or get_backend()
     if wanted is not None:
@@ -111,8 +123,38 @@ def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Bac
             raise ValueError(f"unknown backend {wanted!r} for {op}; available: {sorted(table)}")
         chosen = table.get(wanted)
         if chosen is not None and device.type in chosen.devices:
-            return chosen
+            return chosen, wanted, []
     candidates: List[Backend] = sorted(
         (b for b in table.values() if device.type in b.devices), key=lambda b: -b.priority
     )
-    return candidates[0] if candidates else table["torch"]
+    return (candidates[0] if candidates else table["torch"]), wanted, candidates
+
+
+def explain(op: str, device, backend: Optional[str] = None) -> str:
+    """One line saying which backend :func:`resolve` picks for ``op`` on ``device`` and why.
+
+    For example ``"knn on cpu: numba (priority 10 > mm 5 > torch 0; pytorch3d not importable)"``.
+
+    Raises:
+        ValueError: if ``op`` is not a registered op.
+    """
+    if op not in _REGISTRY:
+        raise ValueError(f"op must be one of {sorted(_REGISTRY)}; got {op!r}")
+    device = torch.device(device)
+    chosen, wanted, candidates = _select(op, device, backend)
+    if backend:
+        source = f"backend={wanted!r}"
+    else:
+        source = f"set_backend({wanted!r})" if _forced is not None else f"${ENV_VAR}={wanted}"
+    if not candidates:
+        why = [f"forced by {source}"]
+    else:
+        why = [f"priority {chosen.priority}" + "".join(f" > {b.name} {b.priority}" for b in candidates[1:])]
+        if wanted is not None:
+            why.insert(0, f"{source} ignored: {op} has no such backend on {device.type}")
+    elsewhere = sorted(b.name for b in _REGISTRY[op].values() if device.type not in b.devices)
+    if elsewhere:
+        why.append(f"not on {device.type}: {', '.join(elsewhere)}")
+    why += [f"{name} {reason}" for name, reason in sorted(_UNAVAILABLE.get(op, {}).items())
+            if name not in _REGISTRY[op]]
+    return f"{op} on {device.type}: {chosen.name} ({'; '.join(why)})"

@@ -179,3 +179,6 @@ def knn_numba(
 if WITH_NUMBA:
     backends.register("fps", "numba", fps_numba, devices=("cpu",), priority=10)
     backends.register("knn", "numba", knn_numba, devices=("cpu",), priority=10)
+else:  # pragma: no cover - exercised only where numba is missing
+    for _op in ("fps", "knn"):
+        backends.note_unavailable(_op, "numba", "not importable")

@@ -48,3 +48,6 @@ def knn_pytorch3d(
 if _optional.WITH_PYTORCH3D:
     backends.register("fps", "pytorch3d", fps_pytorch3d, devices=("cpu", "cuda"), priority=5)
     backends.register("knn", "pytorch3d", knn_pytorch3d, devices=("cpu", "cuda"), priority=7)
+else:
+    for _op in ("fps", "knn"):
+        backends.note_unavailable(_op, "pytorch3d", "not importable")
