@@ -45,6 +45,18 @@ def test_evaluate_script_reproduces_the_logged_metrics(trained, tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["confusion_matrix"] == res["confusion_matrix"]
     assert f"OA {res['test_oa']:.2f}%" in proc.stdout and f"mAcc {res['test_macc']:.2f}%" in proc.stdout
+    # the per-class table, printed after the summary and in the JSON: counts and accuracies from the matrix
+    cm = res["confusion_matrix"]
+    rows = m["per_class"]
+    assert [r["count"] for r in rows] == [sum(row) for row in cm]
+    for i, r in enumerate(rows):
+        assert r["class"] == res["class_names"][i]
+        assert r["accuracy"] == (pytest.approx(100 * cm[i][i] / r["count"]) if r["count"] else None)
+    table = proc.stdout[proc.stdout.index("OA "):].splitlines()[1:]
+    assert table[0].split() == ["class", "count", "accuracy"] and len(table) == 1 + len(rows)
+    for line, r in zip(table[1:], rows):
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1f}%"
+        assert line.split() == [r["class"], str(r["count"]), acc]
 
 
 def test_missing_data_exits_2_with_paths_and_no_traceback(tmp_path):

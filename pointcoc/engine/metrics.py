@@ -6,7 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["confusion_matrix", "summarize_confusion", "plot_confusion_matrix"]
+__all__ = ["confusion_matrix", "summarize_confusion", "per_class_table", "format_per_class_table",
+           "plot_confusion_matrix"]
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,6 +50,25 @@ def summarize_confusion(cm: torch.Tensor, class_names: Optional[Sequence[str]] =
         "class_names": list(class_names) if class_names is not None else None,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def per_class_table(summary: Dict) -> List[Dict]:
+    """Rows ``{"class", "count", "accuracy"}`` (accuracy in %, None for a class without samples) of a
+    :func:`summarize_confusion` result; classes are named by ``class_names`` or by their index."""
+    cm = summary["confusion_matrix"]
+    names = summary.get("class_names") or [str(i) for i in range(len(cm))]
+    return [{"class": name, "count": int(sum(row)), "accuracy": acc}
+            for name, row, acc in zip(names, cm, summary["per_class_acc"])]
+
+
+def format_per_class_table(rows: Sequence[Dict]) -> str:
+    """The rows of :func:`per_class_table` as an aligned text table (header, one line per class)."""
+    width = max([5] + [len(str(r["class"])) for r in rows])
+    lines = [f"{'class':<{width}}  {'count':>5}  {'accuracy':>8}"]
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1f}%"
+        lines.append(f"{r['class']:<{width}}  {r['count']:>5}  {acc:>8}")
+    return "\n".join(lines)
 
 
 def plot_confusion_matrix(cm: torch.Tensor, path, class_names: Optional[Sequence[str]] = None, title: str = "") -> Path:

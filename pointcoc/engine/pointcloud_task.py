@@ -19,6 +19,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig, add_training_args, config_from_args
 from .loop import (build_model_from_checkpoint, collate_point_dicts, evaluate, fit, resolve_device,
                    seed_everything, stratified_split)
+from .metrics import format_per_class_table, per_class_table
 
 __all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "USAGE_ERRORS"]
 
@@ -95,7 +96,7 @@ def train_main(args: argparse.Namespace) -> int:
 def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Re-evaluate a checkpoint written by train_scanobjectnn.py or train_pixels.py on its test set; "
-                    "prints OA and mAcc.",
+                    "prints OA, mAcc and a per-class accuracy table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="last.pt or best.pt")
     p.add_argument("--votes", type=int, default=1,
@@ -137,9 +138,11 @@ def evaluate_main(args: argparse.Namespace) -> int:
                  class_names=names, vote_seed=args.seed)
     print(f"checkpoint {args.checkpoint} (epoch {state['epoch']}, model {cfg.model}, {cfg.dataset}): "
           f"OA {m['oa']:.2f}%  mAcc {m['macc']:.2f}%  loss {m['loss']:.4f}  votes {args.votes}  ({m['count']} samples)")
+    rows = per_class_table(m)
+    print(format_per_class_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**m, "votes": args.votes, "epoch": state["epoch"], "checkpoint": str(args.checkpoint)}, f)
+            json.dump({**m, "per_class": rows, "votes": args.votes, "epoch": state["epoch"], "checkpoint": str(args.checkpoint)}, f)
     return 0
 
 
