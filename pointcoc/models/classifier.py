@@ -30,7 +30,15 @@ class PointSetClassifier(nn.Module):
 
     def forward(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
                 lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """xyz (B, N, D), features (B, N, C) or None, lengths (B,) or None -> logits (B, num_classes)."""
+        """xyz (B, N, D), features (B, N, C) or None, lengths (B,) or None -> logits (B, num_classes).
+
+        A (B,) integer tensor given as ``features`` (``model(xyz, lengths)``) raises a ValueError saying to
+        pass ``lengths=`` by name.
+        """
+        if isinstance(features, torch.Tensor) and features.dim() == 1 and not features.is_floating_point():
+            raise ValueError(f"features got a ({features.shape[0]},) integer tensor, which looks like lengths: "
+                             "lengths is the third argument; call model(xyz, lengths=lengths) (or "
+                             "model(xyz, features, lengths) for a model with input features)")
         return self.forward_head(self.forward_features(xyz, features, lengths))
 
     def reset_classifier(self, num_classes: int) -> None:
