@@ -124,8 +124,12 @@ def read_h5_split(path, num_classes: int, min_points: int = 1) -> Tuple[np.ndarr
             raise DataFormatError(f"{path}: dataset 'data' must be floating point; got dtype {data.dtype}")
         if not np.issubdtype(label.dtype, np.integer):
             raise DataFormatError(f"{path}: dataset 'label' must be integer; got dtype {label.dtype}")
-        points = np.asarray(data[:], dtype=np.float32)
-        labels = np.asarray(label[:]).reshape(-1).astype(np.int64)
+        try:
+            points = np.asarray(data[:], dtype=np.float32)
+            labels = np.asarray(label[:]).reshape(-1).astype(np.int64)
+        except OSError as err:  # h5py reports a damaged (e.g. compressed) chunk only when it is read
+            raise DataFormatError(f"{path} is damaged: reading its data failed ({err}); download or copy the "
+                                  "file again") from None
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise DataFormatError(f"{path}: labels must lie in 0..{num_classes - 1}; found {np.unique(labels[bad]).tolist()}")

@@ -93,14 +93,21 @@ def scale_depth(depth: torch.Tensor, valid: Optional[torch.Tensor] = None) -> to
     return torch.where(valid, z, torch.zeros_like(z))
 
 
+IMAGE_LAYOUTS = ("CHW", "HWC")
+MAX_CHANNELS_GUESS = 4  # grey, grey+alpha, RGB, RGBA: a last axis this short may be channels
+
+
 def image_to_point_set(image: ArrayLike, depth: Optional[ArrayLike] = None,
-                       keep: Optional[ArrayLike] = None) -> PixelSet:
+                       keep: Optional[ArrayLike] = None, layout: Optional[str] = None) -> PixelSet:
     """Convert one image (optionally with depth) into a point set.
 
     Args:
-        image: float (C, H, W) colours (any range; the data loaders give [0, 1]); every value finite.
+        image: float colours (any range; the data loaders give [0, 1]); every value finite. (C, H, W) by
+            default (torch's layout); (H, W, C) with ``layout="HWC"`` (numpy / PIL / matplotlib's layout).
         depth: optional float (H, W) depth (any unit); pixels with depth <= 0 or non-finite are absent.
         keep: optional bool (H, W), True on the pixels present (None: all).
+        layout: "CHW" or "HWC". None means "CHW" but refuses a shape that looks channels-last (first axis
+            longer than 4, last axis at most 4, e.g. (8, 8, 3)) instead of guessing: pass the layout.
 
     Returns:
         PixelSet(xyz, features), float32, one row per present pixel in row-major order:
@@ -109,10 +116,19 @@ def image_to_point_set(image: ArrayLike, depth: Optional[ArrayLike] = None,
         same scaled depth appended.
 
     Raises:
-        ValueError: wrong ranks or mismatched shapes, a non-floating or non-finite image, a non-bool
-            mask, or no pixel present.
+        ValueError: wrong ranks or mismatched shapes, an ambiguous shape without ``layout``, a non-floating
+            or non-finite image, a non-bool mask, or no pixel present.
     """
-    img = _as_tensor("image", image, 3, "(C, H, W)")
+    if layout not in (None, *IMAGE_LAYOUTS):
+        raise ValueError(f"layout must be None, 'CHW' or 'HWC'; got {layout!r}")
+    img = _as_tensor("image", image, 3, "(H, W, C)" if layout == "HWC" else "(C, H, W)")
+    if layout == "HWC":
+        img = img.permute(2, 0, 1)
+    elif layout is None and img.shape[0] > MAX_CHANNELS_GUESS >= img.shape[2]:
+        c, h, w = img.shape
+        raise ValueError(f"image of shape {tuple(img.shape)} is ambiguous: as (C, H, W) it is {c} channels of a "
+                         f"{h}x{w} image, but it looks like an {c}x{h} image with {w} channels (H, W, C). "
+                         "Pass layout='HWC' for channels-last (numpy/PIL) images or layout='CHW'")
     if not img.is_floating_point():
         raise ValueError(f"image must be floating point (C, H, W) (divide uint8 images by 255); got dtype {img.dtype}")
     c, h, w = img.shape
@@ -364,7 +380,7 @@ class PixelSetDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         index = index % len(self)
         depth = self.depth[index] if self.depth is not None else None
-        xyz, features = image_to_point_set(self.images[index], depth=depth, keep=self.mask(index))
+        xyz, features = image_to_point_set(self.images[index], depth=depth, keep=self.mask(index), layout="CHW")
         return {"xyz": xyz, "features": features, "label": self.labels[index]}
 
 

@@ -90,5 +90,5 @@ def load_pixel_input(spec: str, config: Dict, invert: bool = False, mask_seed: i
         raise ValueError("this model was trained on RGB-D pixel sets; image files carry no depth: "
                          "give DATASET:INDEX of a data set with depth (e.g. modelnet_depth:0)")
     image = image_from_file(spec, (c, h, w), invert=invert)
-    xyz, features = image_to_point_set(image, keep=_mask(fmt, keep, h, w, mask_seed))
+    xyz, features = image_to_point_set(image, keep=_mask(fmt, keep, h, w, mask_seed), layout="CHW")
     return PixelInput(image, xyz, features, Path(spec).name)
