@@ -78,6 +78,8 @@ def train_argv(cell: dict, output: Path, extra: List[str]) -> List[str]:
         argv += ["--keep", str(cell["keep"])]
     if (output / "last.pt").is_file():
         argv += ["--resume", str(output / "last.pt")]
+    else:  # a cell killed before its first checkpoint starts again
+        argv += ["--overwrite"]
     return argv + list(cell.get("train_args", ())) + extra
 
 

@@ -100,7 +100,7 @@ def test_resume_refuses_another_format(trained, tmp_path, capsys):
     out, _ = trained
     code = run_inprocess(["--dataset", "digits", "--format", "irregular", "--keep", "0.5", "--output", tmp_path,
                           "--resume", out / "last.pt", *TINY])
-    assert code == 2 and "was trained with extra" in capsys.readouterr().err
+    assert code == 2 and "extra.format: checkpoint 'discrete', now 'irregular'" in capsys.readouterr().err
 
 
 def test_evaluate_script_reproduces_a_pixel_checkpoint(trained, tmp_path):

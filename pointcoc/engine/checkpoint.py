@@ -1,17 +1,20 @@
 """Checkpoints written atomically (temp file in the same folder + ``os.replace``) and loaded with checks."""
 from __future__ import annotations
 
+import errno
 import os
 import random
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
-           "CHECKPOINT_FORMAT"]
+from .errors import DiskFullError
+
+__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "capture_rng_state",
+           "restore_rng_state", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "pointcoc-checkpoint-v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "epoch", "rng", "config", "metrics")
@@ -21,22 +24,37 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing keys, unreadable, or does not fit the model it is loaded into."""
 
 
-def save_checkpoint(state: Dict[str, Any], path) -> Path:
-    """``torch.save(state)`` to ``path`` atomically: a crash leaves the old file (or none), never a partial one."""
+def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, fsync, then ``os.replace`` it onto ``path``.
+
+    A crash leaves the old file (or none), never a partial one; an interrupted write removes its temp file
+    (a killed process leaves ``.NAME.*.tmp``, which :func:`pointcoc.engine.rundir.prepare_output_dir` removes).
+    The file gets mode 0666 minus the umask, like any other output. A full disk raises DiskFullError.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp.exists():
+            tmp.unlink()
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise DiskFullError(f"the disk is full: could not write {path} ({err.strerror}); {kept}. "
+                                "Free some space and resume") from None
         raise
     return path
+
+
+def save_checkpoint(state: Dict[str, Any], path) -> Path:
+    """``torch.save(state)`` to ``path`` with :func:`atomic_write`."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -20,7 +21,9 @@ __all__ = ["TrainConfig", "add_training_args", "config_from_args"]
 class TrainConfig:
     """Everything a run needs besides the model and data objects; saved as ``config.json`` and in checkpoints.
 
-    ``batch_size`` is the global batch: under torchrun each of the W processes takes ``batch_size // W``.
+    ``batch_size`` is the global batch: under torchrun each of the W processes takes ``batch_size / W`` (W must
+    divide it); ``sync_bn`` makes BatchNorm use the statistics of the global batch (CUDA only).
+    Every numeric field is checked (finite, in range) with a ValueError naming its flag.
     ``model`` / ``model_kwargs`` and the data fields let ``scripts/evaluate.py`` rebuild model and test set.
     ``extra`` holds script-specific settings (JSON-serialisable values only).
     """
@@ -43,6 +46,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     amp: bool = False
+    sync_bn: bool = False
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
     select_on_test: bool = False
@@ -62,16 +66,14 @@ class TrainConfig:
                 positive(name)
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be an int >= 0; got {self.workers!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0; got {self.lr!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1); got {self.label_smoothing!r}")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise ValueError(f"weight_decay and momentum must be >= 0; got {self.weight_decay!r}, {self.momentum!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
+        for name, ok, text in (("lr", lambda v: v > 0, "> 0"), ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+                               ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("weight_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be finite and {text}; got {v!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -129,7 +131,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
     g.add_argument("--resume", default=None, metavar="PATH", help="continue exactly from a checkpoint (last.pt)")
     g.add_argument("--stop-after-epoch", type=_positive_int, default=None, metavar="N",
                    help="stop after epoch N as if interrupted (time-boxed jobs); continue later with --resume")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --output (without it, and without --resume, such a folder is refused)")
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (ignored with a warning on CPU)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun, BatchNorm statistics over the global batch instead of each process's share "
+                        "(CUDA only); see docs/training.md for what a multi-process run equals")
     g.add_argument("--limit-train-batches", type=_positive_int, default=d.limit_train_batches,
                    help="train on at most this many batches per epoch (smoke runs)")
     g.add_argument("--limit-val-batches", type=_positive_int, default=d.limit_val_batches,

@@ -31,7 +31,9 @@ from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, 
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, init_distributed
+from .errors import TrainingDiverged, TrainingInterrupted
 from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
+from .rundir import check_resume_config, prepare_output_dir, rewind_metrics
 
 __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
            "seed_everything", "stratified_split", "build_model_from_checkpoint", "random_scale_votes"]
@@ -49,15 +51,30 @@ def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; otherwise ``torch.device(name)``, checked to exist."""
+    """'auto' -> cuda if available else cpu; otherwise ``torch.device(name)``, checked to exist on this machine.
+
+    Raises ValueError for a malformed name and for a cuda/mps device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise ValueError(f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {name!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name!r} requested but CUDA is not available on this machine "
+                             "(use --device cpu or auto)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"--device {name!r} requested but this machine has {count} CUDA device(s): "
+                             f"cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name!r} requested but MPS (Apple GPU) is not available on this machine "
+                             "(use --device cpu or auto)")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {name!r}")
     return dev
 
 
@@ -200,12 +217,48 @@ def _load_weights(model: nn.Module, weights: Dict) -> None:
         raise CheckpointError(f"checkpoint weights do not fit the model: {err}") from None
 
 
-class _Run:
-    """Bookkeeping of one ``fit`` call (files, selection of best.pt)."""
+def _per_process_batch(batch_size: int, world_size: int) -> int:
+    """The batch of each of ``world_size`` processes for a global ``batch_size``; raises ValueError unless it
+    divides evenly and leaves every process at least 2 samples (BatchNorm needs 2 values per channel)."""
+    if batch_size % world_size:
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must divide evenly over the "
+                         f"{world_size} processes; use a multiple of {world_size}, e.g. "
+                         f"{max(2, batch_size // world_size) * world_size}")
+    per_proc = batch_size // world_size
+    if per_proc < 2:
+        where = "" if world_size == 1 else f" per process ({batch_size} over {world_size} processes)"
+        raise ValueError(f"--batch-size must give at least 2 samples{where} in training: BatchNorm cannot "
+                         f"normalise a batch of 1; got --batch-size {batch_size}")
+    return per_proc
 
-    def __init__(self, output_dir: Path, info: DistInfo):
+
+class _Run:
+    """Bookkeeping of one ``fit`` call (files, where training is: ``epoch`` and ``step``, both 1-based)."""
+
+    def __init__(self, output_dir: Path, info: DistInfo = DistInfo()):
         self.dir = output_dir
         self.info = info
+        self.epoch = 0
+        self.step = 0
+        self.saved_epoch: Optional[int] = None  # epoch of output_dir/last.pt, None before the first save
+
+    def interrupted(self) -> TrainingInterrupted:
+        where = f"interrupted at epoch {self.epoch}, step {self.step}" if self.epoch else "interrupted before training"
+        if self.saved_epoch is None:
+            return TrainingInterrupted(f"{where}; no checkpoint was saved yet: start the run again")
+        return TrainingInterrupted(f"{where}; resume with --resume {self.dir / 'last.pt'} "
+                                   f"(saved after epoch {self.saved_epoch})")
+
+    def diverged(self, what: str, config: TrainConfig, amp: bool) -> TrainingDiverged:
+        kept = (f"{self.dir / 'last.pt'} (epoch {self.saved_epoch}) is intact" if self.saved_epoch is not None
+                else "no checkpoint was saved")
+        likely = f"--lr {config.lr} is too high for this model and batch size; try a smaller --lr"
+        if config.weight_decay > 0.01:
+            likely += f" or --weight-decay (now {config.weight_decay})"
+        if amp:
+            likely += ", or train without --amp"
+        return TrainingDiverged(f"training diverged: {what} at epoch {self.epoch}, step {self.step}; likely "
+                                f"{likely}. {kept}")
 
     def log(self, record: Dict) -> None:
         if not self.info.is_main:
@@ -224,7 +277,8 @@ def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, s
 
 def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config: TrainConfig, output_dir,
         class_names: Sequence[str], collate_fn: Optional[Callable] = None, val_dataset: Optional[Dataset] = None,
-        resume: Union[None, str, Path, Dict] = None, stop_after_epoch: Optional[int] = None) -> Dict:
+        resume: Union[None, str, Path, Dict] = None, stop_after_epoch: Optional[int] = None,
+        overwrite: bool = False) -> Dict:
     """Train ``model`` with SGD + cosine schedule + smoothed cross-entropy; evaluate, checkpoint, log.
 
     Args:
@@ -236,9 +290,13 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
             ``config.select_on_test``), ``results.json`` and ``confusion_matrix.png``.
         class_names: one name per class; ``len(class_names)`` is the number of classes.
         collate_fn: batches samples into dicts; default ``collate_point_dicts``.
-        resume: a checkpoint path (or loaded dict) to continue from; ``config.epochs`` is the total.
+        resume: a checkpoint path (or loaded dict) to continue from; ``config.epochs`` is the total. Its
+            config must equal ``config`` except for ``rundir.RESUMABLE_CHANGES`` (CheckpointError otherwise);
+            ``output_dir/metrics.jsonl`` is brought back to the checkpoint's epoch.
         stop_after_epoch: stop once this epoch is done, as if interrupted (time-boxed jobs, tests);
             results are then those of the last epoch trained.
+        overwrite: replace the run in ``output_dir``; without it (and without ``resume``) a folder that
+            holds a run is refused with a ValueError.
 
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, training uses a
     DistributedSampler (``config.batch_size`` is global), evaluation metrics are reduced over processes
@@ -248,8 +306,21 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
     test metrics are the result; else the final epoch is the result; ``config.select_on_test`` picks
     the best test epoch instead (the paper protocol, labelled as such in results.json).
 
+    Stops with TrainingDiverged (the last checkpoint intact) when the loss, a gradient or a weight becomes
+    NaN/inf, and with TrainingInterrupted (a KeyboardInterrupt naming epoch, step and checkpoint) on Ctrl-C.
+
     Returns the results dict that is also written to ``results.json``.
     """
+    run = _Run(Path(output_dir))
+    try:
+        return _fit(run, model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
+                    stop_after_epoch, overwrite)
+    except KeyboardInterrupt:
+        raise run.interrupted() from None
+
+
+def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
+         stop_after_epoch, overwrite) -> Dict:
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"class_names must name at least 2 classes; got {list(class_names)}")
@@ -262,17 +333,26 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
     amp = config.amp and device.type == "cuda"
     if config.amp and not amp:
         warnings.warn("--amp has no effect on CPU; training in float32", stacklevel=2)
-    per_proc_batch = config.batch_size // info.world_size
-    if per_proc_batch < 1:
-        raise ValueError(f"batch_size ({config.batch_size}) must be >= the number of processes ({info.world_size})")
+    per_proc_batch = _per_process_batch(config.batch_size, info.world_size)
+    if config.sync_bn and info.enabled and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation)")
+    if config.sync_bn and not info.enabled:
+        warnings.warn("--sync-bn has no effect in a single process (BatchNorm already sees the whole batch)",
+                      stacklevel=2)
     if len(train_dataset) < config.batch_size:
         raise ValueError(f"the training set ({len(train_dataset)} samples) is smaller than one batch "
                          f"(batch_size {config.batch_size}); lower --batch-size")
-    output_dir = Path(output_dir)
+    state = None
+    if resume is not None:
+        state = resume if isinstance(resume, dict) else load_checkpoint(resume)
+        check_resume_config(state["config"], config.to_dict())
+    output_dir = run.dir
     if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite)
         config.save_json(output_dir / "config.json")
-    run = _Run(output_dir, info)
+        if state is not None:
+            rewind_metrics(output_dir / "metrics.jsonl", int(state["epoch"]), state["metrics"]["record"])
+    run.info = info
 
     model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -287,8 +367,7 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         selection["metric"] = "val_oa"
     elif config.select_on_test:
         selection["metric"] = "test_oa"
-    if resume is not None:
-        state = resume if isinstance(resume, dict) else load_checkpoint(resume)
+    if state is not None:
         _load_weights(model, state["model"])
         try:
             optimizer.load_state_dict(state["optimizer"])
@@ -307,8 +386,10 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
             warnings.warn(f"checkpoint is at epoch {start_epoch} >= epochs {config.epochs}; nothing to train",
                           stacklevel=2)
     net = model
+    if config.sync_bn and info.enabled:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if info.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     sampler = None
     if info.enabled:
@@ -330,15 +411,17 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
                         class_names=class_names, dist_info=info)
 
     last = None
+    run.saved_epoch = start_epoch if state is not None else None
     end_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
     for epoch in range(start_epoch, end_epoch):
+        run.epoch, run.step = epoch + 1, 0
         seed = _epoch_seed(config.seed, epoch, info.rank)
         seed_everything(seed)
         loader_gen.manual_seed(seed ^ 0x5EED)  # data order and worker seeds: a stream apart from the globals
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        train = _train_one_epoch(net, train_loader, optimizer, scaler, config, num_classes, device, amp, info,
+        train = _train_one_epoch(net, train_loader, optimizer, scaler, config, num_classes, device, amp, run,
                                  desc=f"epoch {epoch + 1}/{config.epochs}")
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -369,6 +452,7 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         }
         if info.is_main:
             save_checkpoint(state, output_dir / "last.pt")
+            run.saved_epoch = epoch + 1
             if is_best:
                 save_checkpoint(state, output_dir / "best.pt")
         barrier(info)
@@ -416,7 +500,10 @@ def _final_results(output_dir: Path, selection: Dict, last: Optional[Dict], clas
     return results
 
 
-def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_classes, device, amp, info, desc):
+def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_classes, device, amp, run: _Run, desc):
+    """One epoch of SGD steps; ``run.step`` follows the step. Raises TrainingDiverged on a NaN/inf loss, gradient
+    or (after the last step) weight; under AMP the GradScaler skips steps with inf gradients instead."""
+    info = run.info
     net.train()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -425,6 +512,7 @@ def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_cl
     for i, batch in enumerate(bar):
         if config.limit_train_batches is not None and i >= config.limit_train_batches:
             break
+        run.step = i + 1
         batch = _to_device(batch, device)
         labels = batch["label"].long()
         optimizer.zero_grad(set_to_none=True)
@@ -434,15 +522,25 @@ def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_cl
             raise ValueError(f"the model must return logits of shape (B, {num_classes}); got {tuple(logits.shape)}")
         loss = smoothed_cross_entropy(logits.float(), labels, config.label_smoothing)
         if not bool(torch.isfinite(loss.detach())):
-            raise FloatingPointError(f"training loss became {loss.item()} at batch {i}; lower --lr")
+            raise run.diverged(f"the loss is {loss.item()}", config, amp)
         scaler.scale(loss).backward()
+        if not amp and not _all_finite(p.grad for p in net.parameters()):
+            raise run.diverged("a gradient is NaN/inf", config, amp)
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach().double() * labels.shape[0]
         cm += confusion_matrix(logits.detach().argmax(1), labels, num_classes)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    if not _all_finite(net.parameters()):
+        raise run.diverged("a weight is NaN/inf after the step", config, amp)
     cm = all_reduce_sum(cm, info)
     loss_sum = all_reduce_sum(loss_sum, info)
     out = summarize_confusion(cm)
     out["loss"] = float(loss_sum) / max(out["count"], 1)
     return out
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every element of the given tensors (None entries skipped) is finite; one device sync."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
+    return bool(torch.stack(flags).all()) if flags else True

@@ -19,10 +19,10 @@ from torch.utils.data import Subset
 
 from ..data.image_datasets import IMAGE_DATASETS, load_image_dataset
 from ..data.pixels import PIXEL_FORMATS, PixelSetDataset, collate_pixel_sets
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
+from .cli import json_dict, run_cli
 from .config import TrainConfig, add_training_args, config_from_args
-from .loop import fit, seed_everything, stratified_split
-from .pointcloud_task import _json_dict, run_cli
+from .loop import fit, resolve_device, seed_everything, stratified_split
 
 __all__ = ["build_train_parser", "train_main", "pixel_datasets", "pixel_test_set", "default_model", "run_cli",
            "collate_pixel_sets", "split_validation", "PIXEL_DEFAULTS", "TEST_MASK_SEED_OFFSET"]
@@ -80,7 +80,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "these small models on a shared CPU (more threads mostly wait on each other)")
     add_training_args(p, PIXEL_DEFAULTS)
     p.set_defaults(output="runs/pixels")
-    p.add_argument("--model-kwargs", type=_json_dict, default={},
+    p.add_argument("--model-kwargs", type=json_dict, default={},
                    help='JSON object of model constructor overrides, e.g. \'{"k_neighbors": [4, 4]}\'')
     return p
 
@@ -162,6 +162,7 @@ def train_main(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pointcoc.models import create_model
 
+    resolve_device(args.device)  # an unavailable device stops the run before the data is read
     keep = _resolve_keep(args.fmt, args.keep)
     model_name = default_model(args.dataset) if args.model == "auto" else args.model
     resume = load_checkpoint(args.resume) if args.resume else None
@@ -174,11 +175,6 @@ def _train(args: argparse.Namespace) -> int:
              "image_shape": [int(s) for s in train_ds.images.shape[1:]]}
     config = config_from_args(args, model=model_name, model_kwargs=model_kwargs, variant=None,
                               num_points=train_ds.height * train_ds.width, extra=extra)
-    if resume is not None:
-        old = resume["config"]
-        for key, now in (("model", config.model), ("dataset", config.dataset), ("extra", config.extra)):
-            if old.get(key) != now:
-                raise CheckpointError(f"--resume checkpoint was trained with {key} {old.get(key)!r}, not {now!r}")
     seed_everything(config.seed)
     model = create_model(model_name, **model_kwargs)
     _check_set_sizes(model, train_ds, test_ds, model_name)
@@ -186,5 +182,5 @@ def _train(args: argparse.Namespace) -> int:
     if config.val_fraction > 0:
         train_ds, val_ds = split_validation(train_ds, config.val_fraction, config.seed)
     fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_pixel_sets, val_dataset=val_ds,
-        resume=resume, stop_after_epoch=args.stop_after_epoch)
+        resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite)
     return 0

@@ -8,33 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from typing import Optional
 
 from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import PointCloudAugment
 from ..data.h5sets import POINT_DATASETS, SCANOBJECTNN_VARIANTS, build_point_datasets
-from .checkpoint import CheckpointError, load_checkpoint
+from ..data.pixels import collate_pixel_sets
+from .checkpoint import load_checkpoint
+from .cli import USAGE_ERRORS, check_output_file, json_dict, run_cli
 from .config import TrainConfig, add_training_args, config_from_args
 from .loop import (build_model_from_checkpoint, collate_point_dicts, evaluate, fit, resolve_device,
                    seed_everything, stratified_split)
 from .metrics import format_per_class_table, per_class_table
+from .pixel_task import pixel_test_set
 
-__all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "USAGE_ERRORS"]
-
-# Errors that mean "fix your input": reported as one message with exit code 2.
-USAGE_ERRORS = (FileNotFoundError, ValueError)
-
-
-def _json_dict(text: str) -> dict:
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err})") from None
-    if not isinstance(d, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return d
+__all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "run_cli", "USAGE_ERRORS"]
 
 
 def add_point_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -64,7 +52,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_point_data_args(p)
     add_training_args(p)
-    p.add_argument("--model-kwargs", type=_json_dict, default={},
+    p.add_argument("--model-kwargs", type=json_dict, default={},
                    help='JSON object of model constructor overrides, e.g. \'{"embed_dim": 32}\'')
     return p
 
@@ -73,14 +61,12 @@ def train_main(args: argparse.Namespace) -> int:
     """Build data, model and config from parsed args, then ``fit``. Returns 0 (or raises USAGE_ERRORS)."""
     from pointcoc.models import create_model
 
+    resolve_device(args.device)  # an unavailable device stops the run before the data is read
     resume = load_checkpoint(args.resume) if args.resume else None
     train_ds, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points,
                                                     augment=PointCloudAugment())
     model_kwargs = {"num_classes": len(names), "in_channels": 0, "coord_dim": 3, **args.model_kwargs}
     config = config_from_args(args, model_kwargs=model_kwargs)
-    if resume is not None and resume["config"].get("model") != config.model:
-        raise CheckpointError(f"--resume checkpoint was trained with model {resume['config'].get('model')!r}, "
-                              f"not {config.model!r}")
     val_ds = None
     if config.val_fraction > 0:
         tr_idx, val_idx = stratified_split(train_ds.labels, config.val_fraction, config.seed)
@@ -89,7 +75,7 @@ def train_main(args: argparse.Namespace) -> int:
     seed_everything(config.seed)
     model = create_model(config.model, **model_kwargs)
     fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts, val_dataset=val_ds,
-        resume=resume, stop_after_epoch=args.stop_after_epoch)
+        resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite)
     return 0
 
 
@@ -116,12 +102,13 @@ def evaluate_main(args: argparse.Namespace) -> int:
     """Rebuild model and test set from a checkpoint, evaluate, print OA / mAcc. Returns 0."""
     if args.votes < 1 or args.batch_size < 1:
         raise ValueError(f"--votes and --batch-size must be >= 1; got {args.votes}, {args.batch_size}")
+    if args.json:
+        check_output_file(args.json, "--json")
+    device = resolve_device(args.device)
     state = load_checkpoint(args.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     collate = collate_point_dicts
     if (cfg.extra or {}).get("task") == "pixels":  # a train_pixels.py run: same pixel sets, same masks
-        from .pixel_task import collate_pixel_sets, pixel_test_set
-
         test_ds, names = pixel_test_set(cfg, args.data_root)
         collate = collate_pixel_sets
     elif cfg.dataset not in POINT_DATASETS:
@@ -130,7 +117,6 @@ def evaluate_main(args: argparse.Namespace) -> int:
     else:
         _, test_ds, names = build_point_datasets(cfg.dataset, args.data_root or cfg.data_root,
                                                  cfg.variant or "PB_T50_RS", cfg.num_points)
-    device = resolve_device(args.device)
     model = build_model_from_checkpoint(state).to(device)
     loader = DataLoader(test_ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=collate)
@@ -144,13 +130,3 @@ def evaluate_main(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump({**m, "per_class": rows, "votes": args.votes, "epoch": state["epoch"], "checkpoint": str(args.checkpoint)}, f)
     return 0
-
-
-def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) -> int:
-    """Parse ``argv`` and call ``main``; usage errors print ``error: <message>`` and return 2."""
-    args = parser.parse_args(argv)
-    try:
-        return main(args)
-    except USAGE_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

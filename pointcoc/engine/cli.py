@@ -1,0 +1,72 @@
+"""What every script shares: turning errors into exit codes, JSON flags, output-path checks.
+
+Exit codes: 0 success; 2 a usage error or a stopped run (one ``error: ...`` line, no traceback);
+130 interrupted by Ctrl-C (one line saying where and how to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import RunStopped
+from .rundir import writable_folder
+
+__all__ = ["USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "run_cli", "json_dict", "check_output_file"]
+
+# Errors that mean "fix your input" or "the run stopped for a reason you can act on": exit code 2.
+USAGE_ERRORS = (FileNotFoundError, ValueError, RunStopped)
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def json_dict(text: str) -> dict:
+    """argparse type: a JSON object (``--model-kwargs '{"embed_dim": 32}'``)."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err})") from None
+    if not isinstance(d, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return d
+
+
+def check_output_file(path, flag: str) -> Path:
+    """Check before any work that a file can be written at ``path`` (given as ``flag``); returns it as a Path.
+
+    Raises ValueError when ``path`` is a folder, or its folder is missing, not a folder or not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'out'})")
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"{flag} {path}: its folder {path.parent} {what}")
+    writable_folder(path.parent, flag)
+    return path
+
+
+def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) -> int:
+    """Parse ``argv`` and call ``main(args)``; returns its exit code.
+
+    Usage errors and stopped runs print ``error: <message>`` and return 2; a full disk says so and returns 2;
+    Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130.
+    """
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except USAGE_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        print(f"error: the disk is full ({err})", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:
+        print(str(err) or "interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,135 @@
+"""The output folder of a training run: checked before training, never silently reused, metrics kept exact.
+
+* :func:`prepare_output_dir` creates ``--output`` (exit-2 errors for a file, a path below a file, an
+  unwritable folder), removes temp files of interrupted saves, and refuses a folder that holds a run unless
+  the run is resumed or ``overwrite`` is given.
+* :func:`rewind_metrics` brings ``metrics.jsonl`` back to a checkpoint's epoch on resume, so the file always
+  equals an uninterrupted run's (a crash between logging an epoch and saving its checkpoint repeats that epoch).
+* :func:`check_resume_config` refuses a resume whose settings contradict the checkpoint's.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Dict, Iterable
+
+from .checkpoint import CheckpointError, atomic_write
+from .errors import DiskFullError
+
+__all__ = ["RUN_MARKERS", "RUN_OUTPUTS", "RESUMABLE_CHANGES", "writable_folder", "prepare_output_dir",
+           "rewind_metrics", "check_resume_config"]
+
+# Files whose presence means the folder holds a run (config.json alone does not: nothing was trained yet).
+RUN_MARKERS = ("metrics.jsonl", "last.pt", "best.pt", "results.json")
+# What ``overwrite`` removes before a new run (the others are rewritten anyway).
+RUN_OUTPUTS = RUN_MARKERS
+# TrainConfig fields a resumed run may change: they do not change what is trained.
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size")
+
+
+def writable_folder(folder, flag: str = "--output") -> Path:
+    """Check that files can be created in the existing ``folder`` (by creating and removing one).
+
+    Raises ValueError naming ``flag`` when not, DiskFullError when the disk is full.
+    """
+    folder = Path(folder)
+    probe = folder / f".pointcoc-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"the disk holding {flag} {folder} is full") from None
+        raise ValueError(f"{flag} {folder} is not writable ({err.strerror})") from None
+    return folder
+
+
+def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag: str = "--output") -> Path:
+    """Create ``output_dir`` and make it ready for a run; returns it as a Path.
+
+    Removes ``.*.tmp`` files left by saves that were killed. A folder holding a run (any of RUN_MARKERS) is
+    refused unless ``resuming`` (its metrics are then rewound by :func:`rewind_metrics`) or ``overwrite``
+    (its RUN_OUTPUTS are deleted first).
+
+    Raises ValueError: ``output_dir`` is a file, lies below a file, is not writable, or holds a run.
+    """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file, not a folder; choose a folder for the run's outputs")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {out} lies below {parent}, which is a file, not a folder")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{flag} {out} cannot be created ({err.strerror})") from None
+    writable_folder(out, flag)
+    for tmp in out.glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    found = [name for name in RUN_MARKERS if (out / name).exists()]
+    if found and not resuming:
+        if not overwrite:
+            raise ValueError(f"{flag} {out} already holds a run ({', '.join(found)}); continue it with "
+                             f"--resume {out / 'last.pt'}, replace it with --overwrite, or choose another {flag}")
+        for name in RUN_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+def rewind_metrics(path, epoch: int, record: Dict) -> None:
+    """Make the metrics file ``path`` hold epochs 1..``epoch`` once each, the last being ``record``.
+
+    Lines of later epochs (logged before a crash, before their checkpoint was saved) and repeated lines are
+    dropped; the checkpoint's own ``record`` replaces its epoch's line. The file is replaced atomically.
+    A missing file stays missing (a resume into a fresh folder logs only the epochs it trains).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        e = rec.get("epoch") if isinstance(rec, dict) else None
+        if isinstance(e, int) and 1 <= e < epoch and e not in kept:
+            kept[e] = rec
+    kept[epoch] = record
+    text = "".join(json.dumps(kept[e]) + "\n" for e in sorted(kept))
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _flatten(config: Dict, keys: Iterable[str]) -> Dict:
+    """One level of nested dicts spelled out (``model_kwargs.embed_dim``), so a difference names its key."""
+    flat = {}
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+            if not value:
+                flat[key] = {}
+        else:
+            flat[key] = value
+    return flat
+
+
+def check_resume_config(old: Dict, new: Dict, allowed: Iterable[str] = RESUMABLE_CHANGES) -> None:
+    """Raise CheckpointError naming every setting of ``new`` that contradicts the checkpoint's ``old``.
+
+    Both are ``TrainConfig.to_dict()`` dicts, compared as JSON (a tuple equals a list); fields in ``allowed``
+    may change.
+    """
+    keys = sorted((set(old) | set(new)) - set(allowed))
+    a, b = (_flatten(json.loads(json.dumps(c)), keys) for c in (old, new))
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    if diff:
+        what = "; ".join(f"{k}: checkpoint {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}" for k in diff)
+        raise CheckpointError(f"--resume: these settings contradict the checkpoint's ({what}). A resumed run "
+                              "continues the checkpoint's run: give the same flags as the run that wrote it "
+                              f"(only {', '.join(allowed)} may change), or start a new run without --resume")
