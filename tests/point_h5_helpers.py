@@ -35,3 +35,17 @@ def write_scanobjectnn(h5_root, n_train=30, n_test=15, points=64, num_classes=15
     write_h5(Path(h5_root) / folder / f"training_{stem}.h5", *train)
     write_h5(Path(h5_root) / folder / f"test_{stem}.h5", test[0], test[1][:, None])  # (n, 1) labels as in the files
     return train, test
+
+
+def damage_chunk(path, data, labels, chunk=1):
+    """Write ``data`` gzip-compressed in chunks of 4 clouds to ``path``, then scramble the bytes of one chunk
+    (the file still opens; reading that chunk fails)."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=data, chunks=(4, *data.shape[1:]), compression="gzip")
+        f.create_dataset("label", data=labels)
+        info = f["data"].id.get_chunk_info(chunk)
+    raw = bytearray(Path(path).read_bytes())
+    for i in range(info.byte_offset + 8, info.byte_offset + info.size - 8):
+        raw[i] ^= 0x5A
+    Path(path).write_bytes(bytes(raw))
+    return path

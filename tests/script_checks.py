@@ -11,11 +11,50 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "results.json", "confusion_matrix.png")
 
 
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
 def run_python(args, timeout=300, cwd=ROOT):
     """``python ARGS...`` with one torch thread and the checkout importable; returns the CompletedProcess."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=cwd)
+                          env=_env(), cwd=cwd)
+
+
+def start_python(args, cwd=ROOT):
+    """``python ARGS...`` as ``run_python``, started in the background: a Popen with text stdout/stderr pipes."""
+    return subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_env(), cwd=cwd)
+
+
+# Runs SCRIPT ARGS... and SIGKILLs the process inside its N-th torch.save, after the temp file got a few bytes:
+# a real kill at the worst moment of a checkpoint write, at a chosen epoch.
+_KILL_IN_SAVE = """
+import os, runpy, signal, sys
+import torch
+n, calls, real_save = int(sys.argv[1]), [], torch.save
+def save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == n:
+        f.write(b"partial checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_killed_in_save(script, args, n, timeout=300):
+    """Run ``script ARGS`` killed (SIGKILL) inside its ``n``-th checkpoint write; returns the CompletedProcess."""
+    return run_python(["-c", _KILL_IN_SAVE, n, script, *args], timeout=timeout)
+
+
+def last_line(text):
+    """The last non-empty line of ``text``, progress-bar redraws (``\\r``) removed."""
+    rows = [row.rsplit("\r", 1)[-1].strip() for row in text.split("\n")]
+    return [row for row in rows if row][-1]
 
 
 def lines(path):

@@ -128,7 +128,12 @@ def test_resume_equals_uninterrupted(tmp_path):
     straight = fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "a", NAMES)
     torch.manual_seed(0)
     fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "b", NAMES, stop_after_epoch=1)
-    assert len(records(tmp_path / "b" / "metrics.jsonl")) == 1
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    assert len(records(metrics)) == 1
+    # what a crash between logging epoch 2 and saving its checkpoint leaves (plus a repeat and a cut line):
+    # resume brings the file back to the checkpoint's epoch
+    first = metrics.read_text()
+    metrics.write_text(first + first + json.dumps({"epoch": 2, "lr": 1.0}) + "\n" + '{"epoch": 3, "lr"')
     torch.manual_seed(123)  # the resumed run must not depend on the state of the process
     resumed = fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "b", NAMES, resume=tmp_path / "b" / "last.pt")
     assert records(tmp_path / "a" / "metrics.jsonl") == records(tmp_path / "b" / "metrics.jsonl")
@@ -266,3 +271,145 @@ def test_pointmlp_elite_memorises_real_modelnet40_shapes(tmp_path):
     res = fit(model, shapes, shapes, config(model="pointmlp_elite", epochs=25, lr=0.05, label_smoothing=0.0,
                                             weight_decay=0.0, num_points=256), tmp_path, names)
     assert res["test_oa"] > 25.0  # chance is 2.5 %; ~50 % measured
+
+
+def test_engine_imports_form_a_tree():
+    """No module of pointcoc.engine imports (at top level or inside a function) one that imports it back."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "pointcoc" / "engine"
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("engine."):
+                deps.add(node.module.split(".")[1])
+        graph[path.stem] = deps - {path.stem}
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph.get(start, ()))
+
+    assert "pixel_task" in graph["pointcloud_task"] or "pointcloud_task" in graph["pixel_task"]
+    cycles = sorted(m for m in graph if reaches(m, m))
+    assert not cycles, f"import cycles through {cycles}: {graph}"
+
+
+@pytest.mark.parametrize("field, value", [("lr", float("inf")), ("lr", float("nan")), ("lr", 0.0),
+                                          ("weight_decay", float("nan")), ("weight_decay", -1e-4),
+                                          ("momentum", float("inf")), ("label_smoothing", float("nan")),
+                                          ("min_lr_ratio", float("nan")), ("val_fraction", float("inf"))])
+def test_numeric_settings_must_be_finite_and_in_range(field, value):
+    with pytest.raises(ValueError, match=rf"{field} \(--{field.replace('_', '-')}\) must be finite"):
+        config(**{field: value})
+
+
+class NaNAtStep(TinyPointNet):
+    """TinyPointNet whose ``step``-th training forward (1-based, over all epochs) returns NaN logits."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.calls, self.nan_step = 0, step
+
+    def forward(self, xyz, features=None, lengths=None):
+        out = super().forward(xyz, features, lengths)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.nan_step:
+                out = out * float("nan")
+        return out
+
+
+def test_divergence_stops_naming_epoch_step_and_flag_and_keeps_the_last_checkpoint(tmp_path):
+    from pointcoc.engine.errors import TrainingDiverged
+
+    train, test = datasets()  # 48 samples, batch 8: 6 steps per epoch
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan at epoch 2, step 3; likely --lr 0.05 is too high"
+                                               r".*last.pt \(epoch 1\) is intact"):
+        fit(NaNAtStep(6 + 3), train, test, config(epochs=3), tmp_path, NAMES)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 1 and all(bool(torch.isfinite(v).all()) for v in state["model"].values())
+    assert [r["epoch"] for r in records(tmp_path / "metrics.jsonl")] == [1]
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_learning_rate_that_blows_the_weights_up_stops_before_saving(tmp_path):
+    """One batch per epoch: the last step of the epoch makes the model output NaN; nothing is saved."""
+    from pointcoc.engine.errors import TrainingDiverged
+
+    train, test = datasets()
+    with pytest.raises(TrainingDiverged, match=r"outputs NaN on the evaluation data at epoch 1, step 1; likely --lr 1e\+38.*no checkpoint was saved"):
+        fit(TinyPointNet(), train, test, config(epochs=2, lr=1e38, limit_train_batches=1), tmp_path, NAMES)
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "results.json").exists()
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    train, test = datasets()
+    fit(TinyPointNet(), train, test, config(epochs=1), tmp_path, NAMES)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix in (".jsonl", ".pt", ".json")}
+    with pytest.raises(ValueError, match=r"already holds a run \(metrics.jsonl, last.pt, results.json\); continue "
+                                         r"it with --resume .*last.pt, replace it with --overwrite"):
+        fit(TinyPointNet(), train, test, config(epochs=1, seed=5), tmp_path, NAMES)
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+    fit(TinyPointNet(), train, test, config(epochs=1, seed=5), tmp_path, NAMES, overwrite=True)
+    assert [r["epoch"] for r in records(tmp_path / "metrics.jsonl")] == [1]
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["seed"] == 5
+
+
+def test_resume_refuses_settings_that_contradict_the_checkpoint(tmp_path):
+    train, test = datasets()
+    fit(TinyPointNet(), train, test, config(epochs=2), tmp_path, NAMES, stop_after_epoch=1)
+    with pytest.raises(CheckpointError, match=r"lr: checkpoint 0.05, now 0.5; momentum: checkpoint 0.9, now 0.5\)"):
+        fit(TinyPointNet(), train, test, config(epochs=2, lr=0.5, momentum=0.5), tmp_path, NAMES,
+            resume=tmp_path / "last.pt")
+    assert [r["epoch"] for r in records(tmp_path / "metrics.jsonl")] == [1]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_training_batches_of_one_and_uneven_global_batches_are_refused(tmp_path):
+    from pointcoc.engine.loop import _per_process_batch
+
+    train, test = datasets()
+    with pytest.raises(ValueError, match=r"--batch-size must give at least 2 samples in training: BatchNorm"):
+        fit(TinyPointNet(), train, test, config(batch_size=1), tmp_path, NAMES)
+    with pytest.raises(ValueError, match=r"--batch-size 17 is the global batch and must divide evenly over the 2 "
+                                         r"processes; use a multiple of 2, e.g. 16"):
+        _per_process_batch(17, 2)
+    with pytest.raises(ValueError, match=r"at least 2 samples per process \(2 over 2 processes\)"):
+        _per_process_batch(2, 2)
+    assert _per_process_batch(16, 2) == 8 and _per_process_batch(3, 1) == 3
+
+
+def test_a_full_disk_while_saving_stops_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from pointcoc.engine.errors import DiskFullError
+
+    real_save, calls = torch.save, []
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second checkpoint: epoch 2's last.pt
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    train, test = datasets()
+    with pytest.raises(DiskFullError, match=r"the disk is full: could not write .*last.pt \(No space left on device\); "
+                                            r"the previous last.pt is intact"):
+        fit(TinyPointNet(), train, test, config(epochs=3), tmp_path, NAMES)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_stale_temp_files_are_removed_and_checkpoints_get_the_mode_of_other_outputs(tmp_path):
+    tmp_path.joinpath(".last.pt.0123abcd.tmp").write_bytes(b"left by a killed save")
+    tmp_path.joinpath(".best.pt.4567.tmp").write_bytes(b"left by a killed save")
+    train, test = datasets()
+    fit(TinyPointNet(), train, test, config(epochs=1), tmp_path, NAMES)
+    assert not list(tmp_path.glob(".*.tmp"))
+    mode = {p.name: os.stat(p).st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert mode["last.pt"] == mode["config.json"] == mode["results.json"], mode

@@ -10,7 +10,7 @@ from pointcoc.data import (DataFormatError, DatasetNotFoundError, PointCloudAugm
                            read_h5_split, shuffle_points)
 from pointcoc.data.h5sets import SCANOBJECTNN_VARIANTS, find_scanobjectnn_files
 
-from point_h5_helpers import class_clouds, write_h5, write_scanobjectnn
+from point_h5_helpers import class_clouds, damage_chunk, write_h5, write_scanobjectnn
 
 MINI = Path(__file__).resolve().parents[1] / "data" / "modelnet40_mini"
 
@@ -84,6 +84,15 @@ def test_bad_h5_files_get_clear_errors(tmp_path, case, match):
         write_h5(path, x, y)
     with pytest.raises(DataFormatError, match=match):
         read_h5_split(path, 15)
+
+
+def test_a_damaged_compressed_chunk_is_reported_when_read(tmp_path):
+    x, y = class_clouds(16, 64, 15, 0)
+    path = damage_chunk(tmp_path / "d.h5", x, y)
+    with pytest.raises(DataFormatError, match=r"d.h5 is damaged: reading its data failed \(.*\); download or copy"):
+        read_h5_split(path, 15, 64)
+    good = write_h5(tmp_path / "g.h5", x, y)  # the same data undamaged reads back exactly
+    assert np.array_equal(read_h5_split(good, 15, 64)[0], x)
 
 
 def test_too_few_points_for_num_points(tmp_path):

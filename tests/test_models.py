@@ -41,6 +41,11 @@ def test_registry():
     assert model.num_classes == 10 and model.in_channels == 3
     with pytest.raises(ValueError, match="Did you mean 'pointmlp_coc'"):
         create_model("pointmlp_cco")
+    with pytest.raises(ValueError, match=r"model 'pointmlp_coc_pixels' has no argument 'embed_dimm'. Did you mean "
+                                         r"'embed_dim'\? Its arguments: num_classes, in_channels, coord_dim"):
+        create_model("pointmlp_coc_pixels", embed_dimm=8)
+    with pytest.raises(ValueError, match="model 'convnet_pixels_small' has no argument 'k_neighbors'"):
+        create_model("convnet_pixels_small", k_neighbors=4)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -201,6 +206,10 @@ def test_bad_inputs():
         pixels(torch.rand(2, 64, 2))
     with pytest.raises(ValueError, match="features must have shape"):
         pixels(torch.rand(2, 64, 2), torch.rand(2, 64, 3))
+    for m, xyz_m in ((model, xyz), (pixels, torch.rand(2, 64, 2))):  # lengths given in the features slot
+        with pytest.raises(ValueError, match=r"features got a \(2,\) integer tensor, which looks like lengths: "
+                                             r"lengths is the third argument; call model\(xyz, lengths=lengths\)"):
+            m(xyz_m, torch.tensor([64, 50]))
     with pytest.raises(ValueError, match="coord_dim must be 2 or 3"):
         PointMLP(coord_dim=4)
     with pytest.raises(ValueError, match="one entry per stage"):

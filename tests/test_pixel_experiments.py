@@ -147,6 +147,8 @@ def test_visualize_clusters_script(tmp_path, capsys):
     assert "the model expects (1, 8, 8)" in capsys.readouterr().err
     assert vis.main([str(ckpt), str(tmp_path / "missing.png")]) == 2
     assert "image file not found" in capsys.readouterr().err
+    assert vis.main([str(ckpt), "digits:0", "--output", str(tmp_path)]) == 2  # checked before drawing
+    assert f"--output {tmp_path} is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -113,6 +113,22 @@ def test_nan_depth_means_absent_and_constant_depth_gives_zero():
     torch.testing.assert_close(xyz[:, :2], expect)
 
 
+def test_layout_is_explicit_and_a_channels_last_looking_shape_is_refused():
+    hwc = torch.rand(8, 6, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"image of shape \(8, 6, 3\) is ambiguous: as \(C, H, W\) it is 8 "
+                                         r"channels of a 6x3 image.*Pass layout='HWC'"):
+        image_to_point_set(hwc)
+    ref_xyz, ref_feats = brute_force(hwc.permute(2, 0, 1).numpy())
+    for image in (hwc, hwc.numpy()):
+        xyz, feats = image_to_point_set(image, layout="HWC")
+        torch.testing.assert_close(xyz, ref_xyz)
+        torch.testing.assert_close(feats, ref_feats)
+        assert feats.shape == (48, 3)
+    assert image_to_point_set(hwc, layout="CHW").features.shape == (18, 8)  # asked for explicitly
+    with pytest.raises(ValueError, match="layout must be None, 'CHW' or 'HWC'"):
+        image_to_point_set(hwc, layout="WHC")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(image=torch.rand(8, 8)), r"image must have shape \(C, H, W\)"),
     (dict(image=torch.ones(1, 8, 8, dtype=torch.uint8)), "image must be floating point"),

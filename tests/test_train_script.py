@@ -1,10 +1,17 @@
 """The training / evaluation scripts end to end, in subprocesses, on tiny h5 files written here."""
 import json
+import os
+import re
+import signal
+import time
 
 import pytest
 
-from point_h5_helpers import write_h5, write_scanobjectnn
-from script_checks import ROOT, assert_run_outputs, lines, run_python as run
+from pointcoc.engine import load_checkpoint
+
+from point_h5_helpers import damage_chunk, write_h5, write_scanobjectnn
+from script_checks import (ROOT, assert_run_outputs, last_line, lines, run_killed_in_save, run_python as run,
+                           start_python)
 
 TRAIN = ROOT / "scripts" / "train_scanobjectnn.py"
 EVAL = ROOT / "scripts" / "evaluate.py"
@@ -153,3 +160,112 @@ def test_validation_split_from_the_script_selects_best_pt(h5_root, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert "validation" in res["protocol"] and (out / "best.pt").is_file()
     assert res["epoch"] == max(recs, key=lambda r: r["val_oa"])["epoch"]
+
+
+def test_a_run_killed_while_saving_resumes_to_the_uninterrupted_metrics_and_files(trained, h5_root, tmp_path):
+    """SIGKILL inside epoch 2's checkpoint write: epoch 2 is logged, last.pt is epoch 1's, a temp file is left.
+    The resumed run removes the temp file, repeats epoch 2 without a second line, and matches the straight run."""
+    out = tmp_path / "killed"
+    args = ["--data-root", h5_root, "--epochs", "2", "--output", out, "--seed", "1", *FAST]
+    killed = run_killed_in_save(TRAIN, args, n=2)
+    assert killed.returncode == -signal.SIGKILL
+    assert [r["epoch"] for r in lines(out / "metrics.jsonl")] == [1, 2]
+    assert len(list(out.glob(".last.pt.*.tmp"))) == 1
+    again = run([TRAIN, *args, "--resume", out / "last.pt"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not list(out.glob(".*.tmp"))
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in recs]
+
+    assert strip(lines(out / "metrics.jsonl")) == strip(lines(trained[0] / "metrics.jsonl"))
+    mode = {p.name: os.stat(p).st_mode & 0o777 for p in out.iterdir()}
+    assert mode["last.pt"] == mode["config.json"] == mode["results.json"], mode
+
+
+def test_ctrl_c_stops_with_one_line_naming_epoch_step_and_checkpoint(h5_root, tmp_path):
+    out = tmp_path / "int"
+    proc = start_python([TRAIN, "--data-root", h5_root, "--epochs", "100", "--output", out, *FAST])
+    deadline = time.monotonic() + 240
+    while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    msg = last_line(err)
+    m = re.fullmatch(r"interrupted at epoch (\d+), step (\d+); resume with --resume (.+) \(saved after epoch (\d+)\)",
+                     msg)
+    assert m, msg
+    epoch, step, path, saved = int(m[1]), int(m[2]), m[3], int(m[4])
+    assert path == str(out / "last.pt") and load_checkpoint(path)["epoch"] == saved
+    assert saved in (epoch - 1, epoch) and 0 <= step <= 4  # 32 samples / batch 8; a save at step 4 keeps its epoch
+    assert [r["epoch"] for r in lines(out / "metrics.jsonl")][-1] >= saved
+
+
+BAD_INPUTS = [  # (arguments after the common ones, message); each exits 2 with one line and no traceback
+    (["--lr", "inf"], r"lr \(--lr\) must be finite and > 0; got inf"),
+    (["--weight-decay", "nan"], r"weight_decay \(--weight-decay\) must be finite"),
+    (["--batch-size", "1"], r"--batch-size must give at least 2 samples in training"),
+    (["--model-kwargs", '{"embed_dimm": 8}'], r"model 'pointmlp_elite' has no argument 'embed_dimm'. Did you mean "
+                                              r"'embed_dim'\?"),
+    (["--device", "mps"], r"--device 'mps' requested but MPS \(Apple GPU\) is not available"),
+    (["--device", "cuda:99"], r"--device 'cuda:99' requested but"),
+    (["--output", "/proc"], r"--output /proc is not writable"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS)
+def test_bad_inputs_exit_2_with_a_message(h5_root, tmp_path, capsys, extra, message):
+    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+
+    argv = ["--data-root", h5_root, "--epochs", "1", "--output", tmp_path / "out", *FAST, *extra]
+    assert run_cli(train_main, build_train_parser(), [str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_bad_output_folders_exit_2_before_training(h5_root, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    for output, message in ((a_file, "is a file, not a folder"), (a_file / "run", f"lies below {a_file}, which is "
+                                                                                 "a file")):
+        proc = run([TRAIN, "--data-root", h5_root, "--output", output, *FAST])
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert message in last_line(proc.stderr) and "epoch" not in proc.stderr
+
+
+def test_existing_runs_and_contradicting_resumes_are_refused(trained, h5_root, tmp_path, capsys):
+    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+
+    out = trained[0]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["--data-root", h5_root, "--epochs", "2", "--seed", "1", *FAST]
+    assert run_cli(train_main, build_train_parser(), [str(a) for a in [*argv, "--output", out]]) == 2
+    assert f"--output {out} already holds a run" in capsys.readouterr().err
+    argv[argv.index("--lr") + 1] = "0.5"
+    code = run_cli(train_main, build_train_parser(),
+                   [str(a) for a in [*argv, "--output", tmp_path, "--resume", out / "last.pt"]])
+    assert code == 2 and "lr: checkpoint 0.05, now 0.5" in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_a_damaged_compressed_chunk_exits_2_naming_the_file(tmp_path, capsys):
+    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+
+    root = tmp_path / "h5_files"
+    (x, y), _ = write_scanobjectnn(root, n_train=16, n_test=8, points=64)
+    bad = root / "main_split" / "training_objectdataset_augmentedrot_scale75.h5"
+    damage_chunk(bad, x, y)
+    assert run_cli(train_main, build_train_parser(), [str(a) for a in ["--data-root", root, *FAST]]) == 2
+    assert f"{bad} is damaged: reading its data failed" in capsys.readouterr().err
+
+
+def test_evaluate_checks_its_json_path_before_evaluating(trained, tmp_path, capsys):
+    from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
+
+    for target, message in ((tmp_path, "is a folder"), (tmp_path / "no" / "m.json", "does not exist")):
+        assert run_cli(evaluate_main, build_eval_parser(), [str(trained[0] / "last.pt"), "--json", str(target)]) == 2
+        out, err = capsys.readouterr()
+        assert f"--json {target}" in err and message in err and "OA" not in out

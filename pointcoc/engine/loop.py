@@ -429,6 +429,8 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         train_time = time.perf_counter() - t0
         test = evaluate_on(test_loader)
         val = evaluate_on(val_loader) if val_loader is not None else None
+        if any(m is not None and math.isnan(m["loss"]) for m in (test, val)):  # finite but huge weights
+            raise run.diverged("the model outputs NaN on the evaluation data", config, amp)
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_oa": train["oa"],
                   "train_macc": train["macc"], "test_loss": test["loss"], "test_oa": test["oa"],
                   "test_macc": test["macc"]}
