@@ -240,17 +240,21 @@ class _Run:
         self.info = info
         self.epoch = 0
         self.step = 0
-        self.saved_epoch: Optional[int] = None  # epoch of output_dir/last.pt, None before the first save
+        self.checkpoint: Optional[Path] = None  # the newest complete checkpoint of the run (last.pt once saved)
+        self.saved_epoch: Optional[int] = None  # its epoch
+
+    def saved(self, epoch: int) -> None:
+        self.checkpoint, self.saved_epoch = self.dir / "last.pt", epoch
 
     def interrupted(self) -> TrainingInterrupted:
         where = f"interrupted at epoch {self.epoch}, step {self.step}" if self.epoch else "interrupted before training"
-        if self.saved_epoch is None:
+        if self.checkpoint is None:
             return TrainingInterrupted(f"{where}; no checkpoint was saved yet: start the run again")
-        return TrainingInterrupted(f"{where}; resume with --resume {self.dir / 'last.pt'} "
+        return TrainingInterrupted(f"{where}; resume with --resume {self.checkpoint} "
                                    f"(saved after epoch {self.saved_epoch})")
 
     def diverged(self, what: str, config: TrainConfig, amp: bool) -> TrainingDiverged:
-        kept = (f"{self.dir / 'last.pt'} (epoch {self.saved_epoch}) is intact" if self.saved_epoch is not None
+        kept = (f"{self.checkpoint} (epoch {self.saved_epoch}) is intact" if self.checkpoint is not None
                 else "no checkpoint was saved")
         likely = f"--lr {config.lr} is too high for this model and batch size; try a smaller --lr"
         if config.weight_decay > 0.01:
@@ -346,6 +350,8 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     if resume is not None:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
         check_resume_config(state["config"], config.to_dict())
+        if not isinstance(resume, dict):
+            run.checkpoint, run.saved_epoch = Path(resume), int(state["epoch"])
     output_dir = run.dir
     if info.is_main:
         prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite)
@@ -411,7 +417,6 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
                         class_names=class_names, dist_info=info)
 
     last = None
-    run.saved_epoch = start_epoch if state is not None else None
     end_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
     for epoch in range(start_epoch, end_epoch):
         run.epoch, run.step = epoch + 1, 0
@@ -454,10 +459,11 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         }
         if info.is_main:
             save_checkpoint(state, output_dir / "last.pt")
-            run.saved_epoch = epoch + 1
+            run.saved(epoch + 1)  # at once: a Ctrl-C from here on must name this epoch
             if is_best:
                 save_checkpoint(state, output_dir / "best.pt")
         barrier(info)
+        run.saved(epoch + 1)
 
     results = _final_results(output_dir, selection, last, class_names, info)
     if info.enabled:
