@@ -269,3 +269,18 @@ def test_evaluate_checks_its_json_path_before_evaluating(trained, tmp_path, caps
         assert run_cli(evaluate_main, build_eval_parser(), [str(trained[0] / "last.pt"), "--json", str(target)]) == 2
         out, err = capsys.readouterr()
         assert f"--json {target}" in err and message in err and "OA" not in out
+    assert run_cli(evaluate_main, build_eval_parser(), [str(trained[0] / "last.pt"), "--limit-val-batches", "0"]) == 2
+    assert "--limit-val-batches must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_an_uneven_global_batch_and_cpu_sync_bn(h5_root, tmp_path):
+    for extra, message in ((["--batch-size", "9"], "--batch-size 9 is the global batch and must divide evenly over "
+                                                   "the 2 processes; use a multiple of 2, e.g. 8"),
+                           (["--sync-bn"], "--sync-bn needs CUDA devices")):
+        proc = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN,
+                    "--data-root", h5_root, "--epochs", "1", "--output", tmp_path / extra[0], *FAST, *extra],
+                   timeout=600)
+        assert proc.returncode != 0 and f"error: {message}" in proc.stderr, proc.stderr[-3000:]
+        assert "pointcoc/engine" not in proc.stderr  # torchrun reports the failed workers; no traceback of ours
+        assert not (tmp_path / extra[0] / "metrics.jsonl").exists()

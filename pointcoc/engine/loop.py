@@ -235,9 +235,9 @@ def _per_process_batch(batch_size: int, world_size: int) -> int:
 class _Run:
     """Bookkeeping of one ``fit`` call (files, where training is: ``epoch`` and ``step``, both 1-based)."""
 
-    def __init__(self, output_dir: Path, info: DistInfo = DistInfo()):
+    def __init__(self, output_dir: Path, info: Optional[DistInfo] = None):
         self.dir = output_dir
-        self.info = info
+        self.info = info or DistInfo()
         self.epoch = 0
         self.step = 0
         self.checkpoint: Optional[Path] = None  # the newest complete checkpoint of the run (last.pt once saved)
@@ -529,9 +529,9 @@ def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_cl
         if logits.shape != (labels.shape[0], num_classes):
             raise ValueError(f"the model must return logits of shape (B, {num_classes}); got {tuple(logits.shape)}")
         loss = smoothed_cross_entropy(logits.float(), labels, config.label_smoothing)
+        scaler.scale(loss).backward()  # first: under DDP every process must join the gradient all-reduce
         if not bool(torch.isfinite(loss.detach())):
             raise run.diverged(f"the loss is {loss.item()}", config, amp)
-        scaler.scale(loss).backward()
         if not amp and not _all_finite(p.grad for p in net.parameters()):
             raise run.diverged("a gradient is NaN/inf", config, amp)
         scaler.step(optimizer)

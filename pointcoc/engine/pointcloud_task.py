@@ -102,6 +102,9 @@ def evaluate_main(args: argparse.Namespace) -> int:
     """Rebuild model and test set from a checkpoint, evaluate, print OA / mAcc. Returns 0."""
     if args.votes < 1 or args.batch_size < 1:
         raise ValueError(f"--votes and --batch-size must be >= 1; got {args.votes}, {args.batch_size}")
+    if (args.limit_val_batches is not None and args.limit_val_batches < 1) or args.workers < 0:
+        raise ValueError(f"--limit-val-batches must be >= 1 and --workers >= 0; got {args.limit_val_batches}, "
+                         f"{args.workers}")
     if args.json:
         check_output_file(args.json, "--json")
     device = resolve_device(args.device)
