@@ -22,6 +22,22 @@ def _case(seed, batch, m, n, dim, ragged, dtype=torch.float32):
     return query, points, random_lengths(batch, m, g, ragged), random_lengths(batch, n, g, ragged)
 
 
+def _check_against_float64(points, k, lengths, result):
+    """Self-kNN: the chosen points' float64 distances are the k smallest of a float64 brute force (vectorised)."""
+    p = points.double()
+    dist2 = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    rows = torch.arange(p.shape[1])
+    dist2 = dist2.masked_fill(rows[None, None, :] >= lengths[:, None, None], float("inf"))
+    expected = dist2.sort(-1).values[..., :k]
+    own = torch.gather(dist2, -1, result.idx.clamp_min(0)).masked_fill(result.idx < 0, float("inf"))
+    valid = (rows[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(own.sort(-1).values[valid.expand_as(own)], expected[valid.expand_as(own)],
+                               rtol=1e-6, atol=1e-9)
+    assert bool((result.idx < lengths[:, None, None]).all()) and bool((result.idx[~valid[..., 0]] == -1).all())
+    distinct = result.idx.sort(-1).values
+    assert bool(((distinct[..., 1:] != distinct[..., :-1]) | (distinct[..., 1:] < 0)).all())
+
+
 def _check_against_numpy(query, points, k, ql, pl, result):
     """Distances equal the brute-force k smallest; each index is a distinct valid point at that distance."""
     dist2, idx = result
@@ -65,12 +81,89 @@ def test_backends_match_torch_reference(backend, dtype, ragged):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_large_coordinates_far_from_origin(backend):
-    """The matmul path centres each set, so an offset cloud loses no precision."""
+    """An offset cloud loses no precision."""
     query, points, ql, pl = _case(5, 2, 50, 400, 3, ragged=True)
     query, points = query + 1000.0, points + 1000.0
     ref = knn(query, points, 8, ql, pl, backend="torch")
     out = knn(query, points, 8, ql, pl, backend=backend)
     torch.testing.assert_close(out.dist2, ref.dist2, rtol=1e-5, atol=1e-5)
+
+
+def _spread_case(kind, seed):
+    """Sets whose extent dwarfs their neighbours' distances: where |q|^2 - 2 q.p + |p|^2 cancels."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    if kind in ("clusters 500", "clusters 1e4"):  # two unit cubes far apart along a random axis, per set
+        shift = torch.zeros(2, 1, 3, dtype=torch.float64)
+        shift[0, 0, 0], shift[1, 0, 2] = (500.0, 1e4) if kind == "clusters 500" else (1e4, 500.0)
+        xyz = torch.cat([rand(2, 200, 3) - shift, rand(2, 200, 3) + shift], 1)
+        xyz = xyz[:, torch.randperm(400, generator=g)]
+    elif kind == "offset 1e5":
+        xyz = rand(2, 400, 3) + 1e5
+    elif kind == "outliers":
+        xyz = rand(2, 400, 3)
+        xyz[:, :8] *= 1e4
+    elif kind == "pixels":  # pixel coordinates in pixels: many equal distances
+        cells = torch.stack([torch.randperm(224 * 224, generator=g)[:400] for _ in range(2)])
+        xyz = torch.stack([cells // 224, cells % 224], -1).double()
+    else:  # "lattice": a 3-D integer grid, ties at every shell
+        axis = torch.arange(8.0, dtype=torch.float64)
+        xyz = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, 512, 3).repeat(2, 1, 1)
+    n = xyz.shape[1]
+    return xyz.float(), torch.tensor([n - 37, n])  # ragged: the first set ends early
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["clusters 500", "clusters 1e4", "offset 1e5", "outliers", "pixels", "lattice"])
+def test_exact_at_any_extent(backend, kind):
+    """Every backend returns the k smallest distances of a float64 brute force, and the reference's own values."""
+    xyz, lengths = _spread_case(kind, seed=len(kind))
+    out = knn(xyz, xyz, 16, lengths, lengths, backend=backend)
+    _check_against_float64(xyz, 16, lengths, out)
+    assert torch.equal(out.dist2, knn(xyz, xyz, 16, lengths, lengths, backend="torch").dist2)
+    assert bool((out.dist2[..., 0][out.idx[..., 0] >= 0] == 0).all())  # each point is its own nearest
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_mm_exact_with_reduced_precision_matmuls(precision):
+    """TF32 / bfloat16 matmuls widen the margin of the candidates; the result stays exact."""
+    xyz, lengths = _spread_case("clusters 500", seed=3)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        out = knn(xyz, xyz, 16, lengths, lengths, backend="mm")
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(out.dist2, knn(xyz, xyz, 16, lengths, lengths, backend="torch").dist2)
+
+
+def test_pytorch3d_wrapper_is_exact(monkeypatch):
+    """Stand-in for pytorch3d (not installed here): distances summed in another order, padding idx 0 / dist 0."""
+    from types import SimpleNamespace
+
+    from pointcoc.ops import pytorch3d_backend
+
+    def knn_points(p1, p2, lengths1, lengths2, K, return_sorted):
+        diff = p1[:, :, None, :] - p2[:, None, :, :]
+        dist2 = diff[..., 2] * diff[..., 2] + diff[..., 1] * diff[..., 1] + diff[..., 0] * diff[..., 0]
+        dist2 = dist2.masked_fill(torch.arange(p2.shape[1])[None, None, :] >= lengths2[:, None, None], float("inf"))
+        dists, idx = torch.topk(dist2, K, dim=-1, largest=False)
+        missing = (torch.arange(K)[None, None, :] >= lengths2[:, None, None]) | (
+            torch.arange(p1.shape[1])[None, :, None] >= lengths1[:, None, None]
+        )
+        return SimpleNamespace(dists=dists.masked_fill(missing, 0.0), idx=idx.masked_fill(missing, 0))
+
+    monkeypatch.setattr(pytorch3d_backend._optional, "pytorch3d_ops", SimpleNamespace(knn_points=knn_points))
+    for kind in ("clusters 1e4", "lattice"):
+        xyz, lengths = _spread_case(kind, seed=1)
+        lengths[0] = 20  # fewer points than k + 8 candidates
+        out = pytorch3d_backend.knn_pytorch3d(xyz, xyz, 16, lengths, lengths)
+        ref = knn(xyz, xyz, 16, lengths, lengths, backend="torch")
+        assert torch.equal(out.dist2, ref.dist2) and torch.equal(out.idx < 0, ref.idx < 0)
+        _check_against_float64(xyz, 16, lengths, out)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -12,9 +12,11 @@ supports it.
 
 Backends: ``"torch"`` (reference, CPU and CUDA), ``"numba"`` (compiled CPU
 kernels, FPS and kNN; when numba imports), ``"mm"`` (kNN by chunked matrix
-products with exact re-ranking, CPU and CUDA), ``"pytorch3d"`` (FPS and kNN;
-when pytorch3d imports). Every backend returns the reference's FPS indices and
-kNN distances; the tests compare them.
+products that provably keep every true neighbour among their candidates, then
+exact distances, CPU and CUDA), ``"pytorch3d"`` (FPS and kNN; when pytorch3d
+imports; its kNN re-ranked exactly). Every backend returns the reference's FPS
+indices and kNN distances, at any extent of the coordinates; the tests compare
+them.
 """
 from __future__ import annotations
 

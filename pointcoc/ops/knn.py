@@ -1,6 +1,7 @@
 """k nearest neighbours between two point sets."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -8,11 +9,13 @@ import torch
 from . import backends
 from .validation import check_lengths, check_points, check_positive_int, check_same_batch
 
-__all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2"]
+__all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2", "exact_among_candidates"]
 
 # Upper bound on the number of elements of one (B, m, N) distance chunk: the
 # reference holds about five such temporaries (8 MiB each in float32).
 _CHUNK_ELEMENTS = 1 << 21
+# Queries per centred tile of the matmul path (see knn_mm).
+_TILE = 64
 # The matmul path keeps one (B, m, N) chunk (16 MiB in float32): few enough chunks that
 # a loaded machine does not pay many parallel-region start-ups, small enough to bound memory.
 _MM_CHUNK_ELEMENTS = 1 << 22
@@ -96,39 +99,167 @@ def knn_mm(
     query_lengths: torch.Tensor,
     point_lengths: torch.Tensor,
 ) -> KNNResult:
-    """kNN by matrix products in chunks of queries, then exact distances.
+    """kNN by matrix products, exact at any extent: provable candidates, then exact distances.
 
-    Candidates come from ``|q|^2 - 2 q.p + |p|^2`` (one batched matmul per
-    chunk, coordinates centred on each set's mean to limit cancellation), then
-    the distances of the k chosen points are recomputed exactly as the
-    reference does and re-sorted. The result matches :func:`knn_torch` to
-    float rounding: a neighbour may differ only where two candidates' distances
-    are within the rounding error of the expansion. CPU and CUDA.
+    Queries are put in Z-order (a space-filling curve) and cut into tiles of
+    ``_TILE``; each tile is centred on its own mean, so that the expansion
+    ``|q|^2 - 2 q.p + |p|^2`` (one batched matmul per chunk of tiles) rounds
+    in proportion to the tile's extent, not the set's. The expansion is shrunk
+    by a bound on all its rounding errors (:func:`_expansion_margin`), so it is
+    a lower bound on every reference distance; the ``2k + 8`` points with the
+    smallest bounds are candidates, their distances are recomputed exactly as
+    the reference does, and a row is accepted only when the k-th exact
+    candidate distance is at most the smallest bound of every other point.
+    Other rows (rare: the tile around them is spread out relative to their
+    neighbours' gaps) get the reference's result. So the distances are always
+    bit-identical to :func:`knn_torch`'s; indices differ only among equal
+    distances. float16 / bfloat16 and coordinates near the float range go to
+    the reference. CPU and CUDA.
 
     Args and returns as :func:`knn_torch`.
     """
-    batch, m, _ = query.shape
+    if query.dtype not in (torch.float32, torch.float64) or not _expansion_is_finite(query, points):
+        return knn_torch(query, points, k, query_lengths, point_lengths)
+    batch, m, dim = query.shape
     n = points.shape[1]
     kk = min(k, n)
-    valid = torch.arange(n, device=points.device)[None, :] < point_lengths[:, None]
-    weights = valid.to(points.dtype)[..., None]
-    centre = (points * weights).sum(1, keepdim=True) / point_lengths[:, None, None].to(points.dtype)
-    q = (query - centre).detach()
-    p = (points - centre).detach()
-    q2 = (q * q).sum(-1)
-    p2 = (p * p).sum(-1).masked_fill(~valid, float("inf"))
-    pt = p.transpose(1, 2)
-    chunk = max(1, _MM_CHUNK_ELEMENTS // max(1, batch * n))
-    idxs = []
-    for s in range(0, m, chunk):
-        dist2 = torch.baddbmm(p2[:, None, :], q[:, s : s + chunk], pt, alpha=-2)
-        dist2.add_(q2[:, s : s + chunk, None])
-        idxs.append(torch.topk(dist2, kk, dim=-1, largest=False, sorted=False).indices)
-    idx = torch.cat(idxs, 1)
-    idx = idx.masked_fill(idx >= point_lengths[:, None, None], -1)
-    dist2 = exact_dist2(query, points, idx)
-    dist2, order = torch.sort(dist2, dim=-1, stable=True)
-    return _finish(dist2, torch.gather(idx, -1, order), k, query_lengths, point_lengths)
+    n_cand = min(n, kk + 8)
+    shrink, floor = _expansion_margin(query.dtype, query.device)
+    with torch.no_grad():
+        order = _curve_order(query, query_lengths)
+        rows = -(-m // _TILE) * _TILE
+        sorted_q = torch.gather(query.detach(), 1, order[..., None].expand(-1, -1, dim))
+        sorted_q = torch.cat([sorted_q, sorted_q.new_zeros(batch, rows - m, dim)], 1)
+        row_valid = torch.arange(rows, device=query.device)[None, :] < query_lengths[:, None]
+        point_valid = torch.arange(n, device=points.device)[None, :] < point_lengths[:, None]
+        step = _TILE * max(1, _MM_CHUNK_ELEMENTS // max(1, batch * _TILE * n))
+        dists, idxs = [], []
+        for s in range(0, rows, step):
+            q, valid = sorted_q[:, s : s + step], row_valid[:, s : s + step]
+            cand, bound = _candidates(q, valid, points.detach(), point_valid, n_cand, shrink, floor)
+            d, i = exact_among_candidates(q, points.detach(), cand, bound, kk, valid, point_lengths)
+            dists.append(d)
+            idxs.append(i)
+        where = order[..., None].expand(-1, -1, kk)
+        idx = torch.empty_like(where).scatter_(1, where, torch.cat(idxs, 1)[:, :m])
+        dist2 = torch.empty(batch, m, kk, dtype=query.dtype, device=query.device)
+        dist2.scatter_(1, where, torch.cat(dists, 1)[:, :m])
+    if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
+        dist2 = exact_dist2(query, points, idx)
+    return _finish(dist2, idx, k, query_lengths, point_lengths)
+
+
+def _expansion_is_finite(query: torch.Tensor, points: torch.Tensor) -> bool:
+    """Whether every term of the centred expansion stays far from overflow."""
+    limit = math.sqrt(torch.finfo(query.dtype).max) / 16
+    return bool(torch.maximum(query.abs().amax(), points.abs().amax()) <= limit)
+
+
+def _matmul_input_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+    """Relative error of a float32 matmul's inputs under the current precision settings.
+
+    0 in full precision (``torch.get_float32_matmul_precision() == "highest"``
+    and no TF32 / bfloat16 setting for the device's backend), ``2**-10`` for
+    TF32, ``2**-7`` for bfloat16, and that worst case when the settings cannot
+    be read. Float64 matmuls are always full precision.
+    """
+    if dtype == torch.float64:
+        return 0.0
+    reduced = {"highest": 0.0, "ieee": 0.0, "none": 0.0, "high": 2.0**-10, "tf32": 2.0**-10, "medium": 2.0**-7, "bf16": 2.0**-7}
+    try:
+        matmul = torch.backends.cuda.matmul if device.type == "cuda" else torch.backends.mkldnn.matmul
+        settings = [torch.get_float32_matmul_precision(), getattr(matmul, "fp32_precision", "none")]
+        return max(reduced[s] for s in settings)
+    except (RuntimeError, KeyError):  # mixed legacy and new precision APIs, or an unknown setting
+        return 2.0**-7
+
+
+def _expansion_margin(dtype: torch.dtype, device: torch.device):
+    """(shrink, floor) with ``shrink * (|q|^2 + |p|^2) - 2 q.p - floor <= reference dist2``, all as rounded.
+
+    With u the unit roundoff and u_mm the matmul's input roundoff, the rounding
+    of the centring (4u), of the reference's differences, squares and sums
+    (10u), and of the expansion's norms, matmul, scaling and sums (10u + 2u_mm)
+    are each at most that times ``|q|^2 + |p|^2`` (centred), for D <= 3. The
+    shrink takes 64u + 4u_mm, over twice the total; ``floor`` covers underflow.
+    """
+    info = torch.finfo(dtype)
+    alpha = 64 * (info.eps / 2) + 4 * _matmul_input_roundoff(dtype, device)
+    return 1.0 - alpha, 64 * info.tiny
+
+
+def _curve_order(query: torch.Tensor, query_lengths: torch.Tensor) -> torch.Tensor:
+    """LongTensor (B, M): each set's valid queries in Z-order of their cells, padding last."""
+    batch, m, dim = query.shape
+    bits = 30 // dim
+    valid = (torch.arange(m, device=query.device)[None, :] < query_lengths[:, None])[..., None]
+    low = query.masked_fill(~valid, float("inf")).amin(1, keepdim=True)
+    high = query.masked_fill(~valid, float("-inf")).amax(1, keepdim=True)
+    # Cubic cells: the curve splits the longest axis first, so far-apart parts come out in few runs.
+    extent = (high - low).amax(-1, keepdim=True).clamp_min(torch.finfo(query.dtype).tiny)
+    scale = (2**bits - 1) / extent
+    cell = ((query - low) * scale).clamp(0, 2**bits - 1).long()
+    code = torch.zeros(batch, m, dtype=torch.long, device=query.device)
+    for bit in range(bits):
+        for d in range(dim):
+            code |= ((cell[..., d] >> bit) & 1) << (bit * dim + d)
+    return torch.argsort(code.masked_fill(~valid[..., 0], 1 << 62), dim=1, stable=True)
+
+
+def _candidates(q, row_valid, points, point_valid, n_cand, shrink, floor):
+    """The ``n_cand`` points with the smallest lower bounds per query, and the largest of those bounds.
+
+    Args:
+        q: Tensor (B, T * _TILE, D) of queries, T tiles each centred on its valid queries' mean.
+        row_valid: BoolTensor (B, T * _TILE); points: Tensor (B, N, D); point_valid: BoolTensor (B, N).
+
+    Returns:
+        cand LongTensor (B, T * _TILE, n_cand); bound Tensor (B, T * _TILE): every point
+        outside cand has a reference distance >= bound.
+    """
+    batch, rows, dim = q.shape
+    n = points.shape[1]
+    tiles = rows // _TILE
+    tq = q.view(batch, tiles, _TILE, dim)
+    weight = row_valid.view(batch, tiles, _TILE, 1).to(q.dtype)
+    centre = (tq * weight).sum(2, keepdim=True) / weight.sum(2, keepdim=True).clamp_min(1)
+    qc = (tq - centre).view(batch * tiles, _TILE, dim)
+    pc = (points[:, None] - centre).view(batch * tiles, n, dim)
+    base = ((pc * pc).sum(-1) * shrink - floor).view(batch, tiles, n)
+    base = base.masked_fill(~point_valid[:, None, :], float("inf")).view(batch * tiles, 1, n)
+    lower = torch.baddbmm(base, qc, pc.transpose(1, 2), alpha=-2)
+    lower.add_(((qc * qc).sum(-1) * shrink)[..., None])
+    bound, cand = torch.topk(lower, n_cand, dim=-1, largest=False, sorted=False)
+    return cand.view(batch, rows, n_cand), bound.amax(-1).view(batch, rows)
+
+
+def exact_among_candidates(query, points, cand, bound, k, query_valid, point_lengths) -> KNNResult:
+    """The k nearest of each query, from candidates and a lower bound on every other point.
+
+    Args:
+        query: Tensor (B, M, D); points: Tensor (B, N, D).
+        cand: LongTensor (B, M, C), C >= k, candidate indices (values >= point_lengths are ignored).
+        bound: Tensor (B, M): every point not in cand has a reference squared distance >= bound.
+        k: neighbours per query, k <= N.
+        query_valid: BoolTensor (B, M), the rows to answer; point_lengths: LongTensor (B,).
+
+    Returns:
+        KNNResult (B, M, k) sorted, distances bit-identical to :func:`knn_torch`'s.
+        A row whose k-th exact candidate distance exceeds its bound (and whose
+        candidates do not cover its whole set) is recomputed by the reference.
+    """
+    cand = cand.masked_fill(cand >= point_lengths[:, None, None], -1)
+    dist2, order = torch.sort(exact_dist2(query, points, cand), dim=-1, stable=True)
+    dist2, idx = dist2[..., :k], torch.gather(cand, -1, order[..., :k])
+    proven = (bound >= dist2[..., -1]) | (cand.shape[-1] >= point_lengths)[:, None]
+    redo = query_valid & ~proven
+    if bool(redo.any()):
+        for b in redo.any(1).nonzero()[:, 0].tolist():
+            rows = redo[b].nonzero()[:, 0]
+            one = torch.ones(1, dtype=torch.long, device=query.device)
+            ref = knn_torch(query[b : b + 1, rows], points[b : b + 1], k, one * len(rows), point_lengths[b : b + 1])
+            dist2[b, rows], idx[b, rows] = ref.dist2[0], ref.idx[0]
+    return KNNResult(dist2, idx)
 
 
 def _finish(dist2, idx, k, query_lengths, point_lengths) -> KNNResult:
@@ -170,7 +301,11 @@ def knn(
         sorted ascending, idx LongTensor (B, M, k) of indices into dim 1 of
         ``points``. Padded points are never returned. Where a set has fewer
         than k points the surplus entries are idx -1 and dist2 inf; rows of
-        padded queries are all -1 / inf. Ties in distance may come in any order.
+        padded queries are all -1 / inf. Every backend returns the exact k
+        nearest points at any coordinates (far-apart parts, large offsets,
+        outliers), with distances bit-identical to the ``"torch"`` reference's
+        (squared differences summed x, then y, then z); points at equal
+        distance may come in any order.
     """
     check_points("query", query)
     check_points("points", points)

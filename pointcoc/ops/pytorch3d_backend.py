@@ -1,8 +1,10 @@
 """pytorch3d's FPS and kNN as pointcoc backends (``"pytorch3d"``), used when it imports.
 
 pytorch3d pads kNN results with index 0 and distance 0; here they become -1
-and inf like every other backend. Its FPS always starts at index 0 (or at its
-own random pick), so a random start drawn by pointcoc goes to the reference.
+and inf like every other backend, and its kNN distances become the
+reference's own values by an exact re-ranking of a few more candidates than
+asked for. Its FPS always starts at index 0 (or at its own random pick), so a
+random start drawn by pointcoc goes to the reference.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from .. import _optional
 from . import backends
 from .fps import fps_torch
-from .knn import KNNResult, _finish
+from .knn import KNNResult, _finish, exact_among_candidates, exact_dist2, knn_torch
 
 __all__ = ["fps_pytorch3d", "knn_pytorch3d"]
 
@@ -37,12 +39,36 @@ def knn_pytorch3d(
     query_lengths: torch.Tensor,
     point_lengths: torch.Tensor,
 ) -> KNNResult:
-    """``pytorch3d.ops.knn_points`` with the signature and padding of :func:`pointcoc.ops.knn.knn_torch`."""
-    kk = min(k, points.shape[1])
-    out = _optional.pytorch3d_ops.knn_points(
-        query, points, lengths1=query_lengths, lengths2=point_lengths, K=kk, return_sorted=True
-    )
-    return _finish(out.dists, out.idx.long(), k, query_lengths, point_lengths)
+    """``pytorch3d.ops.knn_points`` with the signature, padding and exact distances of :func:`pointcoc.ops.knn.knn_torch`.
+
+    pytorch3d's kernels (``knn.cu``, ``knn_cpu.cpp``) sum squared coordinate
+    differences, possibly fused or reordered, so each of its distances is
+    within ``2 (D + 2) u`` relative (u the unit roundoff) of the reference's.
+    It is asked for k + 8 neighbours; their distances are recomputed exactly
+    and re-sorted, and a query is accepted only when its k-th exact distance is
+    at most pytorch3d's last distance shrunk by that error
+    (:func:`pointcoc.ops.knn.exact_among_candidates`), otherwise the reference
+    answers it. float16 / bfloat16 go to the reference.
+    """
+    if query.dtype not in (torch.float32, torch.float64):
+        return knn_torch(query, points, k, query_lengths, point_lengths)
+    n = points.shape[1]
+    kk = min(k, n)
+    n_cand = min(n, kk + 8)
+    with torch.no_grad():
+        out = _optional.pytorch3d_ops.knn_points(
+            query.detach(), points.detach(), lengths1=query_lengths, lengths2=point_lengths, K=n_cand,
+            return_sorted=True,
+        )
+        col = torch.arange(n_cand, device=query.device)[None, None, :]
+        cand = out.idx.long().masked_fill(col >= point_lengths[:, None, None], -1)  # pytorch3d pads with 0
+        info = torch.finfo(query.dtype)
+        bound = out.dists[..., -1] * (1 - 16 * info.eps) - 64 * info.tiny
+        rows = torch.arange(query.shape[1], device=query.device)[None, :] < query_lengths[:, None]
+        dist2, idx = exact_among_candidates(query, points, cand, bound, kk, rows, point_lengths)
+    if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
+        dist2 = exact_dist2(query, points, idx)
+    return _finish(dist2, idx, k, query_lengths, point_lengths)
 
 
 if _optional.WITH_PYTORCH3D:
