@@ -21,10 +21,20 @@ Context-Cluster repository), written anew:
 
 Two deliberate choices, both about reproducibility rather than speed:
 
-* FPS starts at index 0 (as the authors' CUDA FPS, which their training used;
-  their torch fallback starts at a random index). :func:`farthest_point_sample`
-  takes the start as an argument.
+* FPS is the authors' Python-loop fallback (distances start at 1e10) but
+  starts at index 0, as the CUDA FPS of pointnet2_ops that their training
+  used (their fallback starts at a random index); :func:`farthest_point_sample`
+  takes the start as an argument. The CUDA FPS also never picks a point with
+  ``x^2 + y^2 + z^2 <= 1e-3`` after the first: ``fps_skip_near_origin=True``
+  adds that rule (pointcoc's models: the same argument). Without it, this
+  FPS differs from the CUDA one on sets with points near the origin; with
+  it, only in how exact distance ties are broken (the kernel's thread
+  reduction order; see :func:`pointcoc.ops.farthest_point_sample`).
 * Only fixed-size batches (no ``lengths``): the published model has none.
+
+Its module and parameter names are the authors' (``embedding.net.0``,
+``local_grouper_list``, ``pre_blocks_list.i.operation.j.fc1``, ...), so its
+state dict has the keys of their checkpoints.
 
 :func:`state_dict_from_pointcoc` maps a :class:`pointcoc.PointMLPCoC` (or
 PointMLP) state dict onto this model's keys, so both hold the same parameters.
@@ -63,11 +73,19 @@ def index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return points[batch_indices, idx, :]
 
 
-def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """xyz (B, N, 3) -> (B, npoint) long: the authors' Python-loop FPS; ``start`` (B,) long, default index 0."""
+def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Optional[torch.Tensor] = None,
+                          skip_near_origin: bool = False) -> torch.Tensor:
+    """xyz (B, N, 3) -> (B, npoint) long: the authors' Python-loop FPS; ``start`` (B,) long, default index 0.
+
+    ``skip_near_origin``: as the CUDA kernel, a point with squared norm <= 1e-3
+    is never picked after the first (its distance stays -1; if every point is
+    such, the pick is index 0).
+    """
     batch, n, _ = xyz.shape
     centroids = torch.zeros(batch, npoint, dtype=torch.long, device=xyz.device)
     distance = torch.ones(batch, n, device=xyz.device) * 1e10
+    if skip_near_origin:
+        distance[torch.sum(xyz ** 2, -1).double() <= 1e-3] = -1.0
     farthest = torch.zeros(batch, dtype=torch.long, device=xyz.device) if start is None else start.clone()
     batch_indices = torch.arange(batch, dtype=torch.long, device=xyz.device)
     for i in range(npoint):
@@ -88,9 +106,11 @@ def knn_point(k: int, xyz: torch.Tensor, new_xyz: torch.Tensor) -> torch.Tensor:
 class LocalGrouper(nn.Module):
     """xyz (B, N, 3), points (B, N, C) -> anchors (B, S, 3) and groups (B, S, k, 2C) (anchor normalisation)."""
 
-    def __init__(self, channel: int, groups: int, kneighbors: int, normalize: Optional[str] = "anchor"):
+    def __init__(self, channel: int, groups: int, kneighbors: int, normalize: Optional[str] = "anchor",
+                 skip_near_origin: bool = False):
         super().__init__()
         self.groups, self.kneighbors, self.normalize = groups, kneighbors, normalize
+        self.skip_near_origin = skip_near_origin
         if normalize is not None:
             self.affine_alpha = nn.Parameter(torch.ones([1, 1, 1, channel]))
             self.affine_beta = nn.Parameter(torch.zeros([1, 1, 1, channel]))
@@ -98,7 +118,7 @@ class LocalGrouper(nn.Module):
     def forward(self, xyz: torch.Tensor, points: torch.Tensor):
         batch = xyz.shape[0]
         xyz = xyz.contiguous()
-        fps_idx = farthest_point_sample(xyz, self.groups).long()
+        fps_idx = farthest_point_sample(xyz, self.groups, skip_near_origin=self.skip_near_origin).long()
         new_xyz = index_points(xyz, fps_idx)
         new_points = index_points(points, fps_idx)
         idx = knn_point(self.kneighbors, xyz, new_xyz)
@@ -221,14 +241,15 @@ class ReferencePointMLP(nn.Module):
     and two pos-extraction blocks per stage, no bias, anchor normalisation, a
     grouped context cluster before each pre-extraction block. ``cluster=False``
     gives PointMLP. ``points``: the N the model is built for (anchors per stage
-    are ``points // reducer``, as in the authors' code).
+    are ``points // reducer``, as in the authors' code). ``fps_skip_near_origin``:
+    the CUDA FPS rule (see the module docstring).
     """
 
     def __init__(self, num_classes: int = 15, points: int = 1024, embed_dim: int = 64, res_expansion: float = 1.0,
                  bias: bool = False, normalize: Optional[str] = "anchor",
                  dim_expansion: Sequence[int] = (2, 2, 2, 2), pre_blocks: Sequence[int] = (2, 2, 2, 2),
                  pos_blocks: Sequence[int] = (2, 2, 2, 2), k_neighbors: Sequence[int] = (24, 24, 24, 24),
-                 reducers: Sequence[int] = (2, 2, 2, 2), cluster: bool = True):
+                 reducers: Sequence[int] = (2, 2, 2, 2), cluster: bool = True, fps_skip_near_origin: bool = False):
         super().__init__()
         if not len(pre_blocks) == len(pos_blocks) == len(k_neighbors) == len(reducers) == len(dim_expansion):
             raise ValueError("pre_blocks, pos_blocks, k_neighbors, reducers and dim_expansion must have one entry "
@@ -244,7 +265,8 @@ class ReferencePointMLP(nn.Module):
         for i in range(self.stages):
             out_channel = last_channel * dim_expansion[i]
             anchor_points = anchor_points // reducers[i]
-            self.local_grouper_list.append(LocalGrouper(last_channel, anchor_points, k_neighbors[i], normalize))
+            self.local_grouper_list.append(LocalGrouper(last_channel, anchor_points, k_neighbors[i], normalize,
+                                                        fps_skip_near_origin))
             self.pre_blocks_list.append(PreExtraction(last_channel, out_channel, pre_blocks[i], res_expansion, bias,
                                                       cluster))
             self.pos_blocks_list.append(PosExtraction(out_channel, pos_blocks[i], res_expansion, bias))
@@ -330,7 +352,8 @@ def reference_from_pointcoc(model: nn.Module, points: int = 1024) -> ReferencePo
 
     ``model`` must be positions-only (``in_channels=0``, D=3), ReLU, no bias,
     ``use_xyz=False``, 512-256 classifier, context cluster None or "grouped"
-    with one head (the published configurations).
+    with one head (the published configurations). The reference takes the
+    model's ``fps_skip_near_origin``.
     """
     stages = list(model.stages)
     clusters = [m for s in stages for m in s.pre_blocks if type(m).__name__ == "ContextCluster"]
@@ -359,7 +382,8 @@ def reference_from_pointcoc(model: nn.Module, points: int = 1024) -> ReferencePo
         res_expansion=hidden / first.transfer.neighbour.out_features, bias=model.embedding.linear.bias is not None,
         normalize=first.grouper.normalize, dim_expansion=dims, pre_blocks=[len(r) for r in res_blocks],
         pos_blocks=[len(s.pos_blocks) for s in stages], k_neighbors=[s.grouper.k for s in stages],
-        reducers=[s.grouper.reducer for s in stages], cluster=cluster)
+        reducers=[s.grouper.reducer for s in stages], cluster=cluster,
+        fps_skip_near_origin=first.grouper.skip_near_origin)
     weight = model.embedding.linear.weight
     reference = reference.to(weight.device, weight.dtype)
     reference.load_state_dict(state_dict_from_pointcoc(model.state_dict()))

@@ -44,3 +44,57 @@ def random_lengths(batch: int, n: int, generator: torch.Generator, ragged: bool)
     lengths = torch.randint(1, n + 1, (batch,), generator=generator)
     lengths[-1] = n
     return lengths
+
+
+def kernel_block_size(n: int) -> int:
+    """Threads per block that pointnet2_ops launches its FPS kernel with for n points (a power of 2, at most 512)."""
+    return max(min(1 << int(np.log2(n)), 512), 1)
+
+
+def numpy_fps_kernel(xyz: np.ndarray, n_samples: int, lengths: np.ndarray, threads=None) -> np.ndarray:
+    """pointnet2_ops' ``furthest_point_sampling_kernel``, transcribed for one set (its valid points) at a time.
+
+    The rule: the first pick is index 0; the distance buffer starts at 1e10;
+    every step skips each point with ``x*x + y*y + z*z <= 1e-3`` (float sum,
+    double comparison); thread t scans points t, t + threads, ... keeping the
+    first strict maximum (``best`` starts at -1, ``besti`` at 0); a tree
+    reduction over the threads keeps the upper half's entry only when strictly
+    greater. ``threads=None`` uses the kernel's block size for the set's size;
+    ``threads=1`` is the sequential scan (ties to the lowest index).
+    Entries past lengths[b] are -1.
+    """
+    batch = xyz.shape[0]
+    out = np.full((batch, n_samples), -1, dtype=np.int64)
+    for b in range(batch):
+        pts = xyz[b, : lengths[b]]
+        n = len(pts)
+        t_count = kernel_block_size(n) if threads is None else threads
+        mag = pts[:, 0] * pts[:, 0]
+        for d in range(1, pts.shape[1]):
+            mag = mag + pts[:, d] * pts[:, d]
+        skip = mag.astype(np.float64) <= 1e-3
+        temp = np.full(n, 1e10, dtype=pts.dtype)
+        old = 0
+        out[b, 0] = old
+        rows = -(-n // t_count)
+        for j in range(1, min(n_samples, n)):
+            diff = pts - pts[old]
+            dist = diff[:, 0] * diff[:, 0]
+            for d in range(1, pts.shape[1]):
+                dist = dist + diff[:, d] * diff[:, d]
+            temp = np.where(skip, temp, np.minimum(dist, temp))
+            # a skipped point or an empty slot never beats best = -1
+            vals = np.full(rows * t_count, -1.0)
+            vals[:n] = np.where(skip, -1.0, temp.astype(np.float64))
+            vals = vals.reshape(rows, t_count)  # column t: the points thread t scans, in order
+            best = vals.max(0)
+            besti = np.where(best > -1, vals.argmax(0) * t_count + np.arange(t_count), 0)
+            s = t_count // 2
+            while s >= 1:
+                upper = best[s : 2 * s] > best[:s]
+                besti[:s] = np.where(upper, besti[s : 2 * s], besti[:s])
+                best[:s] = np.maximum(best[:s], best[s : 2 * s])
+                s //= 2
+            old = int(besti[0])
+            out[b, j] = old
+    return out

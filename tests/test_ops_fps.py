@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from ops_reference import numpy_fps, random_lengths
+from ops_reference import kernel_block_size, numpy_fps, numpy_fps_kernel, random_lengths
 from pointcoc import _optional
 from pointcoc.ops import available_backends, farthest_point_sample, use_backend
+from pointcoc.ops.fps import near_origin
 
 CPU_BACKENDS = [b for b in available_backends("fps") if b != "pytorch3d"]
 
@@ -97,11 +98,12 @@ def test_default_backend_is_the_fast_one_and_forcing_works():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("ragged", [False, True])
-def test_cuda_matches_cpu(ragged):
-    xyz, lengths = _case(4, 4, 500, 3, ragged)
-    cpu = farthest_point_sample(xyz, 100, lengths, backend="torch")
+@pytest.mark.parametrize("skip", [False, True])
+def test_cuda_matches_cpu(ragged, skip):
+    xyz, lengths = _near_origin_case(4, 4, 500, 3, torch.float32) if skip else _case(4, 4, 500, 3, ragged)
+    cpu = farthest_point_sample(xyz, 100, lengths, backend="torch", skip_near_origin=skip)
     for backend in available_backends("fps"):
-        cuda = farthest_point_sample(xyz.cuda(), 100, lengths.cuda(), backend=backend)
+        cuda = farthest_point_sample(xyz.cuda(), 100, lengths.cuda(), backend=backend, skip_near_origin=skip)
         assert cuda.device.type == "cuda"
         assert torch.equal(cuda.cpu(), cpu)
 
@@ -112,6 +114,75 @@ def test_pytorch3d_matches_reference(ragged):
     xyz, lengths = _case(6, 4, 300, 3, ragged)
     ref = farthest_point_sample(xyz, 64, lengths, backend="torch")
     assert torch.equal(farthest_point_sample(xyz, 64, lengths, backend="pytorch3d"), ref)
+    xyz, lengths = _near_origin_case(6, 4, 300, 3, torch.float32)
+    ref = farthest_point_sample(xyz, 64, lengths, backend="torch", skip_near_origin=True)
+    assert torch.equal(farthest_point_sample(xyz, 64, lengths, backend="pytorch3d", skip_near_origin=True), ref)
+
+
+def _near_origin_case(seed, batch, n, dim, dtype, grid=False):
+    """Sets where about a third of the points lie within the 1e-3 squared-norm ball, one set entirely;
+    padding holds both points at the origin and far away ones."""
+    xyz, lengths = _case(seed, batch, n, dim, ragged=True, dtype=torch.float64, grid=grid)
+    g = torch.Generator().manual_seed(seed + 1)
+    inside = torch.rand(batch, n, generator=g) < 0.35
+    xyz[inside] *= 0.015
+    xyz[min(1, batch - 1)] *= 0.015  # every point of this set near the origin
+    padding = torch.arange(n)[None, :] >= lengths[:, None]
+    xyz[padding] = torch.where(torch.rand(int(padding.sum()), 1, generator=g) < 0.5, 0.0, 50.0).to(xyz.dtype)
+    return xyz.to(dtype), lengths
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("grid", [False, True])
+def test_skip_near_origin_matches_the_kernel_rule(backend, dtype, dim, grid):
+    xyz, lengths = _near_origin_case(20 + dim, 5, 90, dim, dtype, grid)
+    idx = farthest_point_sample(xyz, 60, lengths, backend=backend, skip_near_origin=True)
+    sequential = numpy_fps_kernel(xyz.numpy(), 60, lengths.numpy(), threads=1)
+    np.testing.assert_array_equal(idx.numpy(), sequential)
+    near = near_origin(xyz)
+    if not grid:  # no exact ties until the candidates run out: the kernel's thread layout cannot matter
+        threaded = numpy_fps_kernel(xyz.numpy(), 60, lengths.numpy())
+        for b in range(5):
+            distinct = int((~near[b, : lengths[b]]).sum()) + int(near[b, 0])
+            np.testing.assert_array_equal(idx[b, :distinct].numpy(), threaded[b, :distinct])
+    for b in range(5):
+        picks = idx[b, 1 : lengths[b]]
+        assert bool((picks < lengths[b]).all()) and bool((picks >= 0).all())
+        assert not bool(near[b, picks[picks != 0]].any())  # only the default pick 0 may lie near the origin
+    assert bool((idx[1, : lengths[1]] == 0).all())  # nothing to pick: index 0 every time
+    plain = farthest_point_sample(xyz, 60, lengths, backend=backend)
+    assert not torch.equal(plain, idx)
+
+
+def test_near_origin_threshold_is_compared_in_double_as_the_kernel():
+    # float32 x*x + y*y == float32(1e-3), which is above the double 1e-3 the kernel compares with
+    on_edge = torch.tensor([[[0.5, 0.5, 0.5], [0.0316, 0.0012000554, 0.0]]], dtype=torch.float32)
+    below = torch.tensor([[[0.5, 0.5, 0.5], [0.0316, 0.0011, 0.0]]], dtype=torch.float32)
+    assert float((on_edge[0, 1] ** 2).sum()) == float(torch.tensor(1e-3, dtype=torch.float32))
+    for backend in CPU_BACKENDS:
+        assert farthest_point_sample(on_edge, 2, backend=backend, skip_near_origin=True).tolist() == [[0, 1]]
+        assert farthest_point_sample(below, 2, backend=backend, skip_near_origin=True).tolist() == [[0, 0]]
+
+
+def test_skip_near_origin_caps_distances_at_1e10_as_the_kernel():
+    # squared distances 4e10 and 1.6e11 both become 1e10: a tie, so the lower index wins
+    xyz = torch.tensor([[[0.0, 0.0, 1.0], [2e5, 0.0, 1.0], [1.0, 0.0, 1.0], [4e5, 0.0, 1.0]]], dtype=torch.float64)
+    for backend in CPU_BACKENDS:
+        assert farthest_point_sample(xyz, 2, backend=backend, skip_near_origin=True).tolist() == [[0, 1]]
+        assert farthest_point_sample(xyz, 2, backend=backend).tolist() == [[0, 3]]
+    np.testing.assert_array_equal(numpy_fps_kernel(xyz.numpy(), 2, np.array([4])), [[0, 1]])
+
+
+def test_kernel_ties_follow_its_thread_reduction_not_the_lowest_index():
+    """Documented difference: points 1 and 2 are equally far from point 0. pointcoc picks 1; the kernel
+    (4 threads for 4 points) reduces thread 0 with 2 first, then with 1, and keeps 2."""
+    xyz = torch.tensor([[[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [1.0, 2.0, 0.0], [1.0, 0.0, 1.0]]])
+    assert kernel_block_size(4) == 4
+    assert numpy_fps_kernel(xyz.numpy(), 2, np.array([4])).tolist() == [[0, 2]]
+    for backend in CPU_BACKENDS:
+        assert farthest_point_sample(xyz, 2, backend=backend, skip_near_origin=True).tolist() == [[0, 1]]
 
 
 @pytest.mark.parametrize(
@@ -135,6 +206,7 @@ def test_pytorch3d_matches_reference(ragged):
         (dict(lengths=torch.tensor([10])), "lengths must have shape (B,) = (2,); got shape (1,)"),
         (dict(lengths=torch.tensor([10.0, 5.0])), "lengths must be an integer tensor"),
         (dict(lengths=[10, 5]), "lengths must be a LongTensor"),
+        (dict(skip_near_origin=1), "skip_near_origin must be a bool; got 1"),
     ],
 )
 def test_bad_input_raises(kwargs, fragment):

@@ -73,6 +73,29 @@ def test_eval_logits_equal_reference(name):
         torch.testing.assert_close(mapped[key].to(value.dtype), value, rtol=1e-9, atol=1e-9)
 
 
+def _points_near_origin(batch, n, seed=2):
+    """Points in [-1, 1]^3 with about a third moved inside the squared-norm 1e-3 ball (not point 0)."""
+    xyz = _points(batch, n, seed=seed)
+    inside = torch.rand(batch, n, generator=torch.Generator().manual_seed(seed)) < 0.3
+    inside[:, 0] = False
+    xyz[inside] *= 0.015
+    return xyz
+
+
+def test_near_origin_fps_rule_gives_the_reference_logits_with_the_rule():
+    torch.manual_seed(0)
+    ours = create_model("pointmlp_coc", num_classes=15, fps_skip_near_origin=True, **SMALL).double().eval()
+    ref = reference_from_pointcoc(ours, points=128).eval()
+    plain = create_model("pointmlp_coc", num_classes=15, **SMALL).double().eval()
+    plain.load_state_dict(ours.state_dict())
+    xyz = _points_near_origin(4, 128)
+    assert torch.equal(ref_fps(xyz, 64, skip_near_origin=True), farthest_point_sample(xyz, 64, skip_near_origin=True))
+    with torch.no_grad():
+        got, want, without = ours(xyz), ref(xyz.transpose(1, 2)), plain(xyz)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert float((without - want).abs().max()) > 1e-6  # the rule changes the anchors, so the logits
+
+
 @pytest.mark.parametrize("name", ["pointmlp_coc", "pointmlp_elite"])
 def test_training_loss_and_gradients_equal_reference(name):
     ours, ref = _pair(name)

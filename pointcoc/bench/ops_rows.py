@@ -27,7 +27,7 @@ def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048)
         start = torch.zeros(batch, dtype=torch.long, device=device)
         ours_name = backends.resolve("fps", xyz.device).name
         ours = lambda: ops.farthest_point_sample(xyz, n_samples)  # noqa: E731
-        ref = lambda: fps_torch(xyz, n_samples, lengths, start)  # noqa: E731
+        ref = lambda: fps_torch(xyz, n_samples, lengths, start, False)  # noqa: E731
         same = bool(torch.equal(ours(), ref()))
         t_ours, t_ref = time_pair(ours, ref, device, repeat=repeat)
         case = f"B={batch}, N={n} -> {n_samples}"

@@ -59,7 +59,9 @@ class LocalGrouper(nn.Module):
 
     Each set of ``lengths[b]`` points gets ``max(lengths[b] // reducer, 1)``
     anchors, so a padded batch gives each set what it would get alone. FPS
-    starts at index 0 (deterministic) unless ``random_start`` and training.
+    starts at index 0 (deterministic) unless ``random_start`` and training;
+    ``skip_near_origin`` gives it the rule of the authors' CUDA FPS (see
+    :func:`pointcoc.ops.farthest_point_sample`).
     Groups of anchors with fewer than k real points are masked, never filled.
 
     With ``normalize="anchor"`` (published) the neighbour features minus the
@@ -79,12 +81,12 @@ class LocalGrouper(nn.Module):
     """
 
     def __init__(self, channels: int, k: int, reducer: int = 2, coord_dim: int = 3, use_xyz: bool = False,
-                 normalize: Optional[str] = "anchor", random_start: bool = False):
+                 normalize: Optional[str] = "anchor", random_start: bool = False, skip_near_origin: bool = False):
         super().__init__()
         if normalize not in ("anchor", "center", None):
             raise ValueError(f"normalize must be 'anchor', 'center' or None; got {normalize!r}")
         self.k, self.reducer, self.use_xyz, self.normalize = int(k), int(reducer), bool(use_xyz), normalize
-        self.random_start = bool(random_start)
+        self.random_start, self.skip_near_origin = bool(random_start), bool(skip_near_origin)
         normed = channels + (coord_dim if use_xyz else 0)
         self.norm_channels = normed
         if normalize is not None:
@@ -95,7 +97,8 @@ class LocalGrouper(nn.Module):
         batch = xyz.shape[0]
         n_anchors = torch.clamp(lengths // self.reducer, min=1)
         s = int(n_anchors.max())
-        anchor_idx = farthest_point_sample(xyz.detach(), s, lengths, random_start=self.random_start and self.training)
+        anchor_idx = farthest_point_sample(xyz.detach(), s, lengths, random_start=self.random_start and self.training,
+                                           skip_near_origin=self.skip_near_origin)
         slots = torch.arange(s, device=xyz.device)[None, :]
         anchor_idx = anchor_idx.masked_fill(slots >= n_anchors[:, None], -1)
         new_xyz = gather(xyz, anchor_idx)

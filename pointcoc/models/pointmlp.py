@@ -49,9 +49,11 @@ class PointMLPStage(nn.Module):
                  coord_dim: int = 3, res_expansion: float = 1.0, bias: bool = False, activation: str = "relu",
                  use_xyz: bool = False, normalize: Optional[str] = "anchor", random_start: bool = False,
                  cluster: Optional[str] = None, cluster_heads: int = 1, cluster_head_dim: Optional[int] = None,
-                 cluster_centers: Optional[int] = None, cluster_k: int = 8, cluster_regions: int = 1):
+                 cluster_centers: Optional[int] = None, cluster_k: int = 8, cluster_regions: int = 1,
+                 fps_skip_near_origin: bool = False):
         super().__init__()
-        self.grouper = LocalGrouper(in_channels, k, reducer, coord_dim, use_xyz, normalize, random_start)
+        self.grouper = LocalGrouper(in_channels, k, reducer, coord_dim, use_xyz, normalize, random_start,
+                                    skip_near_origin=fps_skip_near_origin)
         self.transfer = GroupTransfer(self.grouper.norm_channels, in_channels, out_channels, bias=bias,
                                       activation=activation)
 
@@ -127,6 +129,14 @@ class PointMLP(PointSetClassifier):
             cluster_centers (per stage), cluster_k, cluster_regions configure it.
         random_start: FPS starts at a random point in training mode (the
             authors' CUDA FPS starts at index 0, the default here).
+        fps_skip_near_origin: the local groupers' FPS follows the authors'
+            CUDA FPS (pointnet2_ops): after the first pick it never picks a
+            point with x^2 + y^2 + z^2 <= 1e-3 (see
+            :func:`pointcoc.ops.farthest_point_sample`). Off by default (every
+            point is a candidate); on for models loaded with
+            :func:`pointcoc.load_authors_checkpoint`, whose weights were
+            trained with that rule. Exact distance ties still go to the
+            lowest index (the kernel's thread order may pick another).
 
     Forward: ``model(xyz (B, N, D), features (B, N, in_channels) or None,
     lengths (B,) long or None) -> logits (B, num_classes)``. Every set needs
@@ -142,7 +152,8 @@ class PointMLP(PointSetClassifier):
                  normalize: Optional[str] = "anchor", classifier_dims: Sequence[int] = (512, 256),
                  dropout: float = 0.5, cluster: Optional[str] = None, cluster_heads: int = 1,
                  cluster_head_dim: Optional[int] = None, cluster_centers: Union[int, Sequence[int], None] = None,
-                 cluster_k: int = 8, cluster_regions: int = 1, random_start: bool = False):
+                 cluster_k: int = 8, cluster_regions: int = 1, random_start: bool = False,
+                 fps_skip_near_origin: bool = False):
         super().__init__()
         if coord_dim not in (2, 3):
             raise ValueError(f"coord_dim must be 2 or 3; got {coord_dim!r}")
@@ -171,7 +182,7 @@ class PointMLP(PointSetClassifier):
                 res_expansion=res_expansion, bias=bias, activation=activation, use_xyz=use_xyz, normalize=normalize,
                 random_start=random_start, cluster=cluster, cluster_heads=cluster_heads,
                 cluster_head_dim=cluster_head_dim, cluster_centers=centers[i], cluster_k=cluster_k,
-                cluster_regions=cluster_regions))
+                cluster_regions=cluster_regions, fps_skip_near_origin=fps_skip_near_origin))
             channels = out
         self.stages = nn.ModuleList(blocks)
         self.num_features = channels

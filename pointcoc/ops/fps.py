@@ -8,7 +8,13 @@ import torch
 from . import backends
 from .validation import check_lengths, check_points, check_positive_int
 
-__all__ = ["farthest_point_sample", "fps_torch", "squared_distance_to"]
+__all__ = ["farthest_point_sample", "fps_torch", "squared_distance_to", "near_origin", "initial_min_dist2"]
+
+# The rule of pointnet2_ops' CUDA kernel (furthest_point_sampling_kernel), which the authors' models call:
+# a point with x*x + y*y + z*z <= 1e-3 is never considered after the first pick, and the running
+# distance buffer starts at 1e10 instead of infinity.
+NEAR_ORIGIN_SQUARED_NORM = 1e-3
+KERNEL_START_DIST2 = 1e10
 
 
 def squared_distance_to(xyz: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
@@ -31,30 +37,59 @@ def squared_distance_to(xyz: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
     return dist2
 
 
-def fps_torch(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+def near_origin(xyz: torch.Tensor) -> torch.Tensor:
+    """BoolTensor (B, N): True where ``x*x + y*y (+ z*z) <= 1e-3``, as pointnet2_ops' CUDA FPS tests it.
+
+    The squared norm is summed in the input's precision (x, then y, then z)
+    and compared in float64, as the kernel compares its float ``mag`` with the
+    double literal ``1e-3``.
+    """
+    zero = torch.zeros(xyz.shape[0], xyz.shape[-1], dtype=xyz.dtype, device=xyz.device)
+    return squared_distance_to(xyz, zero).double() <= NEAR_ORIGIN_SQUARED_NORM
+
+
+def initial_min_dist2(xyz: torch.Tensor, lengths: torch.Tensor, skip_near_origin: bool) -> torch.Tensor:
+    """The running minimum distance every FPS backend starts from: Tensor (B, N) in xyz's dtype.
+
+    Candidates start at inf (at 1e10 with ``skip_near_origin``, as the CUDA
+    kernel); padding (and, with ``skip_near_origin``, points near the origin)
+    hold -1 and so are never picked while any candidate is left. When none is
+    left, the pick is index 0 (the kernel's default ``besti = 0``).
+    """
+    batch, n, _ = xyz.shape
+    excluded = torch.arange(n, device=xyz.device)[None, :] >= lengths[:, None]
+    if skip_near_origin:
+        excluded = excluded | near_origin(xyz)
+    start = KERNEL_START_DIST2 if skip_near_origin else float("inf")
+    out = torch.full((batch, n), start, dtype=xyz.dtype, device=xyz.device)
+    return out.masked_fill(excluded, -1.0)
+
+
+def fps_torch(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
+              skip_near_origin: bool) -> torch.Tensor:
     """Reference FPS: a plain loop over samples, vectorised over the batch.
+
+    Every backend has this signature (``backends.register("fps", ...)``).
 
     Args:
         xyz: Tensor (B, N, D) of point positions.
         n_samples: number of points to pick per set.
         lengths: LongTensor (B,) with values in [1, N].
         start: LongTensor (B,) giving the first pick of each set.
+        skip_near_origin: the CUDA kernel's rule (see :func:`farthest_point_sample`).
 
     Returns:
         LongTensor (B, n_samples); entries past lengths[b] are -1.
     """
-    batch, n, _ = xyz.shape
-    arange_b = torch.arange(batch, device=xyz.device)
-    padded = torch.arange(n, device=xyz.device)[None, :] >= lengths[:, None]
-    min_dist2 = torch.full((batch, n), float("inf"), dtype=xyz.dtype, device=xyz.device)
-    min_dist2 = min_dist2.masked_fill(padded, -1.0)
-    idx = torch.full((batch, n_samples), -1, dtype=torch.long, device=xyz.device)
+    arange_b = torch.arange(xyz.shape[0], device=xyz.device)
+    min_dist2 = initial_min_dist2(xyz, lengths, skip_near_origin)
+    idx = torch.full((xyz.shape[0], n_samples), -1, dtype=torch.long, device=xyz.device)
     farthest = start.clone()
     for i in range(n_samples):
         idx[:, i] = torch.where(lengths > i, farthest, torch.full_like(farthest, -1))
         dist2 = squared_distance_to(xyz, xyz[arange_b, farthest])
-        min_dist2 = torch.minimum(min_dist2, dist2)
-        farthest = torch.argmax(min_dist2, dim=1)
+        min_dist2 = torch.minimum(min_dist2, dist2)  # excluded points keep -1
+        farthest = torch.argmax(min_dist2, dim=1)  # first maximum; all -1 gives index 0
     return idx
 
 
@@ -67,6 +102,7 @@ def farthest_point_sample(
     lengths: Optional[torch.Tensor] = None,
     random_start: bool = False,
     backend: Optional[str] = None,
+    skip_near_origin: bool = False,
 ) -> torch.Tensor:
     """Pick ``n_samples`` points per set that are spread out in space.
 
@@ -74,6 +110,20 @@ def farthest_point_sample(
     ``random_start``); each next pick is the point farthest from those already
     picked, ties going to the lowest index. Once a set's own points are exhausted
     the same rule may pick a point again (all distances are 0).
+
+    ``skip_near_origin=True`` reproduces the rule of pointnet2_ops' CUDA
+    ``furthest_point_sample``, which the authors of PointMLP and PointMLP-CoC
+    trained with: after the first pick, a point with ``x*x + y*y + z*z <= 1e-3``
+    (summed in the input's precision) is never picked, the running distance
+    starts at 1e10 instead of infinity (it caps squared distances above 1e10),
+    and when no point is left to pick (every valid point near the origin) the
+    pick is index 0. The first pick itself may be near the origin. One
+    difference remains: among points at exactly the same distance the kernel
+    keeps the winner of its thread reduction (threads stride over the points;
+    the tree keeps the lower thread only on a tie of its two halves), which is
+    not always the lowest index; here it always is. Exact ties are rare on
+    real scans. nvcc may also contract the kernel's distance into fused
+    multiply-adds (a last-bit difference).
 
     Args:
         xyz: FloatTensor (B, N, D) with D in {2, 3} giving point positions.
@@ -83,6 +133,7 @@ def farthest_point_sample(
             None means every set has N points.
         random_start: draw the first pick from torch's global RNG instead of 0.
         backend: force an implementation for this call ("torch", ...).
+        skip_near_origin: the CUDA kernel's rule above (default False).
 
     Returns:
         LongTensor (B, n_samples) of indices into dim 1 of ``xyz``; entries
@@ -90,6 +141,8 @@ def farthest_point_sample(
     """
     check_points("xyz", xyz)
     n_samples = check_positive_int("n_samples", n_samples)
+    if not isinstance(skip_near_origin, bool):
+        raise ValueError(f"skip_near_origin must be a bool; got {skip_near_origin!r}")
     batch, n, _ = xyz.shape
     lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device)
     if random_start:
@@ -97,4 +150,4 @@ def farthest_point_sample(
     else:
         start = torch.zeros(batch, dtype=torch.long, device=xyz.device)
     impl = backends.resolve("fps", xyz.device, backend)
-    return impl.fn(xyz.contiguous(), n_samples, lengths, start)
+    return impl.fn(xyz.contiguous(), n_samples, lengths, start, skip_near_origin)

@@ -5,7 +5,9 @@ operations in the same order (squared distances summed x, then y, then z, in
 the input's own precision), ties going to the lowest index, padding never
 picked, -1 / inf past the lengths. Registered as backend ``"numba"`` on the
 CPU when numba imports; dtypes other than float32 / float64 go to the
-reference. Kernels are compiled once per dtype and cached on disk
+reference. FPS starts from the reference's running minimum
+(:func:`pointcoc.ops.fps.initial_min_dist2`), so the near-origin rule is the
+reference's own. Kernels are compiled once per dtype and cached on disk
 (``cache=True``), so only the first run on a machine pays the compile time.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from . import backends
-from .fps import fps_torch
+from .fps import fps_torch, initial_min_dist2
 from .knn import KNNResult, exact_dist2, knn_torch
 
 __all__ = ["WITH_NUMBA", "fps_numba", "knn_numba"]
@@ -34,9 +36,11 @@ _DTYPES = (torch.float32, torch.float64)
 if WITH_NUMBA:
 
     @numba.njit(cache=True, nogil=True)
-    def _fps_sets(coords, lengths, start, n_samples, out, first, stop):
+    def _fps_sets(coords, init, lengths, start, n_samples, out, first, stop):
         """FPS of sets first..stop-1: coords (B, D, N) coordinate-major, writes out (B, n_samples).
 
+        ``init`` (B, N) is the starting running minimum of
+        :func:`pointcoc.ops.fps.initial_min_dist2` (-1 on points never picked).
         Each step runs three simple loops (distances, running minimum and its
         maximum, first index of the maximum) that the compiler can vectorise.
         """
@@ -45,7 +49,7 @@ if WITH_NUMBA:
         dist2 = np.empty(n, dtype=coords.dtype)
         for b in range(first, stop):
             n_valid = lengths[b]
-            min_dist2[:n_valid] = np.inf
+            min_dist2[:n_valid] = init[b, :n_valid]
             farthest = start[b]
             for i in range(n_samples):
                 if i >= n_valid:
@@ -68,10 +72,12 @@ if WITH_NUMBA:
                     nearest = min(min_dist2[j], dist2[j])
                     min_dist2[j] = nearest
                     best = max(best, nearest)
-                for j in range(n_valid):  # ties go to the lowest index
-                    if min_dist2[j] == best:
-                        farthest = j
-                        break
+                farthest = 0  # no candidate left (all -1): index 0, as the reference
+                if best >= 0:
+                    for j in range(n_valid):  # ties go to the lowest index
+                        if min_dist2[j] == best:
+                            farthest = j
+                            break
 
     @numba.njit(cache=True, nogil=True)
     def _knn_queries(query, points, query_lengths, point_lengths, out_d, out_i, first, stop):
@@ -130,7 +136,8 @@ def _run_split(kernel, total: int, *args) -> None:
         future.result()
 
 
-def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
+              skip_near_origin: bool) -> torch.Tensor:
     """Numba FPS with the signature and results of :func:`pointcoc.ops.fps.fps_torch`.
 
     Args:
@@ -138,16 +145,19 @@ def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: t
         n_samples: number of points to pick per set.
         lengths: LongTensor (B,) with values in [1, N].
         start: LongTensor (B,) giving the first pick of each set.
+        skip_near_origin: the CUDA kernel's rule (see :func:`pointcoc.ops.farthest_point_sample`).
 
     Returns:
         LongTensor (B, n_samples); entries past lengths[b] are -1.
     """
     if xyz.dtype not in _DTYPES:
-        return fps_torch(xyz, n_samples, lengths, start)
+        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
     batch = xyz.shape[0]
+    xyz = xyz.detach()
     out = np.empty((batch, n_samples), dtype=np.int64)
-    coords = xyz.detach().transpose(1, 2).contiguous().numpy()
-    _run_split(_fps_sets, batch, coords, lengths.numpy(), start.numpy(), n_samples, out)
+    coords = xyz.transpose(1, 2).contiguous().numpy()
+    init = initial_min_dist2(xyz, lengths, skip_near_origin).numpy()
+    _run_split(_fps_sets, batch, coords, init, lengths.numpy(), start.numpy(), n_samples, out)
     return torch.from_numpy(out)
 
 

@@ -3,8 +3,9 @@
 pytorch3d pads kNN results with index 0 and distance 0; here they become -1
 and inf like every other backend, and its kNN distances become the
 reference's own values by an exact re-ranking of a few more candidates than
-asked for. Its FPS always starts at index 0 (or at its own random pick), so a
-random start drawn by pointcoc goes to the reference.
+asked for. Its FPS always starts at index 0 (or at its own random pick) and
+has no near-origin rule, so a random start drawn by pointcoc and
+``skip_near_origin=True`` go to the reference.
 """
 from __future__ import annotations
 
@@ -18,14 +19,17 @@ from .knn import KNNResult, _finish, exact_among_candidates, exact_dist2, knn_to
 __all__ = ["fps_pytorch3d", "knn_pytorch3d"]
 
 
-def fps_pytorch3d(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+def fps_pytorch3d(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
+                  skip_near_origin: bool) -> torch.Tensor:
     """``pytorch3d.ops.sample_farthest_points`` with the signature of :func:`pointcoc.ops.fps.fps_torch`.
+
+    pytorch3d has no near-origin rule: ``skip_near_origin=True`` goes to the reference.
 
     Returns:
         LongTensor (B, n_samples); entries past lengths[b] are -1.
     """
-    if bool((start != 0).any()):
-        return fps_torch(xyz, n_samples, lengths, start)
+    if skip_near_origin or bool((start != 0).any()):
+        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
     _, idx = _optional.pytorch3d_ops.sample_farthest_points(
         xyz, lengths=lengths, K=n_samples, random_start_point=False
     )
