@@ -3,7 +3,8 @@ __version__ = "0.1.0"
 
 from . import functional, layers, models, ops  # noqa: F401
 from .env import env_report
-from .models import PointMLP, PointMLPCoC, PointMLPElite, create_model, list_models, register_model
+from .models import (PointMLP, PointMLPCoC, PointMLPElite, create_model, list_models, load_authors_checkpoint,
+                     register_model)
 
 __all__ = [
     "ops",
@@ -17,5 +18,6 @@ __all__ = [
     "list_models",
     "register_model",
     "env_report",
+    "load_authors_checkpoint",
     "__version__",
 ]

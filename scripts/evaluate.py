@@ -2,6 +2,7 @@
 """Re-evaluate a training checkpoint on its test set and print OA / mAcc.
 
     python scripts/evaluate.py runs/coc/last.pt --votes 10
+    python scripts/evaluate.py --authors-checkpoint best_checkpoint.pth --model pointmlp_coc   # the authors' weights
 
 Exit code 2 (and a message) when the checkpoint or the data is missing or wrong.
 """

@@ -81,10 +81,22 @@ def train_main(args: argparse.Namespace) -> int:
 
 def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Re-evaluate a checkpoint written by train_scanobjectnn.py or train_pixels.py on its test set; "
+        description="Re-evaluate a checkpoint written by train_scanobjectnn.py or train_pixels.py on its test set, "
+                    "or (--authors-checkpoint) one written by the authors' PointMLP / Context-Cluster scripts; "
                     "prints OA, mAcc and a per-class accuracy table.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="last.pt or best.pt")
+    p.add_argument("checkpoint", nargs="?", default=None, help="last.pt or best.pt of a pointcoc run")
+    a = p.add_argument_group("the authors' checkpoints (their main.py's last_checkpoint.pth / best_checkpoint.pth)")
+    a.add_argument("--authors-checkpoint", default=None, metavar="PATH",
+                   help="evaluate this checkpoint of the authors' scripts instead (see pointcoc.load_authors_checkpoint)")
+    a.add_argument("--model", default="pointmlp_coc", choices=("pointmlp", "pointmlp_elite", "pointmlp_coc"),
+                   help="the model the authors' checkpoint holds")
+    a.add_argument("--model-kwargs", type=json_dict, default={},
+                   help="JSON object of configuration overrides for a non-published width, e.g. '{\"embed_dim\": 32}'")
+    a.add_argument("--dataset", choices=POINT_DATASETS, default="scanobjectnn", help="test set")
+    a.add_argument("--variant", default="PB_T50_RS", type=lambda s: s.upper().replace("-", "_"),
+                   choices=sorted(SCANOBJECTNN_VARIANTS), help="ScanObjectNN variant")
+    a.add_argument("--num-points", type=int, default=1024, help="first this many points of each test cloud")
     p.add_argument("--votes", type=int, default=1,
                    help="test-time voting: average softmax over the plain pass and votes-1 passes with random "
                         "anisotropic scaling U(0.85, 1.15)")
@@ -108,6 +120,10 @@ def evaluate_main(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     device = resolve_device(args.device)
+    if (args.checkpoint is None) == (args.authors_checkpoint is None):
+        raise ValueError("give one checkpoint: a pointcoc run's last.pt / best.pt, or --authors-checkpoint PATH")
+    if args.authors_checkpoint is not None:
+        return _evaluate_authors_checkpoint(args, device)
     state = load_checkpoint(args.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     collate = collate_point_dicts
@@ -120,16 +136,36 @@ def evaluate_main(args: argparse.Namespace) -> int:
     else:
         _, test_ds, names = build_point_datasets(cfg.dataset, args.data_root or cfg.data_root,
                                                  cfg.variant or "PB_T50_RS", cfg.num_points)
-    model = build_model_from_checkpoint(state).to(device)
+    model = build_model_from_checkpoint(state)
+    what = f"checkpoint {args.checkpoint} (epoch {state['epoch']}, model {cfg.model}, {cfg.dataset})"
+    return _evaluate_and_report(args, device, model, test_ds, names, collate, what, {"epoch": state["epoch"]})
+
+
+def _evaluate_authors_checkpoint(args: argparse.Namespace, device) -> int:
+    """``--authors-checkpoint``: load it with ``load_authors_checkpoint``, evaluate on ``--dataset``."""
+    from pointcoc.models import load_authors_checkpoint
+
+    _, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points)
+    model = load_authors_checkpoint(args.authors_checkpoint, args.model, **args.model_kwargs)
+    if model.num_classes != len(names):
+        raise ValueError(f"the authors' checkpoint has {model.num_classes} classes; {args.dataset} has {len(names)}")
+    what = f"authors' checkpoint {args.authors_checkpoint} (model {args.model}, {args.dataset})"
+    return _evaluate_and_report(args, device, model.float(), test_ds, names, collate_point_dicts, what,
+                                {"model": args.model, "dataset": args.dataset})
+
+
+def _evaluate_and_report(args, device, model, test_ds, names, collate, what: str, extra: dict) -> int:
+    model = model.to(device)
     loader = DataLoader(test_ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=collate)
     m = evaluate(model, loader, len(names), device, votes=args.votes, limit_batches=args.limit_val_batches,
                  class_names=names, vote_seed=args.seed)
-    print(f"checkpoint {args.checkpoint} (epoch {state['epoch']}, model {cfg.model}, {cfg.dataset}): "
-          f"OA {m['oa']:.2f}%  mAcc {m['macc']:.2f}%  loss {m['loss']:.4f}  votes {args.votes}  ({m['count']} samples)")
+    print(f"{what}: OA {m['oa']:.2f}%  mAcc {m['macc']:.2f}%  loss {m['loss']:.4f}  votes {args.votes}  "
+          f"({m['count']} samples)")
     rows = per_class_table(m)
     print(format_per_class_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**m, "per_class": rows, "votes": args.votes, "epoch": state["epoch"], "checkpoint": str(args.checkpoint)}, f)
+            json.dump({**m, "per_class": rows, "votes": args.votes, **extra,
+                       "checkpoint": str(args.checkpoint or args.authors_checkpoint)}, f)
     return 0
