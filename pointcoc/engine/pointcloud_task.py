@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 from torch.utils.data import DataLoader, Subset
 
@@ -21,6 +23,7 @@ from .loop import (build_model_from_checkpoint, collate_point_dicts, evaluate, f
                    seed_everything, stratified_split)
 from .metrics import format_per_class_table, per_class_table
 from .pixel_task import pixel_test_set
+from .seeds import summarize_seed_runs, write_seed_summary
 
 __all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "run_cli", "USAGE_ERRORS"]
 
@@ -54,11 +57,40 @@ def build_train_parser() -> argparse.ArgumentParser:
     add_training_args(p)
     p.add_argument("--model-kwargs", type=json_dict, default={},
                    help='JSON object of model constructor overrides, e.g. \'{"embed_dim": 32}\'')
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="train the same configuration once per seed, run s in OUTPUT/seed<s>/, and write the mean "
+                        "± std of OA and mAcc to OUTPUT/summary.json and summary.md (replaces --seed)")
     return p
 
 
 def train_main(args: argparse.Namespace) -> int:
-    """Build data, model and config from parsed args, then ``fit``. Returns 0 (or raises USAGE_ERRORS)."""
+    """Build data, model and config from parsed args, then ``fit`` (once per seed with ``--seeds``).
+
+    Returns 0 (or raises USAGE_ERRORS).
+    """
+    if not getattr(args, "seeds", None):
+        _train_run(args)
+        return 0
+    if args.resume or args.stop_after_epoch:
+        raise ValueError("--seeds cannot be combined with --resume or --stop-after-epoch; resume one run "
+                         "(OUTPUT/seed<s>) with --seed s instead")
+    runs = []
+    for seed in args.seeds:
+        out = str(Path(args.output) / f"seed{seed}")
+        results = _train_run(argparse.Namespace(**{**vars(args), "seed": seed, "output": out}))
+        runs.append({"seed": seed, "output": out, **results})
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 writes files
+        summary = summarize_seed_runs(runs)
+        title = f"{args.model} on {args.dataset}, seeds {' '.join(map(str, args.seeds))}"
+        write_seed_summary(summary, args.output, title)
+        oa, macc = summary["oa"], summary["macc"]
+        print(f"SUMMARY over seeds {args.seeds}: OA {oa['mean']:.2f} ± {oa['std']:.2f} %  "
+              f"mAcc {macc['mean']:.2f} ± {macc['std']:.2f} %  ({summary['protocol']}; {args.output}/summary.md)")
+    return 0
+
+
+def _train_run(args: argparse.Namespace) -> dict:
+    """One training run (``args.seed``, ``args.output``); returns its results dict."""
     from pointcoc.models import create_model
 
     resolve_device(args.device)  # an unavailable device stops the run before the data is read
@@ -74,9 +106,8 @@ def train_main(args: argparse.Namespace) -> int:
         train_ds, val_ds = Subset(train_ds, tr_idx), Subset(val_base, val_idx)
     seed_everything(config.seed)
     model = create_model(config.model, **model_kwargs)
-    fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts, val_dataset=val_ds,
-        resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite)
-    return 0
+    return fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts,
+               val_dataset=val_ds, resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite)
 
 
 def build_eval_parser() -> argparse.ArgumentParser:

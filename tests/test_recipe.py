@@ -1,0 +1,78 @@
+"""Per-model recipe defaults: the number of epochs of the authors' script for each model."""
+import argparse
+import json
+
+import pytest
+
+from pointcoc.engine.config import AUTHORS_EPOCHS, TrainConfig, add_training_args, config_from_args
+from pointcoc.engine.pointcloud_task import build_train_parser
+
+
+@pytest.mark.parametrize("model,epochs", [("pointmlp", 200), ("pointmlp_elite", 200), ("pointmlp_coc", 250),
+                                          ("pointmlp_pixels", 200)])
+def test_epochs_default_to_the_authors_script_for_the_model(model, epochs):
+    assert TrainConfig(model=model).epochs == epochs
+    args = build_train_parser().parse_args(["--model", model])
+    assert config_from_args(args).epochs == epochs
+    args = build_train_parser().parse_args(["--model", model, "--epochs", "7"])
+    assert config_from_args(args).epochs == 7
+    assert TrainConfig.from_dict(TrainConfig(model=model).to_dict()).epochs == epochs
+
+
+def test_other_recipe_items_are_the_same_for_every_published_model():
+    base = {k: v for k, v in TrainConfig(model="pointmlp").to_dict().items() if k not in ("model", "epochs")}
+    for model in AUTHORS_EPOCHS:
+        assert {k: v for k, v in TrainConfig(model=model).to_dict().items() if k not in ("model", "epochs")} == base
+
+
+def test_a_script_with_its_own_defaults_keeps_its_epochs():
+    parser = add_training_args(argparse.ArgumentParser(), defaults=TrainConfig(model="auto", epochs=30))
+    assert config_from_args(parser.parse_args([])).epochs == 30
+
+
+def test_seeds_train_one_run_per_seed_and_summarize_them(tmp_path, one_thread):
+    """On the shipped real ModelNet40 subset: a tiny model, one short epoch per seed."""
+    import statistics
+
+    import torch
+
+    from script_checks import assert_run_outputs
+
+    from pointcoc.engine.pointcloud_task import run_cli, train_main
+
+    def train(argv):
+        return run_cli(train_main, build_train_parser(), list(map(str, argv)))
+
+    fast = ["--dataset", "modelnet40_mini", "--model", "pointmlp_elite", "--model-kwargs",
+            '{"embed_dim": 8, "k_neighbors": 4, "res_expansion": 0.25}', "--num-points", "64", "--batch-size", "8",
+            "--epochs", "1", "--limit-train-batches", "3", "--workers", "0", "--device", "cpu", "--lr", "0.05"]
+    assert train([*fast, "--seeds", "0", "1", "--output", tmp_path / "multi"]) == 0
+    summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    results = [json.loads((tmp_path / "multi" / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    for s in (0, 1):
+        assert_run_outputs(tmp_path / "multi" / f"seed{s}", epochs=1, n_eval=29, num_classes=40)
+    oa = [r["test_oa"] for r in results]
+    assert summary["seeds"] == [0, 1]
+    assert summary["oa"]["mean"] == pytest.approx(statistics.fmean(oa))
+    assert summary["oa"]["std"] == pytest.approx(statistics.stdev(oa))
+    assert summary["macc"]["mean"] == pytest.approx(statistics.fmean(r["test_macc"] for r in results))
+    assert f"{summary['oa']['mean']:.2f} ± {summary['oa']['std']:.2f}" in (tmp_path / "multi" / "summary.md").read_text()
+    weights = [torch.load(tmp_path / "multi" / f"seed{s}" / "last.pt", weights_only=True)["model"] for s in (0, 1)]
+    assert not torch.equal(weights[0]["embedding.linear.weight"], weights[1]["embedding.linear.weight"])
+    # seed 1 of the several-seed run is the run of --seed 1 alone
+    assert train([*fast, "--seed", "1", "--output", tmp_path / "single"]) == 0
+    alone = torch.load(tmp_path / "single" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(alone[k], weights[1][k]) for k in alone)
+
+
+def test_seed_summary_rejects_duplicate_seeds_and_mixed_protocols():
+    from pointcoc.engine.seeds import summarize_seed_runs
+
+    run = dict(output="o", epoch=1, test_oa=50.0, test_macc=40.0, protocol="final epoch")
+    with pytest.raises(ValueError, match=r"each seed must appear once; got seeds \[0, 0\]"):
+        summarize_seed_runs([{**run, "seed": 0}, {**run, "seed": 0}])
+    with pytest.raises(ValueError, match="one evaluation protocol"):
+        summarize_seed_runs([{**run, "seed": 0}, {**run, "seed": 1, "protocol": "PAPER PROTOCOL"}])
+    with pytest.raises(ValueError, match="at least one finished run"):
+        summarize_seed_runs([])
+    assert summarize_seed_runs([{**run, "seed": 3}])["oa"] == {"mean": 50.0, "std": 0.0}
