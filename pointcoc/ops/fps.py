@@ -119,11 +119,12 @@ def farthest_point_sample(
     and when no point is left to pick (every valid point near the origin) the
     pick is index 0. The first pick itself may be near the origin. One
     difference remains: among points at exactly the same distance the kernel
-    keeps the winner of its thread reduction (threads stride over the points;
-    the tree keeps the lower thread only on a tie of its two halves), which is
-    not always the lowest index; here it always is. Exact ties are rare on
-    real scans. nvcc may also contract the kernel's distance into fused
-    multiply-adds (a last-bit difference).
+    keeps the winner of its thread reduction (thread t scans points t, t + T,
+    ...; each step of the tree keeps the lower thread's candidate unless the
+    upper one's is strictly farther), which is not always the lowest index;
+    here it always is. Exact ties are rare on real scans until every
+    candidate has been picked (all distances 0). nvcc may also contract the
+    kernel's distance into fused multiply-adds (a last-bit difference).
 
     Args:
         xyz: FloatTensor (B, N, D) with D in {2, 3} giving point positions.
