@@ -129,6 +129,8 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
     assert "could not be read" in _error(tmp_path / "junk.pth")
     assert "state dict of tensors; got list" in _error([1, 2])
     assert "got dict with keys ['epoch', 'acc']" in _error({"epoch": 3, "acc": 1.0})
+    assert "one of the authors' models ['pointmlp', 'pointmlp_elite', 'pointmlp_coc']; got 'pointmlp_pixels'" in \
+        _error({"x": torch.zeros(1)}, model="pointmlp_pixels")
     state = _authors_model("pointmlp").state_dict()
     del state["classifier.8.weight"]
     assert "classifier.8.weight" in _error(state, model="pointmlp", **SMALL)

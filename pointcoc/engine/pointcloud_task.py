@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from ..data.augment import PointCloudAugment
 from ..data.h5sets import POINT_DATASETS, SCANOBJECTNN_VARIANTS, build_point_datasets
 from ..data.pixels import collate_pixel_sets
+from ..models.authors import AUTHORS_MODELS
 from .checkpoint import load_checkpoint
 from .cli import USAGE_ERRORS, check_output_file, json_dict, run_cli
 from .config import TrainConfig, add_training_args, config_from_args
@@ -120,7 +121,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("the authors' checkpoints (their main.py's last_checkpoint.pth / best_checkpoint.pth)")
     a.add_argument("--authors-checkpoint", default=None, metavar="PATH",
                    help="evaluate this checkpoint of the authors' scripts instead (see pointcoc.load_authors_checkpoint)")
-    a.add_argument("--model", default="pointmlp_coc", choices=("pointmlp", "pointmlp_elite", "pointmlp_coc"),
+    a.add_argument("--model", default="pointmlp_coc", choices=AUTHORS_MODELS,
                    help="the model the authors' checkpoint holds")
     a.add_argument("--model-kwargs", type=json_dict, default={},
                    help="JSON object of configuration overrides for a non-published width, e.g. '{\"embed_dim\": 32}'")

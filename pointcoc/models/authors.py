@@ -21,9 +21,10 @@ from torch import nn
 from ..reference_pointmlp import state_dict_to_pointcoc
 from .registry import create_model
 
-__all__ = ["load_authors_checkpoint", "authors_state_dict"]
+__all__ = ["load_authors_checkpoint", "authors_state_dict", "AUTHORS_MODELS"]
 
 _PREFIX = "module."
+AUTHORS_MODELS = ("pointmlp", "pointmlp_elite", "pointmlp_coc")  # the configurations their scripts train
 
 
 def authors_state_dict(checkpoint) -> dict:
@@ -89,6 +90,8 @@ def load_authors_checkpoint(checkpoint, model: str = "pointmlp_coc", **model_kwa
             the model (missing or unexpected keys, shape mismatches; the message names the
             first of them). Nothing is loaded then.
     """
+    if model not in AUTHORS_MODELS:
+        raise ValueError(f"model must be one of the authors' models {list(AUTHORS_MODELS)}; got {model!r}")
     state = authors_state_dict(checkpoint)
     kwargs = {"fps_skip_near_origin": True, **model_kwargs}
     kwargs.setdefault("num_classes", _num_classes(state))
