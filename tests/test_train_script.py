@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from pointcoc.engine import load_checkpoint
 
@@ -284,3 +285,23 @@ def test_torchrun_refuses_an_uneven_global_batch_and_cpu_sync_bn(h5_root, tmp_pa
         assert proc.returncode != 0 and f"error: {message}" in proc.stderr, proc.stderr[-3000:]
         assert "pointcoc/engine" not in proc.stderr  # torchrun reports the failed workers; no traceback of ours
         assert not (tmp_path / extra[0] / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_run_repeats_itself_and_resumes_exactly(h5_root, tmp_path):
+    """Two gloo processes: a run stopped after epoch 1 and resumed gives the straight run's metrics and weights."""
+    def torchrun(out, *extra):
+        proc = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", TRAIN, "--data-root",
+                    h5_root, "--epochs", "2", "--seed", "4", "--output", out, *FAST, *extra], timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun(tmp_path / "a")
+    torchrun(tmp_path / "b", "--stop-after-epoch", "1")
+    torchrun(tmp_path / "b", "--resume", tmp_path / "b" / "last.pt")
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in recs]
+
+    assert strip(lines(tmp_path / "a" / "metrics.jsonl")) == strip(lines(tmp_path / "b" / "metrics.jsonl"))
+    wa, wb = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
