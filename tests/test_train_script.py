@@ -213,6 +213,8 @@ BAD_INPUTS = [  # (arguments after the common ones, message); each exits 2 with 
     (["--device", "mps"], r"--device 'mps' requested but MPS \(Apple GPU\) is not available"),
     (["--device", "cuda:99"], r"--device 'cuda:99' requested but"),
     (["--output", "/proc"], r"--output /proc is not writable"),
+    (["--output", "{file}"], r"--output .*/file is a file, not a folder"),
+    (["--output", "{file}/run"], r"--output .*/file/run lies below .*/file, which is a file, not a folder"),
 ]
 
 
@@ -220,21 +222,12 @@ BAD_INPUTS = [  # (arguments after the common ones, message); each exits 2 with 
 def test_bad_inputs_exit_2_with_a_message(h5_root, tmp_path, capsys, extra, message):
     from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
 
+    (tmp_path / "file").write_text("not a folder")
     argv = ["--data-root", h5_root, "--epochs", "1", "--output", tmp_path / "out", *FAST, *extra]
-    assert run_cli(train_main, build_train_parser(), [str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert re.search(message, err), err
-    assert not (tmp_path / "out" / "last.pt").exists()
-
-
-def test_bad_output_folders_exit_2_before_training(h5_root, tmp_path):
-    a_file = tmp_path / "file"
-    a_file.write_text("not a folder")
-    for output, message in ((a_file, "is a file, not a folder"), (a_file / "run", f"lies below {a_file}, which is "
-                                                                                 "a file")):
-        proc = run([TRAIN, "--data-root", h5_root, "--output", output, *FAST])
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr
-        assert message in last_line(proc.stderr) and "epoch" not in proc.stderr
+    assert run_cli(train_main, build_train_parser(), [str(a).replace("{file}", str(tmp_path / "file")) for a in argv]) == 2
+    out, err = capsys.readouterr()
+    assert re.fullmatch("error: " + message + "[^\n]*\n", err), err
+    assert '"epoch": 1' not in out and not list(tmp_path.rglob("last.pt"))
 
 
 def test_existing_runs_and_contradicting_resumes_are_refused(trained, h5_root, tmp_path, capsys):
