@@ -340,7 +340,8 @@ def test_a_learning_rate_that_blows_the_weights_up_stops_before_saving(tmp_path)
     from pointcoc.engine.errors import TrainingDiverged
 
     train, test = datasets()
-    with pytest.raises(TrainingDiverged, match=r"outputs NaN on the evaluation data at epoch 1, step 1; likely --lr 1e\+38.*no checkpoint was saved"):
+    with pytest.raises(TrainingDiverged, match=r"outputs NaN on the evaluation data at epoch 1, step 1; "
+                                               r"likely --lr 1e\+38.*No checkpoint was saved"):
         fit(TinyPointNet(), train, test, config(epochs=2, lr=1e38, limit_train_batches=1), tmp_path, NAMES)
     assert not (tmp_path / "last.pt").exists() and not (tmp_path / "results.json").exists()
 

@@ -213,6 +213,7 @@ BAD_INPUTS = [  # (arguments after the common ones, message); each exits 2 with 
     (["--device", "mps"], r"--device 'mps' requested but MPS \(Apple GPU\) is not available"),
     (["--device", "cuda:99"], r"--device 'cuda:99' requested but"),
     (["--output", "/proc"], r"--output /proc is not writable"),
+    (["--lr", "1e38"], r"training diverged: .* at epoch 1, step \d; likely --lr 1e\+38 is too high"),
     (["--output", "{file}"], r"--output .*/file is a file, not a folder"),
     (["--output", "{file}/run"], r"--output .*/file/run lies below .*/file, which is a file, not a folder"),
 ]
@@ -224,10 +225,33 @@ def test_bad_inputs_exit_2_with_a_message(h5_root, tmp_path, capsys, extra, mess
 
     (tmp_path / "file").write_text("not a folder")
     argv = ["--data-root", h5_root, "--epochs", "1", "--output", tmp_path / "out", *FAST, *extra]
-    assert run_cli(train_main, build_train_parser(), [str(a).replace("{file}", str(tmp_path / "file")) for a in argv]) == 2
+    argv = [str(a).replace("{file}", str(tmp_path / "file")) for a in argv]
+    assert run_cli(train_main, build_train_parser(), argv) == 2
     out, err = capsys.readouterr()
-    assert re.fullmatch("error: " + message + "[^\n]*\n", err), err
+    assert re.fullmatch("error: " + message + ".*", last_line(err)) and "Traceback" not in err, err
     assert '"epoch": 1' not in out and not list(tmp_path.rglob("last.pt"))
+
+
+def test_a_full_disk_exits_2_saying_the_previous_checkpoint_is_intact(h5_root, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+
+    real_save, calls = torch.save, []
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    argv = ["--data-root", h5_root, "--epochs", "3", "--output", tmp_path, *FAST]
+    assert run_cli(train_main, build_train_parser(), [str(a) for a in argv]) == 2
+    assert last_line(capsys.readouterr().err) == (f"error: the disk is full: could not write {tmp_path / 'last.pt'} "
+                                                  "(No space left on device); the previous last.pt is intact. Free "
+                                                  "some space and resume")
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_existing_runs_and_contradicting_resumes_are_refused(trained, h5_root, tmp_path, capsys):

@@ -255,7 +255,7 @@ class _Run:
 
     def diverged(self, what: str, config: TrainConfig, amp: bool) -> TrainingDiverged:
         kept = (f"{self.checkpoint} (epoch {self.saved_epoch}) is intact" if self.checkpoint is not None
-                else "no checkpoint was saved")
+                else "No checkpoint was saved")
         likely = f"--lr {config.lr} is too high for this model and batch size; try a smaller --lr"
         if config.weight_decay > 0.01:
             likely += f" or --weight-decay (now {config.weight_decay})"
