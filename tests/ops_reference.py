@@ -98,3 +98,49 @@ def numpy_fps_kernel(xyz: np.ndarray, n_samples: int, lengths: np.ndarray, threa
             old = int(besti[0])
             out[b, j] = old
     return out
+
+
+SPREAD_KINDS = ["clusters 500", "clusters 1e4", "offset 1e5", "outliers", "pixels", "lattice"]
+
+
+def spread_case(kind, seed):
+    """Sets whose extent dwarfs their neighbours' distances: where |q|^2 - 2 q.p + |p|^2 cancels."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    if kind in ("clusters 500", "clusters 1e4"):  # two unit cubes far apart along a random axis, per set
+        shift = torch.zeros(2, 1, 3, dtype=torch.float64)
+        shift[0, 0, 0], shift[1, 0, 2] = (500.0, 1e4) if kind == "clusters 500" else (1e4, 500.0)
+        xyz = torch.cat([rand(2, 200, 3) - shift, rand(2, 200, 3) + shift], 1)
+        xyz = xyz[:, torch.randperm(400, generator=g)]
+    elif kind == "offset 1e5":
+        xyz = rand(2, 400, 3) + 1e5
+    elif kind == "outliers":
+        xyz = rand(2, 400, 3)
+        xyz[:, :8] *= 1e4
+    elif kind == "pixels":  # pixel coordinates in pixels: many equal distances
+        cells = torch.stack([torch.randperm(224 * 224, generator=g)[:400] for _ in range(2)])
+        xyz = torch.stack([cells // 224, cells % 224], -1).double()
+    else:  # "lattice": a 3-D integer grid, ties at every shell
+        axis = torch.arange(8.0, dtype=torch.float64)
+        xyz = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, 512, 3).repeat(2, 1, 1)
+    n = xyz.shape[1]
+    return xyz.float(), torch.tensor([n - 37, n])  # ragged: the first set ends early
+
+
+def check_against_float64(points, k, lengths, result):
+    """Self-kNN: the chosen points' float64 distances are the k smallest of a float64 brute force (vectorised)."""
+    p = points.double()
+    dist2 = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    rows = torch.arange(p.shape[1])
+    dist2 = dist2.masked_fill(rows[None, None, :] >= lengths[:, None, None], float("inf"))
+    expected = dist2.sort(-1).values[..., :k]
+    own = torch.gather(dist2, -1, result.idx.clamp_min(0)).masked_fill(result.idx < 0, float("inf"))
+    valid = (rows[None, :] < lengths[:, None])[..., None]
+    torch.testing.assert_close(own.sort(-1).values[valid.expand_as(own)], expected[valid.expand_as(own)],
+                               rtol=1e-6, atol=1e-9)
+    assert bool((result.idx < lengths[:, None, None]).all()) and bool((result.idx[~valid[..., 0]] == -1).all())
+    distinct = result.idx.sort(-1).values
+    assert bool(((distinct[..., 1:] != distinct[..., :-1]) | (distinct[..., 1:] < 0)).all())

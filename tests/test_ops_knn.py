@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ops_reference import numpy_knn_dist2, random_lengths
+from ops_reference import SPREAD_KINDS, check_against_float64, numpy_knn_dist2, random_lengths, spread_case
 from pointcoc import _optional
 from pointcoc.bench import peak_cpu_memory
 from pointcoc.ops import available_backends, knn, use_backend
@@ -20,22 +20,6 @@ def _case(seed, batch, m, n, dim, ragged, dtype=torch.float32):
     query = (torch.rand(batch, m, dim, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
     points = (torch.rand(batch, n, dim, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
     return query, points, random_lengths(batch, m, g, ragged), random_lengths(batch, n, g, ragged)
-
-
-def _check_against_float64(points, k, lengths, result):
-    """Self-kNN: the chosen points' float64 distances are the k smallest of a float64 brute force (vectorised)."""
-    p = points.double()
-    dist2 = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-    rows = torch.arange(p.shape[1])
-    dist2 = dist2.masked_fill(rows[None, None, :] >= lengths[:, None, None], float("inf"))
-    expected = dist2.sort(-1).values[..., :k]
-    own = torch.gather(dist2, -1, result.idx.clamp_min(0)).masked_fill(result.idx < 0, float("inf"))
-    valid = (rows[None, :] < lengths[:, None])[..., None]
-    torch.testing.assert_close(own.sort(-1).values[valid.expand_as(own)], expected[valid.expand_as(own)],
-                               rtol=1e-6, atol=1e-9)
-    assert bool((result.idx < lengths[:, None, None]).all()) and bool((result.idx[~valid[..., 0]] == -1).all())
-    distinct = result.idx.sort(-1).values
-    assert bool(((distinct[..., 1:] != distinct[..., :-1]) | (distinct[..., 1:] < 0)).all())
 
 
 def _check_against_numpy(query, points, k, ql, pl, result):
@@ -89,40 +73,13 @@ def test_large_coordinates_far_from_origin(backend):
     torch.testing.assert_close(out.dist2, ref.dist2, rtol=1e-5, atol=1e-5)
 
 
-def _spread_case(kind, seed):
-    """Sets whose extent dwarfs their neighbours' distances: where |q|^2 - 2 q.p + |p|^2 cancels."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=g, dtype=torch.float64)
-
-    if kind in ("clusters 500", "clusters 1e4"):  # two unit cubes far apart along a random axis, per set
-        shift = torch.zeros(2, 1, 3, dtype=torch.float64)
-        shift[0, 0, 0], shift[1, 0, 2] = (500.0, 1e4) if kind == "clusters 500" else (1e4, 500.0)
-        xyz = torch.cat([rand(2, 200, 3) - shift, rand(2, 200, 3) + shift], 1)
-        xyz = xyz[:, torch.randperm(400, generator=g)]
-    elif kind == "offset 1e5":
-        xyz = rand(2, 400, 3) + 1e5
-    elif kind == "outliers":
-        xyz = rand(2, 400, 3)
-        xyz[:, :8] *= 1e4
-    elif kind == "pixels":  # pixel coordinates in pixels: many equal distances
-        cells = torch.stack([torch.randperm(224 * 224, generator=g)[:400] for _ in range(2)])
-        xyz = torch.stack([cells // 224, cells % 224], -1).double()
-    else:  # "lattice": a 3-D integer grid, ties at every shell
-        axis = torch.arange(8.0, dtype=torch.float64)
-        xyz = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, 512, 3).repeat(2, 1, 1)
-    n = xyz.shape[1]
-    return xyz.float(), torch.tensor([n - 37, n])  # ragged: the first set ends early
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("kind", ["clusters 500", "clusters 1e4", "offset 1e5", "outliers", "pixels", "lattice"])
+@pytest.mark.parametrize("kind", SPREAD_KINDS)
 def test_exact_at_any_extent(backend, kind):
     """Every backend returns the k smallest distances of a float64 brute force, and the reference's own values."""
-    xyz, lengths = _spread_case(kind, seed=len(kind))
+    xyz, lengths = spread_case(kind, seed=len(kind))
     out = knn(xyz, xyz, 16, lengths, lengths, backend=backend)
-    _check_against_float64(xyz, 16, lengths, out)
+    check_against_float64(xyz, 16, lengths, out)
     assert torch.equal(out.dist2, knn(xyz, xyz, 16, lengths, lengths, backend="torch").dist2)
     assert bool((out.dist2[..., 0][out.idx[..., 0] >= 0] == 0).all())  # each point is its own nearest
 
@@ -130,7 +87,7 @@ def test_exact_at_any_extent(backend, kind):
 @pytest.mark.parametrize("precision", ["high", "medium"])
 def test_mm_exact_with_reduced_precision_matmuls(precision):
     """TF32 / bfloat16 matmuls widen the margin of the candidates; the result stays exact."""
-    xyz, lengths = _spread_case("clusters 500", seed=3)
+    xyz, lengths = spread_case("clusters 500", seed=3)
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
@@ -158,12 +115,12 @@ def test_pytorch3d_wrapper_is_exact(monkeypatch):
 
     monkeypatch.setattr(pytorch3d_backend._optional, "pytorch3d_ops", SimpleNamespace(knn_points=knn_points))
     for kind in ("clusters 1e4", "lattice"):
-        xyz, lengths = _spread_case(kind, seed=1)
+        xyz, lengths = spread_case(kind, seed=1)
         lengths[0] = 20  # fewer points than k + 8 candidates
         out = pytorch3d_backend.knn_pytorch3d(xyz, xyz, 16, lengths, lengths)
         ref = knn(xyz, xyz, 16, lengths, lengths, backend="torch")
         assert torch.equal(out.dist2, ref.dist2) and torch.equal(out.idx < 0, ref.idx < 0)
-        _check_against_float64(xyz, 16, lengths, out)
+        check_against_float64(xyz, 16, lengths, out)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -119,9 +119,9 @@ def test_optional_placeholder():
         _optional.pytorch3d_ops.knn_points
 
 
-def test_works_without_numba_and_pytorch3d():
+def test_works_without_numba_pytorch3d_and_triton():
     code = (
-        "import sys; sys.modules['numba'] = None; sys.modules['pytorch3d'] = None\n"
+        "import sys; sys.modules['numba'] = None; sys.modules['pytorch3d'] = None; sys.modules['triton'] = None\n"
         "import torch, pointcoc.ops as o\n"
         "assert o.available_backends('fps') == ['torch'], o.available_backends()\n"
         "x = torch.rand(2, 50, 3)\n"

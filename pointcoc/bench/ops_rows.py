@@ -59,7 +59,7 @@ def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8
         note = "same distances as the torch reference" if close else "DISTANCES DIFFER from the torch reference"
         case = f"B={batch}, M={m}, N={n}, k={k}"
         rows.append(Row("kNN", case, ours_name, "cdist + topk", t_ours, t_ref, mem_ours, mem_ref, note))
-        if ours_name != "mm":  # the torch-only fast path (the default on CUDA without pytorch3d)
+        if ours_name != "mm":  # the torch-only fast path (the default on CUDA without triton or pytorch3d)
             mm = lambda: ops.knn(query, points, k, backend="mm")  # noqa: E731
             t_mm, t_ref = time_pair(mm, brute, device, repeat=repeat)
             close = torch.allclose(mm().dist2, exact, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,7 @@
 Each op has one signature and several backends chosen at run time; see
 :mod:`pointcoc.ops.backends`.
 """
-from . import numba_backend, pytorch3d_backend  # noqa: F401  (register the optional backends)
+from . import numba_backend, pytorch3d_backend, triton_backend  # noqa: F401  (register the optional backends)
 from .backends import available_backends, get_backend, set_backend, use_backend
 from .fps import farthest_point_sample
 from .gather import gather

@@ -13,8 +13,9 @@ supports it.
 Backends: ``"torch"`` (reference, CPU and CUDA), ``"numba"`` (compiled CPU
 kernels, FPS and kNN; when numba imports), ``"mm"`` (kNN by chunked matrix
 products that provably keep every true neighbour among their candidates, then
-exact distances, CPU and CUDA), ``"pytorch3d"`` (FPS and kNN; when pytorch3d
-imports; its kNN re-ranked exactly). Every backend returns the reference's FPS
+exact distances, CPU and CUDA), ``"triton"`` (FPS and kNN kernels, CUDA; on
+CPU tensors only when forced, in Triton's interpreter), ``"pytorch3d"`` (FPS and
+kNN; when pytorch3d imports; its kNN re-ranked exactly). Every backend returns the reference's FPS
 indices and kNN distances, at any extent of the coordinates; the tests compare
 them.
 """
@@ -39,6 +40,7 @@ class Backend:
     fn: Callable
     devices: tuple  # device types it runs on, e.g. ("cpu",) or ("cpu", "cuda")
     priority: int  # higher is tried first
+    forced_devices: tuple = ()  # device types it runs on only when forced (never chosen automatically)
 
 
 _REGISTRY: Dict[str, Dict[str, Backend]] = {}
@@ -46,9 +48,10 @@ _UNAVAILABLE: Dict[str, Dict[str, str]] = {}  # op -> backend name -> why it did
 _forced: Optional[str] = None
 
 
-def register(op: str, name: str, fn: Callable, devices=("cpu", "cuda"), priority: int = 0) -> None:
-    """Register ``fn`` as implementation ``name`` of ``op``."""
-    _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, tuple(devices), priority)
+def register(op: str, name: str, fn: Callable, devices=("cpu", "cuda"), priority: int = 0,
+             forced_devices=()) -> None:
+    """Register ``fn`` as implementation ``name`` of ``op`` (``forced_devices``: only when forced there)."""
+    _REGISTRY.setdefault(op, {})[name] = Backend(name, fn, tuple(devices), priority, tuple(forced_devices))
 
 
 def note_unavailable(op: str, name: str, reason: str) -> None:
@@ -124,7 +127,7 @@ def _select(op: str, device: torch.device, backend: Optional[str]):
         if backend is not None and wanted not in table:
             raise ValueError(f"unknown backend {wanted!r} for {op}; available: {sorted(table)}")
         chosen = table.get(wanted)
-        if chosen is not None and device.type in chosen.devices:
+        if chosen is not None and device.type in chosen.devices + chosen.forced_devices:
             return chosen, wanted, []
     candidates: List[Backend] = sorted(
         (b for b in table.values() if device.type in b.devices), key=lambda b: -b.priority
