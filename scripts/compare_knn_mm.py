@@ -68,7 +68,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     before = load_knn_at(args.before)
-    print("| case | mm before ms | mm now ms | now / before | torch reference ms | rows wrong before | rows wrong now |")
+    print("| case | mm before ms | mm now ms | now / before | torch reference ms "
+          "| rows wrong before | rows wrong now |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, query, points, k in cases():
         lengths = (torch.full((query.shape[0],), query.shape[1]), torch.full((points.shape[0],), points.shape[1]))

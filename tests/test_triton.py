@@ -72,8 +72,9 @@ def test_kernels_compile_for_cuda_without_fused_multiply_adds(dtype):
     knn_ = {"q_ptr": f"*{dtype}", "p_ptr": f"*{dtype}", "qlen_ptr": "*i64", "plen_ptr": "*i64",
             "out_d_ptr": f"*{dtype}", "out_i_ptr": "*i64", "m": "i32", "n": "i32", "k": "i32", "DIM": "constexpr",
             "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "K_PAD": "constexpr"}
+    knn_constants = {"DIM": 3, "BLOCK_M": 32, "BLOCK_N": 64, "K_PAD": 32}
     for kernel, signature, constants in ((kernels.fps_kernel, fps, {"DIM": 3, "BLOCK": 1024}),
-                                         (kernels.knn_kernel, knn_, {"DIM": 3, "BLOCK_M": 32, "BLOCK_N": 64, "K_PAD": 32})):
+                                         (kernels.knn_kernel, knn_, knn_constants)):
         compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                            options={"num_warps": 4, "enable_fp_fusion": False})
         assert "cubin" in compiled.asm and "fma." not in compiled.asm["ptx"]
@@ -93,7 +94,8 @@ def _lexicographic_knn(query, points, k, query_lengths, point_lengths):
     dist2 = diff[..., 0] * diff[..., 0]
     for d in range(1, query.shape[-1]):
         dist2 = dist2 + diff[..., d] * diff[..., d]
-    dist2 = dist2.masked_fill(torch.arange(points.shape[1])[None, None, :] >= point_lengths[:, None, None], float("inf"))
+    padded = torch.arange(points.shape[1])[None, None, :] >= point_lengths[:, None, None]
+    dist2 = dist2.masked_fill(padded, float("inf"))
     dist2, idx = torch.sort(dist2, dim=-1, stable=True)  # stable: equal distances keep index order
     dist2, idx = dist2[..., :k], idx[..., :k]
     pad = max(0, k - dist2.shape[-1])
@@ -134,7 +136,8 @@ def test_fps_several_blocks(n, block_sweeps):
     assert torch.equal(idx, farthest_point_sample(xyz, 40, lengths, backend="torch"))
 
 
-@pytest.mark.parametrize("dim,dtype,grid,k", [(2, torch.float64, True, 5), pytest.param(3, torch.float64, True, 40, marks=SLOW),
+@pytest.mark.parametrize("dim,dtype,grid,k", [(2, torch.float64, True, 5),
+                                              pytest.param(3, torch.float64, True, 40, marks=SLOW),
                                               pytest.param(3, torch.float32, False, 5, marks=SLOW),
                                               pytest.param(2, torch.float32, False, 40, marks=SLOW)])
 def test_knn_same_distances_and_lowest_indices_among_ties(dim, dtype, grid, k):

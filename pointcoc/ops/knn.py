@@ -165,12 +165,13 @@ def _matmul_input_roundoff(dtype: torch.dtype, device: torch.device) -> float:
     """
     if dtype == torch.float64:
         return 0.0
-    reduced = {"highest": 0.0, "ieee": 0.0, "none": 0.0, "high": 2.0**-10, "tf32": 2.0**-10, "medium": 2.0**-7, "bf16": 2.0**-7}
+    reduced = {"highest": 0.0, "ieee": 0.0, "none": 0.0, "high": 2.0**-10, "tf32": 2.0**-10,
+               "medium": 2.0**-7, "bf16": 2.0**-7}
     try:
         matmul = torch.backends.cuda.matmul if device.type == "cuda" else torch.backends.mkldnn.matmul
         settings = [torch.get_float32_matmul_precision(), getattr(matmul, "fp32_precision", "none")]
         return max(reduced[s] for s in settings)
-    except (RuntimeError, KeyError):  # mixed legacy and new precision APIs, or an unknown setting
+    except (RuntimeError, KeyError, AttributeError):  # mixed legacy and new APIs, unknown setting, older torch
         return 2.0**-7
 
 

@@ -43,7 +43,7 @@ def knn_pytorch3d(
     query_lengths: torch.Tensor,
     point_lengths: torch.Tensor,
 ) -> KNNResult:
-    """``pytorch3d.ops.knn_points`` with the signature, padding and exact distances of :func:`pointcoc.ops.knn.knn_torch`.
+    """``pytorch3d.ops.knn_points`` with the signature, padding and distances of :func:`pointcoc.ops.knn.knn_torch`.
 
     pytorch3d's kernels (``knn.cu``, ``knn_cpu.cpp``) sum squared coordinate
     differences, possibly fused or reordered, so each of its distances is

@@ -16,9 +16,9 @@ indices, as the numba kernel does. float16 / bfloat16 and k > 128 go to the
 references.
 
 On CPU tensors the kernels run only in Triton's interpreter: ``TRITON_INTERPRET=1``
-must be set before triton is first imported, and the backend must be forced
-(``backend="triton"``); the tests do that in a subprocess. Without triton the
-backend is simply not registered.
+must be set before pointcoc and triton are first imported, and the backend must be
+forced (``backend="triton"``); the tests do that in a subprocess. Without triton
+the backend is simply not registered.
 """
 from __future__ import annotations
 
@@ -107,8 +107,11 @@ def knn_triton(
 
 
 if WITH_TRITON:
-    backends.register("fps", "triton", fps_triton, devices=("cuda",), priority=20, forced_devices=("cpu",))
-    backends.register("knn", "triton", knn_triton, devices=("cuda",), priority=20, forced_devices=("cpu",))
+    # CPU tensors only in the interpreter, and only when forced; elsewhere a forced "triton" on the CPU
+    # falls back to the automatic choice, as any backend forced on a device it does not support.
+    _forced = ("cpu",) if os.environ.get("TRITON_INTERPRET") == "1" else ()
+    backends.register("fps", "triton", fps_triton, devices=("cuda",), priority=20, forced_devices=_forced)
+    backends.register("knn", "triton", knn_triton, devices=("cuda",), priority=20, forced_devices=_forced)
 else:  # pragma: no cover
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "triton", "not importable")
