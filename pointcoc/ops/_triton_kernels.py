@@ -24,7 +24,7 @@ def fps_kernel(coords_ptr, lengths_ptr, start_ptr, min_ptr, out_ptr, n, n_sample
         if DIM == 3:
             fz = tl.load(base + 2 * n + far)
         best = tl.full([], -1.0, min_ptr.dtype.element_ty)
-        best_at = far
+        best_at = far * 0  # no candidate left (all -1): index 0, as the reference's argmax
         for s in range(0, length, BLOCK):
             j = s + offs
             valid = j < length
