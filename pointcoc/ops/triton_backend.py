@@ -52,11 +52,15 @@ def _kernels(t: torch.Tensor):
     return _triton_kernels
 
 
-def fps_triton(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+def fps_triton(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
+               skip_near_origin: bool = False) -> torch.Tensor:
     """Triton FPS with the signature, shapes and results of :func:`pointcoc.ops.fps.fps_torch`.
 
     xyz (B, N, D) on CUDA (or on the CPU in the interpreter); one program per set.
+    ``skip_near_origin`` (the authors' CUDA kernel rule) goes to the reference.
     """
+    if skip_near_origin:
+        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
     if xyz.dtype not in _DTYPES:
         return fps_torch(xyz, n_samples, lengths, start)
     kernels = _kernels(xyz)
