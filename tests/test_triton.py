@@ -14,7 +14,7 @@ import torch
 
 from ops_reference import check_against_float64, numpy_fps, random_lengths, spread_case
 from pointcoc.ops import farthest_point_sample, knn, triton_backend
-from pointcoc.ops.fps import fps_torch
+from pointcoc.ops.fps import fps_torch, near_origin
 from script_checks import run_python
 
 pytestmark = pytest.mark.skipif(not triton_backend.WITH_TRITON, reason="needs triton")
@@ -48,7 +48,7 @@ def _interpreted(marker):
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the interpreted run")
 def test_kernels_in_the_interpreter():
-    assert _interpreted("not slow") == 5
+    assert _interpreted("not slow") == 6
 
 
 @pytest.mark.slow
@@ -124,7 +124,19 @@ def test_fps_random_start():
     torch.manual_seed(0)
     idx = farthest_point_sample(xyz.to(DEVICE), 8, lengths.to(DEVICE), random_start=True, backend="triton").cpu()
     assert bool((idx[:, 0] < lengths).all())
-    assert torch.equal(idx, fps_torch(xyz, 8, lengths, idx[:, 0]))
+    assert torch.equal(idx, fps_torch(xyz, 8, lengths, idx[:, 0], False))
+
+
+def test_fps_skip_near_origin():
+    """The authors' kernel rule: points near the origin are never picked after the first pick."""
+    xyz, lengths = _points(8, 3, 40, 3)
+    xyz[:, ::3] *= 0.01  # squared norm <= 3e-4: near the origin
+    xyz[2, 1:] *= 1e-3  # nothing left to pick after the first: index 0, as the reference
+    start = torch.zeros(3, dtype=torch.long)
+    idx = farthest_point_sample(xyz.to(DEVICE), 12, lengths.to(DEVICE), backend="triton", skip_near_origin=True)
+    assert torch.equal(idx.cpu(), fps_torch(xyz, 12, lengths, start, True))
+    picked = idx.cpu()[:, 1:].clamp_min(0)
+    assert not bool(near_origin(xyz).gather(1, picked)[idx.cpu()[:, 1:] > 0].any())
 
 
 @pytest.mark.slow

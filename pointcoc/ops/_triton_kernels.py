@@ -8,7 +8,10 @@ __all__ = ["fps_kernel", "knn_kernel"]
 @triton.jit
 def fps_kernel(coords_ptr, lengths_ptr, start_ptr, min_ptr, out_ptr, n, n_samples,
                DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """FPS of set b = program_id(0); coords (B, DIM, N) coordinate-major, min (B, N) holding inf."""
+    """FPS of set b = program_id(0); coords (B, DIM, N) coordinate-major, min (B, N) the starting minimum.
+
+    ``min`` holds the reference's start (inf, or 1e10 with the near-origin rule) and -1 on points never picked.
+    """
     b = tl.program_id(0).to(tl.int64)
     length = tl.load(lengths_ptr + b)
     base = coords_ptr + b * DIM * n

@@ -28,7 +28,7 @@ import os
 import torch
 
 from . import backends
-from .fps import fps_torch
+from .fps import fps_torch, initial_min_dist2
 from .knn import KNNResult, _finish, exact_dist2, knn_torch
 
 __all__ = ["WITH_TRITON", "fps_triton", "knn_triton"]
@@ -53,20 +53,20 @@ def _kernels(t: torch.Tensor):
 
 
 def fps_triton(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
-               skip_near_origin: bool = False) -> torch.Tensor:
+               skip_near_origin: bool) -> torch.Tensor:
     """Triton FPS with the signature, shapes and results of :func:`pointcoc.ops.fps.fps_torch`.
 
     xyz (B, N, D) on CUDA (or on the CPU in the interpreter); one program per set.
-    ``skip_near_origin`` (the authors' CUDA kernel rule) goes to the reference.
+    The kernel starts from the reference's running minimum
+    (:func:`pointcoc.ops.fps.initial_min_dist2`), so ``skip_near_origin`` is the
+    reference's own rule.
     """
-    if skip_near_origin:
-        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
     if xyz.dtype not in _DTYPES:
-        return fps_torch(xyz, n_samples, lengths, start)
+        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
     kernels = _kernels(xyz)
     batch, n, dim = xyz.shape
     coords = xyz.detach().transpose(1, 2).contiguous()
-    mins = torch.full((batch, n), float("inf"), dtype=xyz.dtype, device=xyz.device)
+    mins = initial_min_dist2(xyz.detach(), lengths, skip_near_origin)  # -1 on points never picked
     out = torch.empty(batch, n_samples, dtype=torch.long, device=xyz.device)
     block = min(1024, 1 << (n - 1).bit_length())
     kernels.fps_kernel[(batch,)](coords, lengths.contiguous(), start.contiguous(), mins, out, n, n_samples,
