@@ -10,8 +10,8 @@
 Both repeat the torch references' float operations in the same order (squared
 differences summed x, then y, then z; launched with ``enable_fp_fusion=False``
 so that no multiply-add is fused), so FPS returns :func:`pointcoc.ops.fps.fps_torch`'s
-indices (ties to the lowest index, padding never picked, -1 past the lengths)
-and kNN its distances bit for bit. Among equal distances kNN keeps the lowest
+indices (ties to the lowest index, padding never picked, -1 past the lengths,
+``skip_near_origin`` as the reference) and kNN its distances bit for bit. Among equal distances kNN keeps the lowest
 indices, as the numba kernel does. float16 / bfloat16 and k > 128 go to the
 references.
 
