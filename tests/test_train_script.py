@@ -41,6 +41,10 @@ def test_training_run_writes_checkpoint_and_consistent_metrics(trained):
     recs, res = assert_run_outputs(out, epochs=2, n_eval=15, num_classes=15)
     assert res["test_oa"] == pytest.approx(recs[-1]["test_oa"])
     assert "RESULT [final epoch (no validation split)] epoch 2" in proc.stdout
+    # stdout and stderr are pipes here: one line per epoch, no progress-bar fragments
+    assert [line.split(" | ")[0] for line in proc.stdout.splitlines() if line.startswith("epoch ")] == \
+        ["epoch 1/2", "epoch 2/2"]
+    assert "\r" not in proc.stderr and "it/s" not in proc.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "pointmlp_elite" and cfg["model_kwargs"]["num_classes"] == 15 and cfg["num_points"] == 64
 
@@ -114,9 +118,9 @@ def test_help_documents_every_flag():
     assert proc.returncode == 0
     for flag in ("--model", "--dataset", "--data-root", "--variant", "--epochs", "--batch-size", "--num-points",
                  "--lr", "--workers", "--device", "--seed", "--output", "--resume", "--amp",
-                 "--limit-train-batches", "--limit-val-batches", "--select-on-test", "--val-fraction"):
+                 "--limit-train-batches", "--limit-val-batches", "--select-on-test", "--val-fraction", "--progress"):
         assert flag in proc.stdout, flag
-    assert "--votes" in run([EVAL, "--help"]).stdout
+    assert "--votes" in run([EVAL, "--help"]).stdout and "--progress" in run([EVAL, "--help"]).stdout
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(trained, h5_root, tmp_path):

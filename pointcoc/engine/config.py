@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .progress import add_progress_arg
+
 __all__ = ["TrainConfig", "add_training_args", "config_from_args", "AUTHORS_EPOCHS", "recipe_epochs"]
 
 # The only recipe item in which the authors' scripts differ between models (their --epoch default).
@@ -167,6 +169,7 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                         "best.pt; 0 = no validation, the final epoch is the result (default: %(default)s)")
     g.add_argument("--select-on-test", action="store_true",
                    help="PAPER PROTOCOL (optimistic): pick best.pt by test accuracy; results are labelled as such")
+    add_progress_arg(g)
     return parser
 
 

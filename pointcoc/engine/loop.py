@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from tqdm.auto import tqdm
 
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
@@ -33,6 +31,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, init_distributed
 from .errors import TrainingDiverged, TrainingInterrupted
 from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
+from .progress import format_epoch, progress_bar, resolve_progress
 from .rundir import check_resume_config, prepare_output_dir, rewind_metrics
 
 __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
@@ -148,13 +147,15 @@ def random_scale_votes(xyz: torch.Tensor, generator: torch.Generator, low: float
 def evaluate(model: nn.Module, loader, num_classes: int, device: Union[str, torch.device] = "cpu",
              amp: bool = False, votes: int = 1, limit_batches: Optional[int] = None,
              class_names: Optional[Sequence[str]] = None, dist_info: Optional[DistInfo] = None,
-             vote_transform: Callable = random_scale_votes, vote_seed: int = 0, progress: bool = True) -> Dict:
+             vote_transform: Callable = random_scale_votes, vote_seed: int = 0,
+             progress: Union[str, bool] = "auto") -> Dict:
     """Evaluate ``model`` on every batch of ``loader`` (at most ``limit_batches``).
 
     With ``votes`` > 1 the softmax of the plain pass and of ``votes - 1`` passes with
     ``vote_transform(xyz, generator)`` (default: anisotropic scale U(0.85, 1.15)) are averaged.
     Under torch.distributed each process evaluates its own shard and the confusion matrices and loss
-    sums are summed over processes.
+    sums are summed over processes. ``progress``: a mode of :mod:`pointcoc.engine.progress` (a bar only in
+    mode ``bar``, or ``auto`` on a terminal).
 
     Returns ``summarize_confusion`` keys (``oa``, ``macc`` in %, ``per_class_acc``, ``confusion_matrix``,
     ``count``) plus ``loss`` (mean unsmoothed cross-entropy of the averaged prediction).
@@ -168,7 +169,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: Union[str, torc
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     gen = torch.Generator().manual_seed(vote_seed)
     total = len(loader) if limit_batches is None else min(limit_batches, len(loader))
-    bar = tqdm(loader, total=total, desc="eval", leave=False, disable=not (progress and info.is_main), file=sys.stderr)
+    bar = progress_bar(loader, progress, total, "eval", show=info.is_main)
     for i, batch in enumerate(bar):
         if limit_batches is not None and i >= limit_batches:
             break
@@ -235,9 +236,10 @@ def _per_process_batch(batch_size: int, world_size: int) -> int:
 class _Run:
     """Bookkeeping of one ``fit`` call (files, where training is: ``epoch`` and ``step``, both 1-based)."""
 
-    def __init__(self, output_dir: Path, info: Optional[DistInfo] = None):
+    def __init__(self, output_dir: Path, info: Optional[DistInfo] = None, progress: str = "none"):
         self.dir = output_dir
         self.info = info or DistInfo()
+        self.progress = progress  # bar, line or none (resolved)
         self.epoch = 0
         self.step = 0
         self.checkpoint: Optional[Path] = None  # the newest complete checkpoint of the run (last.pt once saved)
@@ -264,13 +266,14 @@ class _Run:
         return TrainingDiverged(f"training diverged: {what} at epoch {self.epoch}, step {self.step}; likely "
                                 f"{likely}. {kept}")
 
-    def log(self, record: Dict) -> None:
+    def log(self, record: Dict, config: TrainConfig) -> None:
+        """Append ``record`` to metrics.jsonl and print its line (unless progress is none)."""
         if not self.info.is_main:
             return
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
-        print(json.dumps(short), flush=True)
+        if self.progress != "none":
+            print(format_epoch(record, config.epochs), flush=True)
 
 
 def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, sampler=None, drop_last=False):
@@ -282,7 +285,7 @@ def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, s
 def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config: TrainConfig, output_dir,
         class_names: Sequence[str], collate_fn: Optional[Callable] = None, val_dataset: Optional[Dataset] = None,
         resume: Union[None, str, Path, Dict] = None, stop_after_epoch: Optional[int] = None,
-        overwrite: bool = False) -> Dict:
+        overwrite: bool = False, progress: str = "auto") -> Dict:
     """Train ``model`` with SGD + cosine schedule + smoothed cross-entropy; evaluate, checkpoint, log.
 
     Args:
@@ -301,6 +304,8 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
             results are then those of the last epoch trained.
         overwrite: replace the run in ``output_dir``; without it (and without ``resume``) a folder that
             holds a run is refused with a ValueError.
+        progress: ``auto``, ``bar``, ``line`` or ``none`` (:mod:`pointcoc.engine.progress`): bars during an
+            epoch and/or one line per epoch on stdout.
 
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, training uses a
     DistributedSampler (``config.batch_size`` is global), evaluation metrics are reduced over processes
@@ -315,7 +320,7 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
 
     Returns the results dict that is also written to ``results.json``.
     """
-    run = _Run(Path(output_dir))
+    run = _Run(Path(output_dir), progress=resolve_progress(progress))
     try:
         return _fit(run, model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
                     stop_after_epoch, overwrite)
@@ -414,7 +419,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
 
     def evaluate_on(loader):  # the unwrapped model: ranks may see different numbers of eval batches
         return evaluate(model, loader, num_classes, device, amp=amp, limit_batches=config.limit_val_batches,
-                        class_names=class_names, dist_info=info)
+                        class_names=class_names, dist_info=info, progress=run.progress)
 
     last = None
     end_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
@@ -448,7 +453,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
             if selection["best_value"] is None or value > selection["best_value"]:
                 selection.update(best_value=value, best_epoch=epoch + 1)
                 is_best = True
-        run.log(record)
+        run.log(record, config)
         last = {"record": record, "test": test, "val": val}
         state = {
             "format": CHECKPOINT_FORMAT, "model": _unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
@@ -516,7 +521,7 @@ def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_cl
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     total = len(loader) if config.limit_train_batches is None else min(config.limit_train_batches, len(loader))
-    bar = tqdm(loader, total=total, desc=desc, leave=False, disable=not info.is_main, file=sys.stderr)
+    bar = progress_bar(loader, run.progress, total, desc, show=info.is_main)
     for i, batch in enumerate(bar):
         if config.limit_train_batches is not None and i >= config.limit_train_batches:
             break

@@ -182,5 +182,6 @@ def _train(args: argparse.Namespace) -> int:
     if config.val_fraction > 0:
         train_ds, val_ds = split_validation(train_ds, config.val_fraction, config.seed)
     fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_pixel_sets, val_dataset=val_ds,
-        resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite)
+        resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
+        progress=args.progress)
     return 0

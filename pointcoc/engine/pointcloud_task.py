@@ -24,6 +24,7 @@ from .loop import (build_model_from_checkpoint, collate_point_dicts, evaluate, f
                    seed_everything, stratified_split)
 from .metrics import format_per_class_table, per_class_table
 from .pixel_task import pixel_test_set
+from .progress import add_progress_arg
 from .seeds import summarize_seed_runs, write_seed_summary
 
 __all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "run_cli", "USAGE_ERRORS"]
@@ -108,7 +109,8 @@ def _train_run(args: argparse.Namespace) -> dict:
     seed_everything(config.seed)
     model = create_model(config.model, **model_kwargs)
     return fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts,
-               val_dataset=val_ds, resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite)
+               val_dataset=val_ds, resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
+               progress=args.progress)
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -139,6 +141,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-val-batches", type=int, default=None, help="evaluate at most this many batches")
     p.add_argument("--seed", type=int, default=0, help="seed of the voting transforms")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON here")
+    add_progress_arg(p)
     return p
 
 
@@ -191,7 +194,7 @@ def _evaluate_and_report(args, device, model, test_ds, names, collate, what: str
     loader = DataLoader(test_ds, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
                         collate_fn=collate)
     m = evaluate(model, loader, len(names), device, votes=args.votes, limit_batches=args.limit_val_batches,
-                 class_names=names, vote_seed=args.seed)
+                 class_names=names, vote_seed=args.seed, progress=args.progress)
     print(f"{what}: OA {m['oa']:.2f}%  mAcc {m['macc']:.2f}%  loss {m['loss']:.4f}  votes {args.votes}  "
           f"({m['count']} samples)")
     rows = per_class_table(m)
