@@ -11,14 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "results.json", "confusion_matrix.png")
 
 
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def _env(extra=None):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(extra or {})}
 
 
-def run_python(args, timeout=300, cwd=ROOT):
-    """``python ARGS...`` with one torch thread and the checkout importable; returns the CompletedProcess."""
+def run_python(args, timeout=300, cwd=ROOT, env=None):
+    """``python ARGS...`` with one torch thread (unless ``env``, variables added to the environment, says
+    otherwise) and the checkout importable; returns the CompletedProcess."""
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=_env(), cwd=cwd)
+                          env=_env(env), cwd=cwd)
 
 
 def start_python(args, cwd=ROOT):

@@ -14,7 +14,6 @@ import argparse
 import copy
 from typing import Dict, Optional, Tuple, Union
 
-import torch
 from torch.utils.data import Subset
 
 from ..data.image_datasets import IMAGE_DATASETS, load_image_dataset
@@ -23,6 +22,7 @@ from .checkpoint import load_checkpoint
 from .cli import json_dict, run_cli
 from .config import TrainConfig, add_training_args, config_from_args
 from .loop import fit, resolve_device, seed_everything, stratified_split
+from .threads import add_threads_arg, torch_threads
 
 __all__ = ["build_train_parser", "train_main", "pixel_datasets", "pixel_test_set", "default_model", "run_cli",
            "collate_pixel_sets", "split_validation", "PIXEL_DEFAULTS", "TEST_MASK_SEED_OFFSET"]
@@ -75,9 +75,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--redraw-masks", action=argparse.BooleanOptionalAction, default=True,
                    help="draw new training masks every epoch (augmentation; reproducible from --seed and the "
                         "epoch); --no-redraw-masks keeps one mask per image. Test masks are always fixed")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (torch.set_num_threads); 0 = torch's default. One thread is fastest for "
-                        "these small models on a shared CPU (more threads mostly wait on each other)")
+    add_threads_arg(p, default=1)  # one thread is fastest for these small models on a shared CPU
     add_training_args(p, PIXEL_DEFAULTS)
     p.set_defaults(output="runs/pixels")
     p.add_argument("--model-kwargs", type=json_dict, default={},
@@ -148,15 +146,8 @@ def train_main(args: argparse.Namespace) -> int:
 
     ``--threads`` applies to this call only; torch's previous thread count is restored afterwards.
     """
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0 = torch's default); got {args.threads}")
-    previous = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _train(args)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from .metrics import format_per_class_table, per_class_table
 from .pixel_task import pixel_test_set
 from .progress import add_progress_arg
 from .seeds import summarize_seed_runs, write_seed_summary
+from .threads import add_threads_arg, torch_threads
 
 __all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "run_cli", "USAGE_ERRORS"]
 
@@ -57,6 +58,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_point_data_args(p)
     add_training_args(p)
+    add_threads_arg(p)
     p.add_argument("--model-kwargs", type=json_dict, default={},
                    help='JSON object of model constructor overrides, e.g. \'{"embed_dim": 32}\'')
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
@@ -66,10 +68,16 @@ def build_train_parser() -> argparse.ArgumentParser:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    """Build data, model and config from parsed args, then ``fit`` (once per seed with ``--seeds``).
+    """Build data, model and config from parsed args, then ``fit`` (once per seed with ``--seeds``) on
+    ``--threads`` torch threads.
 
     Returns 0 (or raises USAGE_ERRORS).
     """
+    with torch_threads(args.threads):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     if not getattr(args, "seeds", None):
         _train_run(args)
         return 0
@@ -142,11 +150,18 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the voting transforms")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON here")
     add_progress_arg(p)
+    add_threads_arg(p)
     return p
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
-    """Rebuild model and test set from a checkpoint, evaluate, print OA / mAcc. Returns 0."""
+    """Rebuild model and test set from a checkpoint, evaluate on ``--threads`` torch threads, print OA / mAcc
+    and the per-class table. Returns 0."""
+    with torch_threads(args.threads):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if args.votes < 1 or args.batch_size < 1:
         raise ValueError(f"--votes and --batch-size must be >= 1; got {args.votes}, {args.batch_size}")
     if (args.limit_val_batches is not None and args.limit_val_batches < 1) or args.workers < 0:
