@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "results.json", "confusion_matrix.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "results.json", "confusion_matrix.png")
 
 
 def _env(extra=None):

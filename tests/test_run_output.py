@@ -1,12 +1,15 @@
 """What a training run shows while it runs (progress modes) and draws (curves.png)."""
 import io
+import json
+import runpy
 
 import pytest
+from PIL import Image
 
 from pointcoc.engine import fit
 from pointcoc.engine.progress import format_epoch, resolve_progress
 
-from script_checks import lines
+from script_checks import ROOT, lines, run_python
 from test_engine import NAMES, TinyPointNet, config, datasets
 
 
@@ -38,13 +41,78 @@ def test_format_epoch_gives_every_split_in_order():
                                      "mAcc 41.7% | test loss 8.040 OA 3.5% mAcc 5.0% | lr 0.0488  6.9 s")
 
 
-@pytest.mark.parametrize("mode", ["auto", "bar", "line", "none"])
-def test_fit_prints_bars_or_one_line_per_epoch(mode, tmp_path, capsys):
+def test_fit_prints_one_line_per_epoch_and_redraws_curves_after_every_epoch(tmp_path, capsys, monkeypatch):
+    from pointcoc.engine import loop
+
+    drawn = []
+
+    def spy(runs, path, title=""):
+        drawn.append((path, [dict(r) for recs in runs.values() for r in recs]))
+        return real(runs, path, title)
+
+    real = loop.plot_curves
+    monkeypatch.setattr(loop, "plot_curves", spy)
     train, test = datasets()
-    fit(TinyPointNet(), train, test, config(epochs=2), tmp_path, NAMES, progress=mode)
+    fit(TinyPointNet(), train, test, config(epochs=2), tmp_path, NAMES, progress="line")
+    out, err = capsys.readouterr()
+    recs = lines(tmp_path / "metrics.jsonl")
+    assert [line for line in out.splitlines() if line.startswith("epoch ")] == [format_epoch(r, 2) for r in recs]
+    assert "\r" not in err and "RESULT [final epoch" in out
+    assert [p for p, _ in drawn] == [tmp_path / "curves.png"] * 2
+    assert [r for _, r in drawn] == [recs[:1], recs]  # each epoch's picture holds every epoch so far
+    assert Image.open(tmp_path / "curves.png").size[0] > 0
+
+
+@pytest.mark.parametrize("mode", ["bar", "none"])
+def test_fit_progress_bar_and_none(mode, tmp_path, capsys):
+    train, test = datasets()
+    fit(TinyPointNet(), train, test, config(epochs=1), tmp_path, NAMES, progress=mode)
     out, err = capsys.readouterr()
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
-    expected = [] if mode == "none" else [format_epoch(r, 2) for r in lines(tmp_path / "metrics.jsonl")]
-    assert epoch_lines == expected
-    assert ("\r" in err) == (mode == "bar")  # captured stderr is no terminal: auto means line
+    assert epoch_lines == ([format_epoch(lines(tmp_path / "metrics.jsonl")[0], 1)] if mode == "bar" else [])
+    assert ("\r" in err) == (mode == "bar")  # tqdm redraws its bar with carriage returns
     assert "RESULT [final epoch" in out
+
+
+def _records(n, shift=0.0, val=True):
+    recs = []
+    for e in range(1, n + 1):
+        r = {"epoch": e, "lr": 0.1 / e}
+        for i, split in enumerate(("train", "val", "test") if val else ("train", "test")):
+            r.update({f"{split}_loss": 2.0 / e + i + shift, f"{split}_oa": 10.0 * e + i + shift,
+                      f"{split}_macc": 5.0 * e + i + shift})
+        recs.append(r)
+    return recs
+
+
+def test_curves_figure_draws_each_run_split_and_metric():
+    from pointcoc.viz.curves import PANELS, curves_figure
+
+    runs = {"a": _records(4), "b": _records(3, shift=1.0, val=False)}
+    fig = curves_figure(runs)
+    panels, lr_axis = fig.axes[:len(PANELS)], fig.axes[len(PANELS)]
+    for ax, (key, _) in zip(panels, PANELS):
+        drawn = [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
+        expected = [([r["epoch"] for r in recs], [r[f"{split}_{key}"] for r in recs])
+                    for recs in runs.values() for split in ("train", "val", "test") if f"{split}_{key}" in recs[0]]
+        assert drawn == expected, key
+    assert [list(line.get_ydata()) for line in lr_axis.get_lines()] == [[r["lr"] for r in recs] for recs in runs.values()]
+    assert panels[0].get_yscale() == "log"
+
+
+def test_plot_runs_script_overlays_runs_and_rejects_bad_input(tmp_path, capsys):
+    for name, recs in (("s0", _records(3)), ("s1", _records(3, shift=2.0))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    script = ROOT / "scripts" / "plot_runs.py"
+    out = tmp_path / "runs.png"
+    proc = run_python([script, tmp_path / "s0", tmp_path / "s1", "--labels", "seed 0", "seed 1", "--output", out])
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size[0] > Image.open(out).size[1]
+    main = runpy.run_path(str(script))["main"]  # the error paths in this process
+    (tmp_path / "s1" / "metrics.jsonl").write_text("{broken\n")
+    for argv, message in (([tmp_path / "s0", tmp_path / "nope"], "no metrics.jsonl at"),
+                          ([tmp_path / "s0", "--labels", "a", "b"], "labels must name each run"),
+                          ([tmp_path / "s1"], "line 1 is not JSON")):
+        assert main([*map(str, argv), "--output", str(out)]) == 2
+        assert message in capsys.readouterr().err

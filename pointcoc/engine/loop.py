@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..viz.curves import plot_curves, read_metrics
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig
@@ -267,11 +268,14 @@ class _Run:
                                 f"{likely}. {kept}")
 
     def log(self, record: Dict, config: TrainConfig) -> None:
-        """Append ``record`` to metrics.jsonl and print its line (unless progress is none)."""
+        """Append ``record`` to metrics.jsonl, redraw curves.png from the whole file, print the epoch line
+        (unless progress is none)."""
         if not self.info.is_main:
             return
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        plot_curves({self.dir.name: read_metrics(self.dir)}, self.dir / "curves.png",
+                    f"{config.model} on {config.dataset}, seed {config.seed} ({self.dir.name})")
         if self.progress != "none":
             print(format_epoch(record, config.epochs), flush=True)
 
@@ -292,7 +296,7 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         model: any module called as ``model(xyz, features, lengths) -> (B, num_classes)``.
         train_dataset / test_dataset / val_dataset: map-style datasets yielding per-sample dicts.
         config: TrainConfig (saved to ``output_dir/config.json`` and into checkpoints).
-        output_dir: folder for ``config.json``, ``metrics.jsonl`` (one JSON line per epoch),
+        output_dir: folder for ``config.json``, ``metrics.jsonl`` (one JSON line per epoch), ``curves.png``,
             ``last.pt``, ``best.pt`` (only when something selects it: ``val_dataset`` or
             ``config.select_on_test``), ``results.json`` and ``confusion_matrix.png``.
         class_names: one name per class; ``len(class_names)`` is the number of classes.

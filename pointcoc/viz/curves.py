@@ -1,0 +1,129 @@
+"""Training curves: loss, OA and mAcc against epoch (learning rate on a second axis), one run or several overlaid.
+
+The training engine rewrites ``curves.png`` next to ``metrics.jsonl`` after every epoch;
+``scripts/plot_runs.py RUN [RUN ...]`` overlays several runs (seeds, models) in one picture.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+__all__ = ["read_metrics", "curves_figure", "plot_curves", "plot_runs"]
+
+SPLITS = ("train", "val", "test")
+_STYLE = {"train": "--", "val": "-.", "test": "-"}  # line style per split
+_SPLIT_COLOR = {"train": "C0", "val": "C2", "test": "C3"}  # colours per split when there is one run
+PANELS = (("loss", "loss (train: label-smoothed)"), ("oa", "OA (%)"), ("macc", "mAcc (%)"))
+
+
+def read_metrics(run) -> List[Dict]:
+    """The records of a run's ``metrics.jsonl`` (``run`` is that file or the run folder), one per epoch.
+
+    Raises:
+        FileNotFoundError: if there is no metrics.jsonl.
+        ValueError: if a line is not a JSON record with ``epoch``.
+    """
+    path = Path(run)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl at {path}: pass a run folder written by a training script")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {i} is not JSON ({err})") from None
+        if not isinstance(rec, dict) or "epoch" not in rec:
+            raise ValueError(f"{path} line {i} is not a metrics record with an 'epoch'")
+        records.append(rec)
+    return records
+
+
+def plot_curves(runs: Mapping[str, Sequence[Dict]], path, title: str = "") -> Path:
+    """Write :func:`curves_figure` of ``runs`` as a PNG at ``path``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(runs, title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
+    """A matplotlib Figure with loss / OA / mAcc against epoch for each run (three panels, in that order).
+
+    Args:
+        runs: run label -> metrics records (``epoch``, ``lr``, ``{split}_loss``, ``{split}_oa``,
+            ``{split}_macc`` for split in train / val / test; missing keys are skipped).
+        title: figure title.
+
+    Line style gives the split (train dashed, val dash-dot, test solid); with several runs colour gives
+    the run, with one the split. The learning rate is a dotted line on the loss panel's right axis.
+    The loss axis is logarithmic.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    if not runs:
+        raise ValueError("runs must hold at least one run")
+    several = len(runs) > 1
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5.2 * len(PANELS), 4.0))
+    lr_axis = axes[0].twinx()
+    splits_seen = set()
+    for r, (label, records) in enumerate(runs.items()):
+        records = sorted(records, key=lambda rec: rec["epoch"])
+        epochs = [rec["epoch"] for rec in records]
+        marker = "o" if len(records) <= 30 else None
+        for ax, (key, _) in zip(axes, PANELS):
+            for split in SPLITS:
+                values = [rec.get(f"{split}_{key}") for rec in records]
+                if all(v is None for v in values):
+                    continue
+                splits_seen.add(split)
+                color = f"C{r % 10}" if several else _SPLIT_COLOR[split]
+                ax.plot(epochs, values, _STYLE[split], color=color, marker=marker, markersize=3, linewidth=1.4)
+        if any("lr" in rec for rec in records):
+            lr_axis.plot(epochs, [rec.get("lr") for rec in records], ":", color=f"C{r % 10}" if several else "0.45",
+                         linewidth=1.2)
+    for ax, (_, name) in zip(axes, PANELS):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_yscale("log")  # early test losses of an untrained model are 100x the later ones
+    lr_axis.set_ylabel("learning rate (dotted)")
+    lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    for ax in axes[1:]:
+        ax.set_ylim(bottom=0)
+    order = [s for s in SPLITS if s in splits_seen]
+    handles = [Line2D([], [], linestyle=_STYLE[s], color="0.2" if several else _SPLIT_COLOR[s], label=s) for s in order]
+    handles.append(Line2D([], [], linestyle=":", color="0.45", label="lr"))
+    if several:
+        handles += [Line2D([], [], color=f"C{r % 10}", linewidth=3, label=str(label)) for r, label in enumerate(runs)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_runs(run_dirs: Sequence, path, labels: Optional[Sequence[str]] = None, title: str = "") -> Path:
+    """Overlay the curves of several run folders (each with a metrics.jsonl) in one PNG; returns the path.
+
+    ``labels`` default to the folder paths as given. Raises ValueError when the number of labels differs.
+    """
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"labels must name each run: {len(run_dirs)} runs, {len(labels)} labels")
+    names = [str(d) for d in run_dirs] if labels is None else list(labels)
+    if len(set(names)) != len(names):
+        raise ValueError(f"runs and labels must be distinct; got {names}")
+    return plot_curves({n: read_metrics(d) for n, d in zip(names, run_dirs)}, path, title)
