@@ -71,7 +71,7 @@ def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     if not runs:
         raise ValueError("runs must hold at least one run")
@@ -100,6 +100,9 @@ def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_yscale("log")  # early test losses of an untrained model are 100x the later ones
+    axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 1, 2, not 5x10^-1
+    axes[0].yaxis.set_minor_formatter(NullFormatter())
     lr_axis.set_ylabel("learning rate (dotted)")
     lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in axes[1:]:
