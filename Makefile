@@ -26,7 +26,7 @@ test-slow: install
 # --threads 1: CPU results are bitwise reproducible only for a fixed torch thread count.
 demo: install
 	$(PY) scripts/train_scanobjectnn.py --dataset modelnet40_mini --model pointmlp_elite --num-points 256 \
-		--epochs 20 --batch-size 16 --lr 0.05 --workers 0 --seed 0 --threads 1 --output runs/demo
+		--epochs 20 --batch-size 16 --lr 0.05 --workers 0 --seed 0 --threads 1 --overwrite --output runs/demo
 	$(PY) scripts/evaluate.py runs/demo/last.pt --votes 1 --threads 1
 
 bench: install
