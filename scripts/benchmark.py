@@ -5,6 +5,7 @@
     python scripts/benchmark.py --profile pointmlp_coc [--backend torch]   # where a training step's time goes
     python scripts/benchmark.py --only model_vs_reference --png step.png   # PointMLP-CoC step vs the published layout
     python scripts/benchmark.py --profile-vs-reference 16 --out profile.txt   # both steps profiled side by side
+    python scripts/benchmark.py --only memory   # a training step's peak memory per model and batch, fresh processes
 
 Prints a markdown table (paste it into docs/benchmarks.md with the command,
 machine and date). See pointcoc/bench/ for what each row compares.
@@ -20,7 +21,7 @@ from pointcoc import bench as benchmark
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and configurations (about 2 minutes on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="one small case per section: checks the plumbing and parity notes in about a minute on 2 CPU cores")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", metavar="OUT", help="also write the rows to this JSON file")
     parser.add_argument("--markdown", metavar="OUT", help="also write the table to this file")

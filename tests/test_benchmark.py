@@ -73,7 +73,7 @@ def test_fps_and_knn_rows_check_parity_and_measure_memory():
 
 
 def test_script_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(benchmark, "SECTIONS", {"fps": lambda device, quick: [Row("FPS", "tiny", "a", "b", 1.0, 2.0)]})
+    monkeypatch.setattr(benchmark, "SECTIONS", {"fps": lambda device, quick, **cases: [Row("FPS", "tiny", "a", "b", 1.0, 2.0)]})
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
     monkeypatch.setattr(sys, "argv", ["benchmark.py", "--quick", "--json", str(out_json), "--markdown", str(out_md)])
     with pytest.raises(SystemExit) as done:
@@ -95,7 +95,7 @@ def test_unavailable_section_is_reported_not_fatal(monkeypatch):
     def missing(device, quick):
         raise benchmark.SectionUnavailable("pointcoc.layers.context_cluster is not available")
 
-    monkeypatch.setattr(benchmark, "SECTIONS", {"cc": missing, "fps": lambda device, quick: [Row("FPS", "t", "a", "b", 1.0, 1.0)]})
+    monkeypatch.setattr(benchmark, "SECTIONS", {"cc": missing, "fps": lambda device, quick, **cases: [Row("FPS", "t", "a", "b", 1.0, 1.0)]})
     rows, skipped = benchmark.run_all()
     assert len(rows) == 1 and "context_cluster is not available" in skipped["cc"]
     assert "Skipped section cc: pointcoc.layers.context_cluster" in to_markdown(rows, skipped)
@@ -230,3 +230,23 @@ def test_plot_model_vs_reference_writes_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="PointMLP-CoC train step"):
         benchmark.plot_model_vs_reference([Row("FPS", "x", "a", "b", 1.0, 1.0)], str(path))
+
+
+def test_memory_rows_measure_fresh_processes():
+    from pointcoc.bench.memory import step_peak_memory
+
+    (row,) = benchmark.bench_memory(names=("pointmlp_elite",), batches=(2,), n_points=256, memory_efficient=(False,))
+    assert row.group == "train step peak memory" and row.case == "pointmlp_elite, B=2, N=256"
+    # A step of either layout at least holds the embedding output (2, 256, 32) floats for backward.
+    assert row.ours_mem > 2 * 256 * 32 * 4 and row.ref_mem > 2 * 256 * 32 * 4
+    with pytest.raises(ValueError, match="layout must be one of"):
+        step_peak_memory("pointmlp_elite", 2, layout="authors")
+
+
+@pytest.mark.slow
+def test_memory_efficient_step_holds_under_half_the_published_peak():
+    """PointMLP-CoC, batch 8, 1024 points: the recomputing model's step peak is well under the published layout's."""
+    rows = benchmark.bench_memory(names=("pointmlp_coc",), batches=(8,))
+    default, lean = rows
+    assert default.ours_mem < default.ref_mem
+    assert lean.ours_mem < 0.5 * lean.ref_mem and lean.ours_mem < 0.6 * default.ours_mem

@@ -92,6 +92,32 @@ def test_padding_never_influences_training_mode(name):
     assert_padding_never_influences_training(model, xyz, feats, lengths)
 
 
+@pytest.mark.parametrize("name", ["pointmlp_elite_coc", "pointmlp_elite"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_memory_efficient_equals_default_on_ragged_batches(name, mode):
+    """Recomputing the pre-extraction in backward gives the same logits, gradients and running statistics (float64)."""
+    torch.manual_seed(0)
+    plain = create_model(name, num_classes=5).double()
+    lean = create_model(name, num_classes=5, memory_efficient=True).double()
+    lean.load_state_dict(plain.state_dict())
+    n = 64
+    xyz, _ = _inputs(plain, 3, n, seed=6)
+    xyz = xyz.double()
+    lengths = torch.tensor([n, n - 21, plain.min_points])
+    results = []
+    for model in (plain, lean):
+        model.train(mode == "train")
+        torch.manual_seed(2)
+        logits = model(xyz, None, lengths)
+        logits.square().sum().backward()
+        results.append((logits.detach(), {k: p.grad for k, p in model.named_parameters()}, model.state_dict()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
+    for key, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][key], grad, rtol=1e-10, atol=1e-12, msg=key)
+    for key, value in results[0][2].items():  # running statistics moved once, the same way
+        torch.testing.assert_close(results[1][2][key], value, rtol=1e-12, atol=1e-12, msg=key)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_permutation_invariance_in_eval(name):
     """FPS starts at index 0, so that point stays first; any order of the others gives the same logits."""

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 SMALL = dict(k_neighbors=8, embed_dim=16)  # 128 points: 64, 32, 16, 8 anchors; groups of 8; narrow
 
 
-def _pair(name, n=128, dtype=torch.float64, seed=0):
+def _pair(name, n=128, dtype=torch.float64, seed=0, **kwargs):
     torch.manual_seed(seed)
-    ours = create_model(name, num_classes=15, **SMALL).to(dtype)
+    ours = create_model(name, num_classes=15, **SMALL, **kwargs).to(dtype)
     return ours, reference_from_pointcoc(ours, points=n)
 
 
@@ -54,9 +54,10 @@ def test_state_dict_mapping_covers_every_reference_key():
         state_dict_from_pointcoc({"stages.0.pre_blocks.0.shortcut.weight": torch.zeros(1)})
 
 
-@pytest.mark.parametrize("name", ["pointmlp_coc", "pointmlp_elite"])
-def test_eval_logits_equal_reference(name):
-    ours, ref = _pair(name)
+@pytest.mark.parametrize("name, memory_efficient", [("pointmlp_coc", False), ("pointmlp_elite", False),
+                                                    ("pointmlp_coc", True)])
+def test_eval_logits_equal_reference(name, memory_efficient):
+    ours, ref = _pair(name, memory_efficient=memory_efficient)
     xyz = _points(4, 128)
     ours.train(), ref.train()
     with torch.no_grad():  # one training forward each so the running statistics are not trivial
@@ -96,9 +97,12 @@ def test_near_origin_fps_rule_gives_the_reference_logits_with_the_rule():
     assert float((without - want).abs().max()) > 1e-6  # the rule changes the anchors, so the logits
 
 
-@pytest.mark.parametrize("name", ["pointmlp_coc", "pointmlp_elite"])
-def test_training_loss_and_gradients_equal_reference(name):
-    ours, ref = _pair(name)
+@pytest.mark.parametrize("name, memory_efficient", [
+    ("pointmlp_coc", False), ("pointmlp_elite", False),
+    ("pointmlp_coc", True), ("pointmlp_elite", True), ("pointmlp", True)])
+def test_training_loss_and_gradients_equal_reference(name, memory_efficient):
+    """Also the memory-efficient models (recomputed pre-extraction): the same loss, gradients and running statistics."""
+    ours, ref = _pair(name, memory_efficient=memory_efficient)
     xyz, label = _points(4, 128), torch.tensor([0, 3, 7, 14])
     ours.train(), ref.train()
     torch.manual_seed(7)  # the same dropout masks: neither model draws random numbers before the head
@@ -114,6 +118,9 @@ def test_training_loss_and_gradients_equal_reference(name):
     for key, g in ref_grads.items():
         assert g is not None and float(g.abs().max()) > 0, key
         torch.testing.assert_close(grads[key], g, rtol=1e-7, atol=1e-9, msg=key)
+    mapped = state_dict_from_pointcoc(ours.state_dict())
+    for key, value in ref.state_dict().items():  # running statistics updated once, as the reference's
+        torch.testing.assert_close(mapped[key].to(value.dtype), value, rtol=1e-9, atol=1e-9, msg=key)
 
 
 def test_float32_training_loss_equals_reference():

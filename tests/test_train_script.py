@@ -31,7 +31,9 @@ def h5_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(h5_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    proc = run([TRAIN, "--data-root", h5_root, "--epochs", "2", "--output", out, "--seed", "1", *FAST])
+    # --memory-efficient: the recomputing model trains and its checkpoint evaluates like any other
+    proc = run([TRAIN, "--data-root", h5_root, "--epochs", "2", "--output", out, "--seed", "1", "--memory-efficient",
+                *FAST])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
@@ -47,6 +49,7 @@ def test_training_run_writes_checkpoint_and_consistent_metrics(trained):
     assert "\r" not in proc.stderr and "it/s" not in proc.stderr
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "pointmlp_elite" and cfg["model_kwargs"]["num_classes"] == 15 and cfg["num_points"] == 64
+    assert cfg["model_kwargs"]["memory_efficient"] is True
 
 
 def test_evaluate_script_reproduces_the_logged_metrics(trained, tmp_path):

@@ -5,6 +5,7 @@ One module per subject:
 * :mod:`.measure` - paired timings, peak memory, :class:`Row`, the machine's name;
 * :mod:`.ops_rows` - single ops and layers (FPS, kNN, gather, pointwise layers, context cluster);
 * :mod:`.model_rows` - whole models: eval forward, training step, pointcoc vs the published layout;
+* :mod:`.memory` - peak memory of a training step, each in a fresh process;
 * :mod:`.profiles` - where a training step's time goes;
 * :mod:`.report` - markdown table, JSON, bar chart.
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from .measure import (Row, SectionUnavailable, machine_description, peak_cpu_memory, peak_memory, synchronize,
                       time_pair)
+from .memory import bench_memory
 from .model_rows import bench_model_vs_reference, bench_models
 from .ops_rows import (bench_context_cluster, bench_fps, bench_gather, bench_knn, bench_masked_norm, bench_pointwise,
                        bench_transfer)
@@ -26,7 +28,7 @@ from .report import plot_model_vs_reference, to_json, to_markdown
 __all__ = [
     "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
     "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
-    "bench_context_cluster", "bench_models", "bench_model_vs_reference", "profile_model_vs_reference",
+    "bench_context_cluster", "bench_models", "bench_memory", "bench_model_vs_reference", "profile_model_vs_reference",
     "plot_model_vs_reference", "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description",
     "SECTIONS",
 ]
@@ -41,11 +43,28 @@ SECTIONS = {
     "context_cluster": bench_context_cluster,
     "models": bench_models,
     "model_vs_reference": bench_model_vs_reference,
+    "memory": bench_memory,
+}
+
+
+# --quick: one small case per section, so that the whole run takes about a minute on 2 loaded cores.
+# Its numbers check the plumbing and the parity notes; the docs quote full runs.
+QUICK_CASES = {
+    "fps": dict(cases=((8, 1024, 256),)),
+    "knn": dict(cases=((8, 256, 1024, 24),)),
+    "gather": dict(cases=((8, 512, 64, 256, 24),)),
+    "pointwise": dict(cases=((4, 128, 256 * 24),)),
+    "transfer": dict(cases=((4, 256, 24, 64),)),
+    "masked_norm": dict(cases=((4, 256, 24, 64),)),
+    "context_cluster": dict(cases=((1, 3136, 196, 64),)),
+    "models": dict(names=("pointmlp_elite",), batches=(2,)),
+    "model_vs_reference": dict(batches=(2,)),
+    "memory": dict(names=("pointmlp_elite",), batches=(2,), memory_efficient=(True,)),
 }
 
 
 def run_all(device="cpu", quick=False, only=None):
-    """Run the benchmark sections named in ``only`` (default: all).
+    """Run the benchmark sections named in ``only`` (default: all); ``quick``: the small cases of ``QUICK_CASES``.
 
     Returns:
         (rows, skipped): the measured rows, and {section: reason} for sections
@@ -58,7 +77,7 @@ def run_all(device="cpu", quick=False, only=None):
     rows, skipped = [], {}
     for name in tqdm(names, desc="benchmark"):
         try:
-            rows.extend(SECTIONS[name](device=device, quick=quick))
+            rows.extend(SECTIONS[name](device=device, quick=quick, **(QUICK_CASES.get(name, {}) if quick else {})))
         except SectionUnavailable as err:
             skipped[name] = str(err)
     return rows, skipped

@@ -64,6 +64,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="train the same configuration once per seed, run s in OUTPUT/seed<s>/, and write the mean "
                         "± std of OA and mAcc to OUTPUT/summary.json and summary.md (replaces --seed)")
+    p.add_argument("--memory-efficient", action="store_true",
+                   help="build the model with memory_efficient=True: backward recomputes the pre-extraction "
+                        "activations instead of storing them; the same results in a fraction of the memory, "
+                        "a slower step (docs/benchmarks.md)")
     return p
 
 
@@ -108,6 +112,8 @@ def _train_run(args: argparse.Namespace) -> dict:
     train_ds, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points,
                                                     augment=PointCloudAugment())
     model_kwargs = {"num_classes": len(names), "in_channels": 0, "coord_dim": 3, **args.model_kwargs}
+    if args.memory_efficient:
+        model_kwargs["memory_efficient"] = True
     config = config_from_args(args, model_kwargs=model_kwargs)
     val_ds = None
     if config.val_fraction > 0:

@@ -6,6 +6,7 @@ from .context_cluster import ContextCluster, context_cluster, context_cluster_de
 from .grouper import GroupTransfer, Groups, LocalGrouper, masked_std
 from .mlp import MaskedBatchNorm, PointwiseLayer, ResidualPointBlock, get_activation
 from .pooling import masked_max
+from .recompute import keep_norm_statistics, recompute
 
 __all__ = [
     "ContextCluster",
@@ -21,4 +22,6 @@ __all__ = [
     "ResidualPointBlock",
     "get_activation",
     "masked_max",
+    "recompute",
+    "keep_norm_statistics",
 ]

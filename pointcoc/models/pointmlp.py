@@ -17,7 +17,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..layers import ContextCluster, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation, masked_max
+from ..layers import (ContextCluster, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation,
+                      masked_max, recompute)
 from ..ops.validation import check_lengths, check_points, check_positive_int
 from .classifier import PointSetClassifier
 
@@ -41,6 +42,12 @@ class PointMLPStage(nn.Module):
     set-level one (``cluster_centers`` centers by FPS over the stage's anchors)
     before each pos-extraction residual block (pixel-set models).
 
+    ``memory_efficient=True`` keeps, for backward, only the input of the
+    transfer layer and of each [context cluster,] residual block pair of the
+    pre-extraction, and recomputes their grouped (B, S, k, C) activations
+    during backward (:func:`pointcoc.layers.recompute`): the same values and
+    gradients, a fraction of the memory, one more forward of those blocks.
+
     Forward: xyz (B, N, D), x (B, N, C_in), lengths (B,) long ->
     (anchor xyz (B, S, D), features (B, S, C_out), anchor lengths (B,), mask (B, S) bool or None).
     """
@@ -50,8 +57,9 @@ class PointMLPStage(nn.Module):
                  use_xyz: bool = False, normalize: Optional[str] = "anchor", random_start: bool = False,
                  cluster: Optional[str] = None, cluster_heads: int = 1, cluster_head_dim: Optional[int] = None,
                  cluster_centers: Optional[int] = None, cluster_k: int = 8, cluster_regions: int = 1,
-                 fps_skip_near_origin: bool = False):
+                 fps_skip_near_origin: bool = False, memory_efficient: bool = False):
         super().__init__()
+        self.memory_efficient = bool(memory_efficient)
         self.grouper = LocalGrouper(in_channels, k, reducer, coord_dim, use_xyz, normalize, random_start,
                                     skip_near_origin=fps_skip_near_origin)
         self.transfer = GroupTransfer(self.grouper.norm_channels, in_channels, out_channels, bias=bias,
@@ -73,17 +81,36 @@ class PointMLPStage(nn.Module):
             pos.append(block())
         self.pre_blocks = nn.ModuleList(pre)
         self.pos_blocks = nn.ModuleList(pos)
+        # The pre-extraction in segments that each end with a residual block (recomputed as a whole).
+        self._segments, segment = [], []
+        for layer in pre:
+            segment.append(layer)
+            if isinstance(layer, ResidualPointBlock):
+                self._segments.append(tuple(segment))
+                segment = []
+        if segment:
+            self._segments.append(tuple(segment))
 
-    def forward(self, xyz: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor):
-        groups = self.grouper(xyz, x, lengths)
-        mask = None if bool(groups.mask.all()) else groups.mask
-        h = self.transfer(groups.grouped, groups.anchors, mask)
-        for layer in self.pre_blocks:
+    @staticmethod
+    def _pre_extract(h: torch.Tensor, mask: Optional[torch.Tensor], layers) -> torch.Tensor:
+        """h (B, S, k, C), mask (B, S, k) or None -> (B, S, k, C) through ``layers`` (context clusters, blocks)."""
+        for layer in layers:
             if isinstance(layer, ContextCluster):
                 flat_mask = None if mask is None else mask.flatten(0, 1)
                 h = layer(h.flatten(0, 1), mask=flat_mask).view_as(h)
             else:
                 h = layer(h, mask)
+        return h
+
+    def forward(self, xyz: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor):
+        groups = self.grouper(xyz, x, lengths)
+        mask = None if bool(groups.mask.all()) else groups.mask
+        if self.memory_efficient:
+            h = recompute(self, self.transfer, groups.grouped, groups.anchors, mask)
+            for segment in self._segments:
+                h = recompute(self, self._pre_extract, h, mask, segment)
+        else:
+            h = self._pre_extract(self.transfer(groups.grouped, groups.anchors, mask), mask, self.pre_blocks)
         h = masked_max(h, mask, dim=2)
         s = h.shape[1]
         point_mask = torch.arange(s, device=h.device)[None, :] < groups.lengths[:, None]
@@ -137,6 +164,10 @@ class PointMLP(PointSetClassifier):
             :func:`pointcoc.load_authors_checkpoint`, whose weights were
             trained with that rule. Exact distance ties still go to the
             lowest index (the kernel's thread order may pick another).
+        memory_efficient: recompute the pre-extraction activations in backward
+            instead of storing them (see :class:`PointMLPStage`): the same
+            function and gradients, less memory, a slower training step
+            (docs/benchmarks.md has both).
 
     Forward: ``model(xyz (B, N, D), features (B, N, in_channels) or None,
     lengths (B,) long or None) -> logits (B, num_classes)``. Every set needs
@@ -153,7 +184,7 @@ class PointMLP(PointSetClassifier):
                  dropout: float = 0.5, cluster: Optional[str] = None, cluster_heads: int = 1,
                  cluster_head_dim: Optional[int] = None, cluster_centers: Union[int, Sequence[int], None] = None,
                  cluster_k: int = 8, cluster_regions: int = 1, random_start: bool = False,
-                 fps_skip_near_origin: bool = False):
+                 fps_skip_near_origin: bool = False, memory_efficient: bool = False):
         super().__init__()
         if coord_dim not in (2, 3):
             raise ValueError(f"coord_dim must be 2 or 3; got {coord_dim!r}")
@@ -182,7 +213,8 @@ class PointMLP(PointSetClassifier):
                 res_expansion=res_expansion, bias=bias, activation=activation, use_xyz=use_xyz, normalize=normalize,
                 random_start=random_start, cluster=cluster, cluster_heads=cluster_heads,
                 cluster_head_dim=cluster_head_dim, cluster_centers=centers[i], cluster_k=cluster_k,
-                cluster_regions=cluster_regions, fps_skip_near_origin=fps_skip_near_origin))
+                cluster_regions=cluster_regions, fps_skip_near_origin=fps_skip_near_origin,
+                memory_efficient=memory_efficient))
             channels = out
         self.stages = nn.ModuleList(blocks)
         self.num_features = channels

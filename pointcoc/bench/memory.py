@@ -1,0 +1,151 @@
+"""Peak memory of one training step, each measured in a fresh process: pointcoc vs the published layout.
+
+On the CPU the peak is the process's resident-memory high-water mark during
+the step (``VmHWM``) minus its resident memory just before it (``VmRSS``):
+what the step adds, whatever allocates it (torch, numba, the allocator's
+slack). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory
+allocated before the step. A fresh process per measurement keeps one
+measurement's freed-but-cached memory out of the next.
+
+Run as a module, one measurement prints one JSON line::
+
+    python -m pointcoc.bench.memory --model pointmlp_coc --batch 8 --layout ours [--memory-efficient]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .measure import Row, random_tensor, synchronize
+
+__all__ = ["step_peak_memory", "fresh_process_peak", "bench_memory"]
+
+LAYOUTS = ("ours", "published")
+
+
+def _proc_status_bytes(field: str) -> int:
+    """``field`` (e.g. "VmRSS", "VmHWM") of /proc/self/status in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field} line")
+
+
+def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int = 1024, num_classes: int = 15,
+                     device="cpu", memory_efficient: bool = False) -> Dict[str, float]:
+    """Peak extra memory of one training step (forward, cross-entropy, backward, SGD with momentum), in this process.
+
+    Args:
+        model: a registered pointcoc model name (``pointmlp``, ``pointmlp_elite``, ``pointmlp_coc``).
+        layout: "ours" (the pointcoc model) or "published" (:mod:`pointcoc.reference_pointmlp`
+            holding the same parameters).
+        memory_efficient: build the pointcoc model with ``memory_efficient=True`` (layout "ours" only).
+
+    Returns:
+        {"peak_bytes": what the step adds at its peak, "step_s": the step's wall time}. Call it
+        once per fresh process (:func:`fresh_process_peak`): the high-water mark never goes down.
+    """
+    from ..models import create_model
+    from ..reference_pointmlp import reference_from_pointcoc
+    from .model_rows import train_step
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+    if memory_efficient and layout != "ours":
+        raise ValueError("memory_efficient applies to layout 'ours' only")
+    device = torch.device(device)
+    torch.manual_seed(0)
+    net = create_model(model, num_classes=num_classes, **({"memory_efficient": True} if memory_efficient else {}))
+    net = net.to(device)
+    xyz = random_tensor((batch, n_points, 3), device, 3) * 2 - 1
+    label = (torch.arange(batch) % num_classes).to(device)
+    if layout == "published":
+        net, xyz = reference_from_pointcoc(net, points=n_points), xyz.transpose(1, 2).contiguous()
+    step = train_step(net, xyz, label)
+    if device.type == "cuda":
+        synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        base = _proc_status_bytes("VmRSS")
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _proc_status_bytes("VmHWM")
+    return {"peak_bytes": peak - base, "step_s": seconds}
+
+
+def fresh_process_peak(model: str, batch: int, layout: str = "ours", n_points: int = 1024, device="cpu",
+                       memory_efficient: bool = False, threads: Optional[int] = None) -> Dict[str, float]:
+    """:func:`step_peak_memory` run in a new Python process (this package, same interpreter)."""
+    command = [sys.executable, "-m", "pointcoc.bench.memory", "--model", model, "--batch", str(batch),
+               "--layout", layout, "--points", str(n_points), "--device", str(device)]
+    if memory_efficient:
+        command.append("--memory-efficient")
+    if threads:
+        command += ["--threads", str(threads)]
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds this copy of pointcoc
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement {' '.join(command[2:])} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(device="cpu", quick=False, names: Sequence[str] = ("pointmlp", "pointmlp_elite", "pointmlp_coc"),
+                 batches: Optional[Sequence[int]] = None, n_points: int = 1024,
+                 memory_efficient: Sequence[bool] = (False, True)) -> List[Row]:
+    """Peak memory of a training step per model and batch: pointcoc vs the published layout, fresh processes.
+
+    One row per (model, batch, pointcoc variant): the published layout is
+    measured once per (model, batch), each pointcoc variant (default and
+    ``memory_efficient``) right after it. The rows' times are those of the
+    single measured step (first step of a fresh process: indicative only; the
+    ``model_vs_reference`` rows time steps properly).
+    """
+    batches = batches or (8, 16, 32)
+    rows = []
+    for name in tqdm(names, desc="memory", leave=False):
+        for batch in batches:
+            ref = fresh_process_peak(name, batch, "published", n_points, device)
+            for lean in memory_efficient:
+                ours = fresh_process_peak(name, batch, "ours", n_points, device, memory_efficient=lean)
+                rows.append(Row("train step peak memory", f"{name}, B={batch}, N={n_points}",
+                                "pointcoc" + (" memory_efficient" if lean else ""), "published layout",
+                                ours["step_s"], ref["step_s"], int(ours["peak_bytes"]), int(ref["peak_bytes"]),
+                                note="fresh process each; peak RSS above start" if torch.device(device).type == "cpu"
+                                else "fresh process each; max_memory_allocated above start"))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="One training step's peak memory in this process, as JSON.")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--layout", choices=LAYOUTS, default="ours")
+    parser.add_argument("--points", type=int, default=1024)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-efficient", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = step_peak_memory(args.model, args.batch, args.layout, args.points, device=args.device,
+                              memory_efficient=args.memory_efficient)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
