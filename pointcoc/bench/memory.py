@@ -7,9 +7,10 @@ slack). On CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory
 allocated before the step. A fresh process per measurement keeps one
 measurement's freed-but-cached memory out of the next.
 
-Run as a module, one measurement prints one JSON line::
+One measurement prints one JSON line (what :func:`fresh_process_peak` runs)::
 
-    python -m pointcoc.bench.memory --model pointmlp_coc --batch 8 --layout ours [--memory-efficient]
+    python -c "import sys; from pointcoc.bench.memory import main; sys.exit(main())" \
+        --model pointmlp_coc --batch 8 --layout ours [--memory-efficient]
 """
 from __future__ import annotations
 
@@ -89,8 +90,9 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
 def fresh_process_peak(model: str, batch: int, layout: str = "ours", n_points: int = 1024, device="cpu",
                        memory_efficient: bool = False, threads: Optional[int] = None) -> Dict[str, float]:
     """:func:`step_peak_memory` run in a new Python process (this package, same interpreter)."""
-    command = [sys.executable, "-m", "pointcoc.bench.memory", "--model", model, "--batch", str(batch),
-               "--layout", layout, "--points", str(n_points), "--device", str(device)]
+    command = [sys.executable, "-c", "import sys; from pointcoc.bench.memory import main; sys.exit(main())",
+               "--model", model, "--batch", str(batch), "--layout", layout, "--points", str(n_points),
+               "--device", str(device)]
     if memory_efficient:
         command.append("--memory-efficient")
     if threads:
@@ -99,7 +101,7 @@ def fresh_process_peak(model: str, batch: int, layout: str = "ours", n_points: i
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"memory measurement {' '.join(command[2:])} failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"memory measurement {' '.join(command[3:])} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
