@@ -21,7 +21,7 @@ from pointcoc import bench as benchmark
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one small case per section: checks the plumbing and parity notes in about a minute on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help="one small case per section: checks the plumbing and parity notes, not the numbers for the docs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", metavar="OUT", help="also write the rows to this JSON file")
     parser.add_argument("--markdown", metavar="OUT", help="also write the table to this file")

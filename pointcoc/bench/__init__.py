@@ -47,7 +47,7 @@ SECTIONS = {
 }
 
 
-# --quick: one small case per section, so that the whole run takes about a minute on 2 loaded cores.
+# --quick: one small case per section (the earlier quick cases took over 5 minutes on 2 loaded cores).
 # Its numbers check the plumbing and the parity notes; the docs quote full runs.
 QUICK_CASES = {
     "fps": dict(cases=((8, 1024, 256),)),
