@@ -58,7 +58,7 @@ QUICK_CASES = {
     "masked_norm": dict(cases=((4, 256, 24, 64),)),
     "context_cluster": dict(cases=((1, 3136, 196, 64),)),
     "models": dict(names=("pointmlp_elite",), batches=(2,)),
-    "model_vs_reference": dict(batches=(2,)),
+    "model_vs_reference": dict(batches=(4,)),  # at batch 2 the head's BatchNorm over 2 samples amplifies float32 rounding
     "memory": dict(names=("pointmlp_elite",), batches=(2,), memory_efficient=(True,)),
 }
 
