@@ -243,6 +243,35 @@ def test_amp_on_cpu_warns_and_trains_in_float32(tmp_path):
     assert amp["confusion_matrix"] == plain["confusion_matrix"]
 
 
+def test_compile_trains_as_eager_and_checkpoints_the_plain_weights(tmp_path, monkeypatch):
+    """config.compile: same training as eager, checkpoint keys of the plain module, and it resumes without compile."""
+    compile_calls = []
+
+    def compile_without_codegen(module, **kwargs):  # Dynamo with the eager backend: the loop's wiring, in seconds
+        compile_calls.append(type(module).__name__)
+        return torch._dynamo.optimize("eager")(module)
+
+    monkeypatch.setattr(torch, "compile", compile_without_codegen)
+    train, test = datasets()
+    torch.manual_seed(0)
+    plain = fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "plain", NAMES)
+    torch.manual_seed(0)
+    compiled = fit(TinyPointNet(), train, test, config(epochs=2, compile=True), tmp_path / "compiled", NAMES,
+                   stop_after_epoch=1)
+    assert compile_calls == ["TinyPointNet"]  # one compiled module serves training and evaluation
+    a = load_checkpoint(tmp_path / "plain" / "last.pt")
+    b = load_checkpoint(tmp_path / "compiled" / "last.pt")
+    assert b["config"]["compile"] is True
+    assert list(b["model"]) == list(TinyPointNet().state_dict())  # no "_orig_mod." prefix
+    resumed = fit(TinyPointNet(), train, test, config(epochs=2), tmp_path / "compiled", NAMES,
+                  resume=tmp_path / "compiled" / "last.pt")
+    assert records(tmp_path / "plain" / "metrics.jsonl") == records(tmp_path / "compiled" / "metrics.jsonl")
+    assert resumed["confusion_matrix"] == plain["confusion_matrix"]
+    b = load_checkpoint(tmp_path / "compiled" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.cuda
 def test_cuda_amp_training_and_checkpoint_loads_on_cpu(tmp_path):

@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = False
     sync_bn: bool = False
+    compile: bool = False
     limit_train_batches: Optional[int] = None
     limit_val_batches: Optional[int] = None
     select_on_test: bool = False
@@ -160,6 +161,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
     g.add_argument("--sync-bn", action="store_true",
                    help="under torchrun, BatchNorm statistics over the global batch instead of each process's share "
                         "(CUDA only); see docs/training.md for what a multi-process run equals")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for training and evaluation: the first steps compile (minutes on a "
+                        "CPU, which needs a C++ compiler); checkpoints hold the plain model's weights")
     g.add_argument("--limit-train-batches", type=_positive_int, default=d.limit_train_batches,
                    help="train on at most this many batches per epoch (smoke runs)")
     g.add_argument("--limit-val-batches", type=_positive_int, default=d.limit_val_batches,

@@ -195,10 +195,6 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: Union[str, torc
     return out
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def build_model_from_checkpoint(state: Dict, create: Optional[Callable] = None) -> nn.Module:
     """Rebuild the model of a checkpoint: ``create(config.model, **config.model_kwargs)`` then load weights.
 
@@ -405,6 +401,11 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    # Evaluation runs the unwrapped model (ranks may see different numbers of eval batches).
+    eval_net = model
+    if config.compile:  # checkpoints save model.state_dict(): the plain module's keys, no "_orig_mod." prefix
+        net = torch.compile(net)
+        eval_net = torch.compile(model) if info.enabled else net
 
     sampler = None
     if info.enabled:
@@ -421,8 +422,8 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     test_loader = eval_loader(test_dataset)
     val_loader = eval_loader(val_dataset) if val_dataset is not None else None
 
-    def evaluate_on(loader):  # the unwrapped model: ranks may see different numbers of eval batches
-        return evaluate(model, loader, num_classes, device, amp=amp, limit_batches=config.limit_val_batches,
+    def evaluate_on(loader):
+        return evaluate(eval_net, loader, num_classes, device, amp=amp, limit_batches=config.limit_val_batches,
                         class_names=class_names, dist_info=info, progress=run.progress)
 
     last = None
@@ -460,7 +461,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         run.log(record, config)
         last = {"record": record, "test": test, "val": val}
         state = {
-            "format": CHECKPOINT_FORMAT, "model": _unwrap(net).state_dict(), "optimizer": optimizer.state_dict(),
+            "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if amp else None,
             "epoch": epoch + 1, "rng": capture_rng_state(loader_gen), "config": config.to_dict(),
             "metrics": {"record": record, "test": _compact(test), "val": _compact(val)},

@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .mlp import MaskedBatchNorm, get_activation
+from .mlp import MaskedBatchNorm, get_activation, none_if_all
 
 from ..ops import farthest_point_sample, gather, knn
 
@@ -17,21 +17,23 @@ class Groups(NamedTuple):
     """Output of :class:`LocalGrouper`.
 
     xyz: (B, S, D) anchor positions (zeros past ``lengths``).
-    lengths: (B,) long, number of anchors of each set (S = lengths.max()).
+    lengths: (B,) long, number of anchors of each set (S = lengths.max()); None when
+        the input had no lengths (every set has S anchors).
     anchors: (B, S, C) anchor features.
     grouped: (B, S, k, C_norm) normalised neighbour features (C_norm = C, + D with use_xyz).
         The published grouper also concatenates the anchor's features to each
         neighbour; :class:`GroupTransfer` applies the following layer to that
         concatenation without forming it.
-    mask: (B, S, k) bool, True on real neighbours of real anchors.
+    mask: (B, S, k) bool, True on real neighbours of real anchors; None when every
+        neighbour is real.
     anchor_idx: (B, S) long indices of the anchors in the input set, -1 past ``lengths``.
     """
 
     xyz: torch.Tensor
-    lengths: torch.Tensor
+    lengths: Optional[torch.Tensor]
     anchors: torch.Tensor
     grouped: torch.Tensor
-    mask: torch.Tensor
+    mask: Optional[torch.Tensor]
     anchor_idx: torch.Tensor
 
 
@@ -76,8 +78,9 @@ class LocalGrouper(nn.Module):
         reducer: anchors = points // reducer.
         coord_dim: D, 2 or 3.
 
-    Forward: xyz (B, N, D), features (B, N, C), lengths (B,) long -> :class:`Groups`
-    with ``grouped`` of ``norm_channels`` = C (+ D with use_xyz) channels.
+    Forward: xyz (B, N, D), features (B, N, C), lengths (B,) long or None (every
+    set has N points) -> :class:`Groups` with ``grouped`` of ``norm_channels`` =
+    C (+ D with use_xyz) channels.
     """
 
     def __init__(self, channels: int, k: int, reducer: int = 2, coord_dim: int = 3, use_xyz: bool = False,
@@ -93,18 +96,22 @@ class LocalGrouper(nn.Module):
             self.affine_alpha = nn.Parameter(torch.ones(normed))
             self.affine_beta = nn.Parameter(torch.zeros(normed))
 
-    def forward(self, xyz: torch.Tensor, features: torch.Tensor, lengths: torch.Tensor) -> Groups:
-        batch = xyz.shape[0]
-        n_anchors = torch.clamp(lengths // self.reducer, min=1)
-        s = int(n_anchors.max())
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Groups:
+        batch, n = xyz.shape[:2]
+        if lengths is None:  # every set has N points: sizes and masks follow from shapes (one graph when compiled)
+            n_anchors, s = None, max(n // self.reducer, 1)
+        else:
+            n_anchors = torch.clamp(lengths // self.reducer, min=1)
+            s = int(n_anchors.max())
         anchor_idx = farthest_point_sample(xyz.detach(), s, lengths, random_start=self.random_start and self.training,
                                            skip_near_origin=self.skip_near_origin)
-        slots = torch.arange(s, device=xyz.device)[None, :]
-        anchor_idx = anchor_idx.masked_fill(slots >= n_anchors[:, None], -1)
+        if n_anchors is not None:
+            slots = torch.arange(s, device=xyz.device)[None, :]
+            anchor_idx = anchor_idx.masked_fill(slots >= n_anchors[:, None], -1)
         new_xyz = gather(xyz, anchor_idx)
         anchors = gather(features, anchor_idx)
         idx = knn(new_xyz.detach(), xyz.detach(), self.k, query_lengths=n_anchors, point_lengths=lengths).idx
-        mask = idx >= 0
+        mask = None if lengths is None and self.k <= n else none_if_all(idx >= 0)
         grouped = gather(features, idx)
         ref = anchors
         if self.use_xyz:
@@ -113,11 +120,13 @@ class LocalGrouper(nn.Module):
         if self.normalize is not None:
             if self.normalize == "anchor":
                 ref = ref.unsqueeze(2)
+            elif mask is None:
+                ref = grouped.sum(2, keepdim=True) / grouped.shape[2]
             else:
                 weight = mask.unsqueeze(-1).to(grouped.dtype)
                 ref = (grouped * weight).sum(2, keepdim=True) / weight.sum(2, keepdim=True).clamp_min(1)
             diff = grouped - ref
-            if bool(mask.all()):
+            if mask is None:
                 std = torch.std(diff.reshape(batch, -1), dim=-1)  # one fused pass
             else:
                 std = masked_std(diff, mask)

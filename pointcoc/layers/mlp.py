@@ -13,7 +13,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["MaskedBatchNorm", "PointwiseLayer", "ResidualPointBlock", "get_activation"]
+__all__ = ["MaskedBatchNorm", "PointwiseLayer", "ResidualPointBlock", "get_activation", "none_if_all"]
+
+
+def none_if_all(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``mask``, or None when it is None or all True (the layers then skip the masked paths)."""
+    return None if mask is None or bool(mask.all()) else mask
 
 
 def get_activation(name: str, inplace: bool = False) -> nn.Module:

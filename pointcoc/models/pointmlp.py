@@ -19,6 +19,7 @@ from torch import nn
 
 from ..layers import (ContextCluster, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation,
                       masked_max, recompute)
+from ..layers.mlp import none_if_all
 from ..ops.validation import check_lengths, check_points, check_positive_int
 from .classifier import PointSetClassifier
 
@@ -48,8 +49,8 @@ class PointMLPStage(nn.Module):
     during backward (:func:`pointcoc.layers.recompute`): the same values and
     gradients, a fraction of the memory, one more forward of those blocks.
 
-    Forward: xyz (B, N, D), x (B, N, C_in), lengths (B,) long ->
-    (anchor xyz (B, S, D), features (B, S, C_out), anchor lengths (B,), mask (B, S) bool or None).
+    Forward: xyz (B, N, D), x (B, N, C_in), lengths (B,) long or None (every set has N points) ->
+    (anchor xyz (B, S, D), features (B, S, C_out), anchor lengths (B,) or None, mask (B, S) bool or None).
     """
 
     def __init__(self, in_channels: int, out_channels: int, k: int, reducer: int, pre_blocks: int, pos_blocks: int,
@@ -102,9 +103,9 @@ class PointMLPStage(nn.Module):
                 h = layer(h, mask)
         return h
 
-    def forward(self, xyz: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor):
+    def forward(self, xyz: torch.Tensor, x: torch.Tensor, lengths: Optional[torch.Tensor]):
         groups = self.grouper(xyz, x, lengths)
-        mask = None if bool(groups.mask.all()) else groups.mask
+        mask = groups.mask
         if self.memory_efficient:
             h = recompute(self, self.transfer, groups.grouped, groups.anchors, mask)
             for segment in self._segments:
@@ -112,9 +113,9 @@ class PointMLPStage(nn.Module):
         else:
             h = self._pre_extract(self.transfer(groups.grouped, groups.anchors, mask), mask, self.pre_blocks)
         h = masked_max(h, mask, dim=2)
-        s = h.shape[1]
-        point_mask = torch.arange(s, device=h.device)[None, :] < groups.lengths[:, None]
-        point_mask = None if bool(point_mask.all()) else point_mask
+        point_mask = None
+        if groups.lengths is not None:
+            point_mask = none_if_all(torch.arange(h.shape[1], device=h.device)[None, :] < groups.lengths[:, None])
         for layer in self.pos_blocks:
             if isinstance(layer, ContextCluster):
                 h = layer(h, groups.xyz, groups.lengths)
@@ -225,7 +226,9 @@ class PointMLP(PointSetClassifier):
         head.append(nn.Linear(channels, self.num_classes))
         self.classifier = nn.Sequential(*head)
 
+    @torch.compiler.disable  # it reads values (finite, lengths): under torch.compile it runs before the graph
     def _check(self, xyz, features, lengths):
+        """Validate the inputs; returns (features or None, lengths or None when every set has N points)."""
         check_points("xyz", xyz, dims=(self.coord_dim,))
         weight = self.embedding.linear.weight
         if xyz.dtype != weight.dtype or xyz.device != weight.device:
@@ -250,7 +253,7 @@ class PointMLP(PointSetClassifier):
         if smallest < self.min_points:
             raise ValueError(f"every set needs at least k_neighbors[0] = {self.min_points} points; "
                              f"got a set of {smallest}")
-        return features, lengths
+        return features, (None if smallest == n else lengths)
 
     def forward_features(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
                          lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -258,8 +261,7 @@ class PointMLP(PointSetClassifier):
         features, lengths = self._check(xyz, features, lengths)
         n = xyz.shape[1]
         x = xyz if features is None else torch.cat([xyz, features.to(xyz.dtype)], dim=-1)
-        mask = torch.arange(n, device=xyz.device)[None, :] < lengths[:, None]
-        mask = None if bool(mask.all()) else mask
+        mask = None if lengths is None else torch.arange(n, device=xyz.device)[None, :] < lengths[:, None]
         h = self.embedding(x, mask)
         for stage in self.stages:
             xyz, h, lengths, mask = stage(xyz, h, lengths)

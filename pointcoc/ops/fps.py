@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from . import backends
+from .library import fps_op
 from .validation import check_lengths, check_points, check_positive_int
 
 __all__ = ["farthest_point_sample", "fps_torch", "squared_distance_to", "near_origin", "initial_min_dist2"]
@@ -139,16 +140,14 @@ def farthest_point_sample(
     Returns:
         LongTensor (B, n_samples) of indices into dim 1 of ``xyz``; entries
         ``idx[b, i]`` with ``i >= lengths[b]`` are -1.
+
+    Runs as the custom op ``torch.ops.pointcoc.farthest_point_sample``
+    (:mod:`pointcoc.ops.library`): one node under ``torch.compile``.
     """
-    check_points("xyz", xyz)
+    check_points("xyz", xyz, finite=False)  # the values are checked inside the op
     n_samples = check_positive_int("n_samples", n_samples)
     if not isinstance(skip_near_origin, bool):
         raise ValueError(f"skip_near_origin must be a bool; got {skip_near_origin!r}")
     batch, n, _ = xyz.shape
-    lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device)
-    if random_start:
-        start = (torch.rand(batch, device=xyz.device) * lengths).long().clamp_max(lengths - 1)
-    else:
-        start = torch.zeros(batch, dtype=torch.long, device=xyz.device)
-    impl = backends.resolve("fps", xyz.device, backend)
-    return impl.fn(xyz.contiguous(), n_samples, lengths, start, skip_near_origin)
+    lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device, values=False)
+    return fps_op(xyz.detach(), n_samples, lengths, bool(random_start), backend, skip_near_origin)

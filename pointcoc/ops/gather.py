@@ -28,7 +28,8 @@ def gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     check_index("idx", idx, batch, n)
     flat = idx.reshape(batch, -1)
     missing = flat < 0
-    has_missing = bool(missing.any())
+    # Compiled: always the branch-free form (a data-dependent if would split the graph).
+    has_missing = torch.compiler.is_compiling() or bool(missing.any())
     if has_missing:
         flat = flat.clamp_min(0)
     # One index_select over the flattened batch: about 3x faster than torch.gather

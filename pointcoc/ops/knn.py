@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import backends
+from .library import knn_op
 from .validation import check_lengths, check_points, check_positive_int, check_same_batch
 
 __all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2", "exact_among_candidates"]
@@ -307,9 +308,13 @@ def knn(
         outliers), with distances bit-identical to the ``"torch"`` reference's
         (squared differences summed x, then y, then z); points at equal
         distance may come in any order.
+        dist2 is differentiable with respect to ``query`` and ``points``.
+
+    Runs as the custom op ``torch.ops.pointcoc.knn`` (:mod:`pointcoc.ops.library`):
+    one node under ``torch.compile``.
     """
-    check_points("query", query)
-    check_points("points", points)
+    check_points("query", query, finite=False)  # the values are checked inside the op
+    check_points("points", points, finite=False)
     check_same_batch("query", query, "points", points)
     if query.shape[-1] != points.shape[-1]:
         raise ValueError(
@@ -323,7 +328,9 @@ def knn(
     k = check_positive_int("k", k)
     batch, m, _ = query.shape
     n = points.shape[1]
-    query_lengths = check_lengths("query_lengths", query_lengths, batch, m, device=query.device)
-    point_lengths = check_lengths("point_lengths", point_lengths, batch, n, device=query.device)
-    impl = backends.resolve("knn", query.device, backend)
-    return impl.fn(query.contiguous(), points.contiguous(), k, query_lengths, point_lengths)
+    query_lengths = check_lengths("query_lengths", query_lengths, batch, m, device=query.device, values=False)
+    point_lengths = check_lengths("point_lengths", point_lengths, batch, n, device=query.device, values=False)
+    dist2, idx = knn_op(query.detach(), points.detach(), k, query_lengths, point_lengths, backend)
+    if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
+        dist2 = exact_dist2(query, points, idx)  # the same values, differentiable
+    return KNNResult(dist2, idx)

@@ -2,6 +2,13 @@
 
 Each check raises ``ValueError`` with a message that names the argument, what
 was expected and what came, before any kernel runs.
+
+Under ``torch.compile`` the checks that read tensor values (finite
+coordinates, ranges of lengths and indices) are skipped while Dynamo traces:
+a data-dependent ``if`` would split the graph. They still run where the data
+is at hand: inside the FPS and kNN custom ops (:mod:`pointcoc.ops.library`)
+and in a model's input check, which runs outside the graph. Shape, dtype and
+type checks are static and run while tracing as in eager mode.
 """
 from __future__ import annotations
 
@@ -11,6 +18,9 @@ import torch
 
 __all__ = [
     "check_points",
+    "check_finite",
+    "check_length_values",
+    "values_checked",
     "check_lengths",
     "check_same_batch",
     "check_positive_int",
@@ -20,6 +30,26 @@ __all__ = [
 
 def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
+
+
+def values_checked() -> bool:
+    """Whether checks that read tensor values run here: always, except while torch.compile traces."""
+    return not torch.compiler.is_compiling()
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Check that every value of ``x`` is finite (skipped while torch.compile traces)."""
+    if values_checked() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must hold only finite values; it contains NaN or inf")
+
+
+def check_length_values(name: str, lengths: torch.Tensor, n: int) -> None:
+    """Check that ``lengths`` (B,) holds values in [1, n] (skipped while torch.compile traces)."""
+    if values_checked() and (bool((lengths < 1).any()) or bool((lengths > n).any())):
+        raise ValueError(
+            f"{name} must have values in [1, {n}] (empty sets are not allowed); "
+            f"got min {int(lengths.min())}, max {int(lengths.max())}"
+        )
 
 
 def check_points(
@@ -52,11 +82,12 @@ def check_points(
         raise ValueError(f"{name} must hold at least one set (B >= 1); got shape {_shape(x)}")
     if x.shape[1] == 0:
         raise ValueError(f"{name} must hold at least one point per set (N >= 1); got shape {_shape(x)}")
-    if finite and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} must hold only finite values; it contains NaN or inf")
+    if finite:
+        check_finite(name, x)
 
 
-def check_lengths(name: str, lengths: Optional[torch.Tensor], batch: int, n: int, device=None) -> torch.Tensor:
+def check_lengths(name: str, lengths: Optional[torch.Tensor], batch: int, n: int, device=None,
+                  values: bool = True) -> torch.Tensor:
     """Check a ragged ``lengths`` tensor and return it as a long tensor.
 
     Args:
@@ -64,6 +95,8 @@ def check_lengths(name: str, lengths: Optional[torch.Tensor], batch: int, n: int
         batch: expected B.
         n: the padded set size N.
         device: device of the returned tensor.
+        values: also check the values (:func:`check_length_values`); False
+            checks type, dtype and shape only.
 
     Returns:
         LongTensor (B,) on ``device``; ``torch.full((B,), n)`` when ``lengths`` is None.
@@ -76,11 +109,8 @@ def check_lengths(name: str, lengths: Optional[torch.Tensor], batch: int, n: int
         raise ValueError(f"{name} must be an integer tensor of shape (B,); got dtype {lengths.dtype}")
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         raise ValueError(f"{name} must have shape (B,) = ({batch},); got shape {_shape(lengths)}")
-    if bool((lengths < 1).any()) or bool((lengths > n).any()):
-        raise ValueError(
-            f"{name} must have values in [1, {n}] (empty sets are not allowed); "
-            f"got min {int(lengths.min())}, max {int(lengths.max())}"
-        )
+    if values:
+        check_length_values(name, lengths, n)
     return lengths.to(device=device, dtype=torch.long)
 
 
@@ -106,14 +136,14 @@ def check_positive_int(name: str, value) -> int:
 
 
 def check_index(name: str, idx: torch.Tensor, batch: int, n: int) -> None:
-    """Check an index tensor of shape (B, ...) with values in [-1, n)."""
+    """Check an index tensor of shape (B, ...) with values in [-1, n) (the values: not while torch.compile traces)."""
     if not isinstance(idx, torch.Tensor):
         raise ValueError(f"{name} must be a LongTensor of shape (B, ...); got {type(idx).__name__}")
     if idx.dtype != torch.long:
         raise ValueError(f"{name} must be a LongTensor (int64); got dtype {idx.dtype}")
     if idx.dim() < 1 or idx.shape[0] != batch:
         raise ValueError(f"{name} must have shape (B, ...) with B = {batch}; got shape {_shape(idx)}")
-    if idx.numel() and (bool((idx < -1).any()) or bool((idx >= n).any())):
+    if idx.numel() and values_checked() and (bool((idx < -1).any()) or bool((idx >= n).any())):
         raise ValueError(
             f"{name} must have values in [-1, {n - 1}] (-1 marks padding); "
             f"got min {int(idx.min())}, max {int(idx.max())}"

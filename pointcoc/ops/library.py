@@ -1,0 +1,71 @@
+"""FPS and kNN as ``torch.library`` custom ops: one opaque node each under ``torch.compile``.
+
+The backends behind :func:`~pointcoc.ops.farthest_point_sample` and
+:func:`~pointcoc.ops.knn` are Python loops, numba and Triton kernels. Dynamo
+cannot trace them, and would split the graph at every call; as custom ops with
+a fake (shape-only) implementation they stay inside one graph and run as they
+do in eager mode. Their outputs are integer indices (and, for kNN, squared
+distances that the public :func:`~pointcoc.ops.knn` recomputes
+differentiably when autograd needs them), so the ops have no autograd formula
+and take detached inputs.
+
+Inside an op the inputs are real tensors even when the caller is compiled, so
+this is where the checks that read values run (finite coordinates, lengths in
+range) and where the backend is chosen: forcing a backend with
+:func:`~pointcoc.ops.set_backend` takes effect without recompiling. The
+public functions check types and shapes before calling the op.
+
+Ops: ``torch.ops.pointcoc.farthest_point_sample(xyz, n_samples, lengths,
+random_start, backend, skip_near_origin) -> idx`` and ``torch.ops.pointcoc.knn(query, points,
+k, query_lengths, point_lengths, backend) -> (dist2, idx)``; arguments as the
+public functions, lengths already given as LongTensors (B,).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import backends
+from .validation import check_finite, check_length_values
+
+__all__ = ["fps_op", "knn_op"]
+
+
+@torch.library.custom_op("pointcoc::farthest_point_sample", mutates_args=())
+def fps_op(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, random_start: bool,
+           backend: Optional[str], skip_near_origin: bool) -> torch.Tensor:
+    """FPS of ``xyz`` (B, N, D) with LongTensor ``lengths`` (B,) -> LongTensor (B, n_samples), -1 past lengths."""
+    check_finite("xyz", xyz)
+    batch, n, _ = xyz.shape
+    check_length_values("lengths", lengths, n)
+    if random_start:
+        start = (torch.rand(batch, device=xyz.device) * lengths).long().clamp_max(lengths - 1)
+    else:
+        start = torch.zeros(batch, dtype=torch.long, device=xyz.device)
+    impl = backends.resolve("fps", xyz.device, backend)
+    return impl.fn(xyz.contiguous(), n_samples, lengths, start, skip_near_origin)
+
+
+@fps_op.register_fake
+def _fps_fake(xyz, n_samples, lengths, random_start, backend, skip_near_origin):
+    return xyz.new_empty((xyz.shape[0], n_samples), dtype=torch.long)
+
+
+@torch.library.custom_op("pointcoc::knn", mutates_args=())
+def knn_op(query: torch.Tensor, points: torch.Tensor, k: int, query_lengths: torch.Tensor,
+           point_lengths: torch.Tensor, backend: Optional[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """kNN of ``query`` (B, M, D) in ``points`` (B, N, D) -> (dist2 (B, M, k), idx (B, M, k) long)."""
+    check_finite("query", query)
+    check_finite("points", points)
+    check_length_values("query_lengths", query_lengths, query.shape[1])
+    check_length_values("point_lengths", point_lengths, points.shape[1])
+    impl = backends.resolve("knn", query.device, backend)
+    dist2, idx = impl.fn(query.contiguous(), points.contiguous(), k, query_lengths, point_lengths)
+    return dist2, idx
+
+
+@knn_op.register_fake
+def _knn_fake(query, points, k, query_lengths, point_lengths, backend):
+    batch, m, _ = query.shape
+    return query.new_empty((batch, m, k)), query.new_empty((batch, m, k), dtype=torch.long)
