@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all demo bench clean
+.PHONY: install test test-slow test-all demo bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ demo: install
 
 bench: install
 	$(PY) scripts/benchmark.py --quick
+
+# Everything that needs a GPU in one run of at most ~8 minutes (docs/gpu_check.md). It uses the GPU
+# machine's own python3 and CUDA build of torch as they are: no venv, no torch pin, no install (it
+# works offline); the checkout is imported through PYTHONPATH. Writes gpu_check_out/gpu_check.{json,md}.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) scripts/gpu_check.py --out gpu_check_out
 
 clean:
 	rm -rf $(VENV) build *.egg-info

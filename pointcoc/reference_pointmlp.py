@@ -75,6 +75,7 @@ def index_points(points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return points[batch_indices, idx, :]
 
 
+@torch.compiler.disable  # the authors' FPS is a CUDA extension op, opaque to torch.compile; Dynamo would unroll this loop
 def farthest_point_sample(xyz: torch.Tensor, npoint: int, start: Optional[torch.Tensor] = None,
                           skip_near_origin: bool = False) -> torch.Tensor:
     """xyz (B, N, 3) -> (B, npoint) long: the authors' Python-loop FPS; ``start`` (B,) long, default index 0.

@@ -6,6 +6,7 @@
     python scripts/benchmark.py --only model_vs_reference --png step.png   # PointMLP-CoC step vs the published layout
     python scripts/benchmark.py --profile-vs-reference 16 --out profile.txt   # both steps profiled side by side
     python scripts/benchmark.py --only memory   # a training step's peak memory per model and batch, fresh processes
+    python scripts/benchmark.py --only compile   # torch.compile vs eager training step (minutes: it compiles)
 
 Prints a markdown table (paste it into docs/benchmarks.md with the command,
 machine and date). See pointcoc/bench/ for what each row compares.
@@ -25,7 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", metavar="OUT", help="also write the rows to this JSON file")
     parser.add_argument("--markdown", metavar="OUT", help="also write the table to this file")
-    parser.add_argument("--only", help=f"comma-separated sections from {list(benchmark.SECTIONS)}")
+    parser.add_argument("--only", help=f"comma-separated sections from {list(benchmark.SECTIONS)} "
+                                       f"({', '.join(benchmark.OPT_IN)} only when named here)")
     parser.add_argument("--profile", metavar="MODEL", help="instead: profile one training step of MODEL (batch 16)")
     parser.add_argument("--backend", help="with --profile: force this ops backend (e.g. torch)")
     parser.add_argument("--profile-vs-reference", type=int, metavar="BATCH",

@@ -10,3 +10,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m cuda` selects by marker
+def pytest_collection_modifyitems(config, items):
+    """One meaning for "a CUDA test": marked ``cuda`` (``pytest -m cuda`` runs them all; so does gpu_check.py).
+
+    A test skipped without CUDA (``skipif(..., reason="needs a CUDA device")``) gets the ``cuda`` marker,
+    and a test marked ``cuda`` is skipped where no CUDA device is available.
+    """
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if any(m.name == "skipif" and "CUDA" in str(m.kwargs.get("reason", "")) for m in item.iter_markers()):
+            item.add_marker(pytest.mark.cuda)
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+            item.add_marker(no_cuda)

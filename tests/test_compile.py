@@ -15,7 +15,7 @@ SMALL = dict(num_classes=5, embed_dim=8, k_neighbors=4)
 
 
 @pytest.fixture(autouse=True)
-def fresh_dynamo():
+def fresh_dynamo(one_thread):
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -71,38 +71,48 @@ def _train_step_outputs(model, xyz, features=None, lengths=None):
     return logits.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-def _inputs(name, batch=4, n=64):
+def _inputs(name, batch=4, n=64, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     if "pixels" in name:
-        return torch.rand(batch, n, 2, generator=g) - 0.5, torch.rand(batch, n, 1, generator=g)
-    return torch.rand(batch, n, 3, generator=g) * 2 - 1, None
+        return (torch.rand(batch, n, 2, generator=g) - 0.5).to(dtype), torch.rand(batch, n, 1, generator=g).to(dtype)
+    return (torch.rand(batch, n, 3, generator=g) * 2 - 1).to(dtype), None
 
 
-def _check_compiled_matches_eager(name, backend, rtol=0.0, atol=0.0, **kwargs):
+def _assert_close_to_scale(got, want, tol):
+    """Equal (tol 0), or within tol relative to the largest magnitude of ``want``: some gradients are
+    exactly 0 in exact arithmetic (a bias before train-mode BatchNorm) and hold only rounding noise."""
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale)
+
+
+def _check_compiled_matches_eager(name, backend, tol=0.0, dtype=torch.float32, **kwargs):
     torch.manual_seed(0)
-    model = create_model(name, **{**SMALL, **kwargs})
-    xyz, features = _inputs(name)
+    model = create_model(name, **{**SMALL, **kwargs}).to(dtype)
+    xyz, features = _inputs(name, dtype=dtype)
     counter = CompileCounterWithBackend(backend)
     compiled = torch.compile(model, backend=counter)
     want_logits, want_grads = _train_step_outputs(model, xyz, features)
     got_logits, got_grads = _train_step_outputs(compiled, xyz, features)
-    torch.testing.assert_close(got_logits, want_logits, rtol=rtol, atol=atol)
+    _assert_close_to_scale(got_logits, want_logits, tol)
+    grad_scale = max(g.abs().max().item() for g in want_grads)
     for got, want in zip(got_grads, want_grads):
-        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * grad_scale)
     # Full sets: the input check runs before the graph (one break), the rest is one graph.
     assert counter.frame_count == 2
-    return model, compiled, counter
+    return model, compiled
+
+
+TWO_STAGES = dict(pre_blocks=(1, 1), pos_blocks=(1, 1), k_neighbors=(4, 4), reducers=(2, 2), dim_expansion=(2, 2))
 
 
 def test_compiled_pointmlp_coc_matches_eager_in_one_graph():
-    two_stages = dict(pre_blocks=(1, 1), pos_blocks=(1, 1), k_neighbors=(4, 4), reducers=(2, 2), dim_expansion=(2, 2))
-    _check_compiled_matches_eager("pointmlp_coc", "eager", **two_stages)
+    _check_compiled_matches_eager("pointmlp_coc", "eager", **TWO_STAGES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["pointmlp", "pointmlp_elite", "pointmlp_coc", "pointmlp_coc_pixels"])
 def test_compiled_models_match_eager_through_aot_autograd(name):
-    model, compiled, _ = _check_compiled_matches_eager(name, "aot_eager")
+    model, compiled = _check_compiled_matches_eager(name, "aot_eager")
     # Eval mode and a ragged batch (recompiled; data-dependent sizes may split the graph): the same logits.
     xyz, features = _inputs(name)
     lengths = torch.tensor([64, 40, 64, 20])
@@ -115,9 +125,17 @@ def test_compiled_models_match_eager_through_aot_autograd(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["pointmlp", "pointmlp_elite", "pointmlp_coc"])
 def test_inductor_compiled_models_match_eager(name):
-    """Generated C++ code: float32 rounding differs from eager (fused reductions), so compare to a tolerance.
+    """Generated C++ code (two-stage models: compiling takes minutes on a loaded CPU).
 
-    ``fallback_random`` makes the compiled dropout draw from torch's generator as eager does.
+    Train mode in float64: logits and gradients equal to rounding (in float32, train-mode BatchNorm on
+    4 sets amplifies the rounding of reordered sums in the gradients beyond any useful tolerance).
+    Eval mode in float32: logits to 1e-4. ``fallback_random`` makes the compiled dropout draw from
+    torch's generator as eager does.
     """
     with torch._inductor.config.patch(fallback_random=True):
-        _check_compiled_matches_eager(name, "inductor", rtol=1e-3, atol=1e-3)
+        model, compiled = _check_compiled_matches_eager(name, "inductor", tol=1e-9, dtype=torch.float64, **TWO_STAGES)
+    if name == "pointmlp_coc":
+        model.float().eval()
+        xyz, _ = _inputs(name)
+        with torch.no_grad():
+            _assert_close_to_scale(compiled(xyz), model(xyz), 1e-4)

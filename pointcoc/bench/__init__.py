@@ -6,6 +6,8 @@ One module per subject:
 * :mod:`.ops_rows` - single ops and layers (FPS, kNN, gather, pointwise layers, context cluster);
 * :mod:`.model_rows` - whole models: eval forward, training step, pointcoc vs the published layout;
 * :mod:`.memory` - peak memory of a training step, each in a fresh process;
+* :mod:`.compile_rows` - ``torch.compile`` against eager, training step (opt-in: ``--only compile``);
+* :mod:`.gpu_check` - the one prepared GPU run (``scripts/gpu_check.py``);
 * :mod:`.profiles` - where a training step's time goes;
 * :mod:`.report` - markdown table, JSON, bar chart.
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from .compile_rows import bench_compile
 from .measure import (Row, SectionUnavailable, machine_description, peak_cpu_memory, peak_memory, synchronize,
-                      time_pair)
+                      time_pair, timed)
 from .memory import bench_memory
 from .model_rows import bench_model_vs_reference, bench_models
 from .ops_rows import (bench_context_cluster, bench_fps, bench_gather, bench_knn, bench_masked_norm, bench_pointwise,
@@ -26,9 +29,9 @@ from .profiles import profile_model_vs_reference, profile_train_step
 from .report import plot_model_vs_reference, to_json, to_markdown
 
 __all__ = [
-    "synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
+    "synchronize", "timed", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
     "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
-    "bench_context_cluster", "bench_models", "bench_memory", "bench_model_vs_reference", "profile_model_vs_reference",
+    "bench_context_cluster", "bench_models", "bench_memory", "bench_compile", "bench_model_vs_reference", "profile_model_vs_reference",
     "plot_model_vs_reference", "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description",
     "SECTIONS",
 ]
@@ -44,6 +47,7 @@ SECTIONS = {
     "models": bench_models,
     "model_vs_reference": bench_model_vs_reference,
     "memory": bench_memory,
+    "compile": bench_compile,
 }
 
 
@@ -61,16 +65,19 @@ QUICK_CASES = {
     "model_vs_reference": dict(batches=(4,)),  # at batch 2 the head's BatchNorm over 2 samples amplifies float32 rounding
     "memory": dict(names=("pointmlp_elite",), batches=(2,), memory_efficient=(True,)),
 }
+# Run only when named in ``only``: compiling takes minutes on a CPU.
+OPT_IN = ("compile",)
 
 
 def run_all(device="cpu", quick=False, only=None):
-    """Run the benchmark sections named in ``only`` (default: all); ``quick``: the small cases of ``QUICK_CASES``.
+    """Run the benchmark sections named in ``only`` (default: all but the OPT_IN ones); ``quick``: the small
+    cases of ``QUICK_CASES``.
 
     Returns:
         (rows, skipped): the measured rows, and {section: reason} for sections
         that could not run here.
     """
-    names = list(SECTIONS) if only is None else list(only)
+    names = [n for n in SECTIONS if n not in OPT_IN] if only is None else list(only)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise ValueError(f"only must name sections from {sorted(SECTIONS)}; got {unknown}")

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["synchronize", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
+__all__ = ["synchronize", "timed", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
            "import_or_skip", "random_tensor", "machine_description"]
 
 
@@ -22,6 +22,15 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued kernels on ``device`` (no-op on the CPU)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable, device="cpu"):
+    """(result of ``fn()``, its wall time in seconds), synchronising ``device`` before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - start
 
 
 def time_pair(ours: Callable, reference: Callable, device="cpu", repeat: int = 5, warmup: int = 1):

@@ -81,14 +81,22 @@ def coc_pair(batch: int, n_points: int, num_classes: int, device, kwargs: Option
     return ours, reference, xyz, label
 
 
-def train_step(model: torch.nn.Module, inputs: torch.Tensor, label: torch.Tensor) -> Callable:
-    """One SGD step (forward, cross-entropy, backward, update) of ``model`` as a callable returning the loss."""
+def train_step(model: torch.nn.Module, inputs, label: torch.Tensor,
+               autocast_dtype: Optional[torch.dtype] = None) -> Callable:
+    """One SGD step (forward, cross-entropy, backward, update) of ``model`` as a callable returning the loss.
+
+    ``inputs``: a tensor, or a tuple of the model's positional arguments. ``autocast_dtype``
+    (e.g. ``torch.bfloat16``): the forward runs under ``torch.autocast`` in that dtype.
+    """
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
 
     def step():
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(inputs), label)
+        with torch.autocast(label.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(*args)
+        loss = torch.nn.functional.cross_entropy(logits.float(), label)
         loss.backward()
         optimizer.step()
         return loss.detach()

@@ -59,11 +59,12 @@ def note_unavailable(op: str, name: str, reason: str) -> None:
     _UNAVAILABLE.setdefault(op, {})[name] = reason
 
 
-def available_backends(op: Optional[str] = None):
-    """Names of the registered backends of ``op`` (or a dict for every op)."""
+def available_backends(op: Optional[str] = None, device=None):
+    """Names of the registered backends of ``op`` (or a dict for every op); with ``device``, those that run there."""
     if op is None:
-        return {o: sorted(b) for o, b in _REGISTRY.items()}
-    return sorted(_REGISTRY.get(op, {}))
+        return {o: available_backends(o, device) for o in _REGISTRY}
+    kind = None if device is None else torch.device(device).type
+    return sorted(n for n, b in _REGISTRY.get(op, {}).items() if kind is None or kind in b.devices)
 
 
 def set_backend(name: Optional[str]) -> None:

@@ -1,0 +1,470 @@
+"""The one prepared GPU run: everything that needs a GPU, in one budgeted pass (``scripts/gpu_check.py``).
+
+Sections, in order; each is guarded (an exception is recorded with its
+traceback and the next section runs) and a global time budget skips the work
+that no longer fits, so the whole run ends within ``budget_s``:
+
+* ``environment``: device, versions, the FPS/kNN backends available on the device;
+* ``cuda_tests``: ``pytest -m cuda`` in a subprocess, with its pass/fail counts;
+* ``ops``: FPS and kNN with every backend available on the device against the
+  torch reference (time, parity, kNN peak memory), on uniform sets, a 2-D
+  pixel grid and far-apart clusters (where an inexact kNN fails);
+* ``pixels``: a ``pointmlp_coc_pixels`` training step on square images;
+* ``train_step``: a PointMLP-CoC training step, pointcoc vs the published layout
+  (:mod:`pointcoc.reference_pointmlp`), eager then compiled (last: compiling
+  takes the longest), float32 and bf16 autocast: step time, samples/s, peak
+  memory, first loss, and the estimated time of one ScanObjectNN PB_T50_RS epoch.
+
+Without CUDA the same sections run on the CPU at reduced sizes (a dry run, said
+in the first line of the markdown). :func:`run_gpu_check` writes
+``gpu_check.json`` and ``gpu_check.md`` after every section, so an interrupted
+run leaves what it measured. The format is documented in docs/gpu_check.md.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import xml.etree.ElementTree as ElementTree
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch._inductor.config  # noqa: F401  (fallback_random)
+
+from .. import ops
+from ..ops.fps import fps_torch
+from ..ops.knn import knn_torch
+from .measure import machine_description, peak_memory, random_tensor, synchronize, time_pair, timed
+from .model_rows import coc_pair, train_step
+
+__all__ = ["CheckSizes", "SIZES", "run_gpu_check", "to_markdown", "FORMAT", "SCANOBJECTNN_TRAIN_OBJECTS"]
+
+FORMAT = "pointcoc-gpu-check-v1"
+SCANOBJECTNN_TRAIN_OBJECTS = 11416  # PB_T50_RS training split
+LOSS_RTOL = 1e-3  # float32 first losses of the layouts and modes agree to this (relative)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class CheckSizes:
+    """Problem sizes of one kind of run.
+
+    ops_cases: (kind, B, N, D, samples, k) with kind "uniform" (in [-1, 1]^D),
+        "pixels" (a sqrt(N) x sqrt(N) grid of pixel coordinates, D = 2) or
+        "clusters" (two unit cubes 1000 apart); FPS picks ``samples`` points,
+        kNN finds the ``k`` nearest of each of them.
+    compiled_precisions: the precisions whose training step is also run compiled.
+    step_need_s, compile_need_s: time a training-step configuration is assumed to
+        need, eager and compiled; one that no longer fits the budget is skipped.
+    threads: torch CPU threads during the run; tiny sizes use one (on a shared CPU,
+        two threads on tiny tensors mostly wait for each other).
+    """
+
+    name: str
+    ops_cases: Tuple[Tuple[str, int, int, int, int, int], ...]
+    ops_repeat: int
+    train_batch: int
+    train_points: int
+    train_steps: int
+    model_kwargs: Dict = field(default_factory=dict)
+    pixel_sides: Tuple[int, ...] = (28, 64)
+    pixel_batch: int = 32
+    pixel_kwargs: Dict = field(default_factory=dict)
+    compile_backend: str = "inductor"
+    compiled_precisions: Tuple[str, ...] = ("float32", "bf16 autocast")
+    step_need_s: float = 15.0
+    compile_need_s: float = 90.0
+    pytest_targets: Tuple[str, ...] = ("tests",)
+    pytest_timeout_s: float = 200.0
+    threads: Optional[int] = None  # torch CPU threads during the run (None: unchanged)
+
+
+_TWO_SMALL_STAGES = dict(embed_dim=8, k_neighbors=(4, 4), reducers=(2, 2), dim_expansion=(2, 2), pre_blocks=(1, 1),
+                         pos_blocks=(1, 1))
+SIZES = {
+    # One H100: the sizes the issue asks for.
+    "full": CheckSizes("full", (("uniform", 32, 1024, 3, 512, 24), ("uniform", 8, 8192, 3, 2048, 24),
+                                ("pixels", 2, 224 * 224, 2, 224 * 224 // 4, 16), ("clusters", 4, 8192, 3, 2048, 24)),
+                       ops_repeat=5, train_batch=32, train_points=1024, train_steps=10),
+    # No GPU: the same sections on the CPU, smaller.
+    "reduced": CheckSizes("reduced", (("uniform", 8, 1024, 3, 512, 24), ("uniform", 2, 4096, 3, 1024, 24),
+                                      ("pixels", 1, 64 * 64, 2, 64 * 64 // 4, 16), ("clusters", 2, 2048, 3, 512, 24)),
+                          ops_repeat=2, train_batch=8, train_points=1024, train_steps=2, pixel_batch=8),
+    # The test suite's dry run: seconds.
+    "tiny": CheckSizes("tiny", (("uniform", 2, 64, 3, 16, 4), ("pixels", 1, 16 * 16, 2, 64, 8),
+                                ("clusters", 2, 128, 3, 32, 4)),
+                       ops_repeat=1, train_batch=2, train_points=64, train_steps=1, model_kwargs=_TWO_SMALL_STAGES,
+                       pixel_sides=(8,), pixel_batch=2, pixel_kwargs=dict(embed_dim=8, k_neighbors=4),
+                       compile_backend="eager", compiled_precisions=("float32",), step_need_s=1.0,
+                       compile_need_s=5.0, pytest_targets=("tests/test_ops_gather.py",), pytest_timeout_s=60.0,
+                       threads=1),
+}
+
+
+class _Budget:
+    """Seconds left of the run's budget."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+class BudgetExhausted(RuntimeError):
+    """Raised inside a section when what remains would not fit in the time budget."""
+
+
+def _need(budget: _Budget, seconds: float, what: str) -> None:
+    if budget.left() < seconds:
+        raise BudgetExhausted(f"time budget: {budget.left():.0f} s left, {what} needs about {seconds:.0f} s")
+
+
+# ---------------------------------------------------------------------------
+# Sections: each returns a dict of results; "rows" lists measured cases.
+
+
+def _environment(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "machine": machine_description(device), "threads": torch.get_num_threads(),
+            "backends": {op: ops.available_backends(op, device) for op in ("fps", "knn")},
+            "default_backends": {op: ops.backends.resolve(op, device).name for op in ("fps", "knn")}}
+    for module in ("triton", "numba", "pytorch3d"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # not installed, or broken: the backends that need it are absent
+            info[module] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = {"name": props.name, "memory_bytes": props.total_memory,
+                       "capability": f"{props.major}.{props.minor}"}
+    return info
+
+
+def _cuda_tests(device: torch.device, sizes: CheckSizes, budget: _Budget, out_dir: Path) -> Dict:
+    """``pytest -m cuda`` over ``sizes.pytest_targets`` in a subprocess; counts from its JUnit XML."""
+    timeout = min(sizes.pytest_timeout_s, budget.left() - 30)
+    _need(budget, 2 * sizes.step_need_s, "the CUDA tests")
+    xml = out_dir / "cuda_tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={xml}",
+           *sizes.pytest_targets]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if sizes.threads:
+        env["OMP_NUM_THREADS"] = str(sizes.threads)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"pytest -m cuda did not finish within {timeout:.0f} s") from None
+    result = {"command": " ".join(["python", *cmd[1:]]), "returncode": proc.returncode,
+              "output_tail": proc.stdout[-2000:] + proc.stderr[-1000:]}
+    if not xml.is_file():
+        raise RuntimeError(f"pytest wrote no report (exit code {proc.returncode}): {proc.stderr[-500:]}")
+    suites = ElementTree.parse(xml).getroot()
+    suite = suites if suites.tag == "testsuite" else suites.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+              if case.find("failure") is not None or case.find("error") is not None]
+    result.update(passed=counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"],
+                  failed=counts["failures"], errors=counts["errors"], skipped=counts["skipped"],
+                  failed_tests=failed)
+    return result
+
+
+def _case_points(kind: str, batch: int, n: int, dim: int, device: torch.device) -> torch.Tensor:
+    if kind == "uniform":
+        return random_tensor((batch, n, dim), device, 1) * 2 - 1
+    if kind == "pixels":
+        side = math.isqrt(n)
+        if side * side != n or dim != 2:
+            raise ValueError(f"a pixel case needs N = side**2 and D = 2; got N={n}, D={dim}")
+        i, j = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        grid = torch.stack([i.reshape(-1) / side - 0.5, j.reshape(-1) / side - 0.5], -1)
+        return grid.to(device)[None].expand(batch, -1, -1).contiguous()
+    if kind == "clusters":
+        x = random_tensor((batch, n, dim), device, 2)
+        offset = torch.zeros(dim, device=device)
+        offset[0] = 500.0
+        return torch.cat([x[:, : n // 2] - offset, x[:, n // 2 :] + offset], 1)
+    raise ValueError(f"kind must be 'uniform', 'pixels' or 'clusters'; got {kind!r}")
+
+
+def _ops(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dict:
+    """Every FPS and kNN backend on the device against the torch reference, case by case."""
+    rows = []
+    for kind, batch, n, dim, samples, k in sizes.ops_cases:
+        _need(budget, sizes.step_need_s, f"the {kind} FPS/kNN case")
+        xyz = _case_points(kind, batch, n, dim, device)
+        lengths = torch.full((batch,), n, dtype=torch.long, device=device)
+        start = torch.zeros(batch, dtype=torch.long, device=device)
+        case = f"{kind}, B={batch}, N={n}, D={dim}"
+        want_idx = fps_torch(xyz, samples, lengths, start, False)
+        query = ops.gather(xyz, want_idx)
+        want = knn_torch(query, xyz, k, torch.full_like(lengths, samples), lengths)
+        for name in ops.available_backends("fps", device):
+            run = lambda: ops.farthest_point_sample(xyz, samples, backend=name)  # noqa: E731
+            t, t_ref = time_pair(run, lambda: fps_torch(xyz, samples, lengths, start, False), device,
+                                 repeat=sizes.ops_repeat)
+            rows.append({"op": "fps", "case": f"{case} -> {samples}", "backend": name, "ms": 1e3 * t,
+                         "torch_ms": 1e3 * t_ref, "speedup_vs_torch": t_ref / t,
+                         "parity": bool(torch.equal(run(), want_idx)), "parity_rule": "same indices"})
+        for name in ops.available_backends("knn", device):
+            run = lambda: ops.knn(query, xyz, k, backend=name)  # noqa: E731
+            reference = lambda: ops.knn(query, xyz, k, backend="torch")  # noqa: E731
+            t, t_ref = time_pair(run, reference, device, repeat=sizes.ops_repeat)
+            got = run()
+            rows.append({"op": "knn", "case": f"{case}, M={samples}, k={k}", "backend": name, "ms": 1e3 * t,
+                         "torch_ms": 1e3 * t_ref, "speedup_vs_torch": t_ref / t,
+                         "peak_memory_bytes": peak_memory(run, device),
+                         "parity": bool(torch.equal(got.dist2, want.dist2)),
+                         "same_indices_fraction": float((got.idx == want.idx).all(-1).float().mean()),
+                         "parity_rule": "bit-identical squared distances"})
+    return {"rows": rows}
+
+
+def _epoch_seconds(step_s: float, batch: int) -> float:
+    """One PB_T50_RS training epoch: full batches only (the loader drops the last), step time only."""
+    return (SCANOBJECTNN_TRAIN_OBJECTS // batch) * step_s
+
+
+def _measure_step(step: Callable, device: torch.device, steps: int) -> Dict:
+    """First step (it compiles, when compiled) and the median of ``steps`` more; peak memory of one more."""
+    torch.manual_seed(1)
+    loss, first = timed(step, device)
+    times = [timed(step, device)[1] for _ in range(steps)]
+    row = {"first_step_s": first, "first_loss": float(loss), "step_ms": 1e3 * statistics.median(times)}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    row["peak_memory_bytes"] = peak_memory(step, device)  # above the memory held before the step
+    if device.type == "cuda":
+        row["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return row
+
+
+def _release(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _train_step(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dict:
+    """PointMLP-CoC step: pointcoc vs the published layout; eager first, then compiled; float32 and bf16 autocast."""
+    batch, points = sizes.train_batch, sizes.train_points
+    rows, errors = [], {}
+    for mode in ("eager", "compiled"):
+        for precision, dtype in (("float32", None), ("bf16 autocast", torch.bfloat16)):
+            if mode == "compiled" and precision not in sizes.compiled_precisions:
+                continue
+            for layout in ("pointcoc", "published layout"):
+                label_ = f"{layout}, {mode}, {precision}"
+                try:
+                    _need(budget, sizes.compile_need_s if mode == "compiled" else sizes.step_need_s, label_)
+                    ours, reference, xyz, label = coc_pair(batch, points, 15, device, sizes.model_kwargs)
+                    model, inputs = (ours, xyz) if layout == "pointcoc" else (reference, xyz.transpose(1, 2))
+                    if mode == "compiled":
+                        model = torch.compile(model, backend=sizes.compile_backend)
+                    with torch._inductor.config.patch(fallback_random=True):  # dropout as in eager
+                        row = _measure_step(train_step(model, inputs, label, dtype), device, sizes.train_steps)
+                    row.update(layout=layout, mode=mode, precision=precision, batch=batch, points=points,
+                               samples_per_s=batch / (row["step_ms"] / 1e3),
+                               epoch_estimate_s=_epoch_seconds(row["step_ms"] / 1e3, batch))
+                    if mode == "compiled":
+                        row["compile_backend"] = sizes.compile_backend
+                    rows.append(row)
+                except BudgetExhausted as err:
+                    errors[label_] = str(err)
+                except Exception as err:  # one failed configuration must not hide the others
+                    errors[label_] = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=4)[-1500:]}"
+                finally:
+                    ours = reference = model = None
+                    _release(device)
+    _mark_loss_parity(rows)
+    return {"rows": rows, "failed_or_skipped": errors, "epoch_objects": SCANOBJECTNN_TRAIN_OBJECTS}
+
+
+def _mark_loss_parity(rows: List[Dict]) -> None:
+    """float32 rows: the first loss against pointcoc's eager float32 loss (same parameters, data and dropout).
+
+    bfloat16 keeps 3 significant digits and the loss drifts by a few percent (more at tiny sizes), so
+    bf16 rows are not judged (``loss_parity`` None); how far bf16 moves the loss from float32 is
+    recorded as ``loss_vs_float32`` (relative difference).
+    """
+    base = next((r["first_loss"] for r in rows
+                 if (r["layout"], r["mode"], r["precision"]) == ("pointcoc", "eager", "float32")), None)
+    for r in rows:
+        r["loss_parity"] = r["loss_vs_float32"] = None
+        if base is None:
+            continue
+        r["loss_vs_float32"] = (r["first_loss"] - base) / abs(base)
+        if r["precision"] == "float32":
+            r["loss_parity"] = bool(abs(r["loss_vs_float32"]) <= LOSS_RTOL)
+
+
+def _pixels(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dict:
+    """``pointmlp_coc_pixels`` training step on side x side images (every pixel, grey value as feature)."""
+    from ..models import create_model
+
+    rows = []
+    batch = sizes.pixel_batch
+    for side in sizes.pixel_sides:
+        _need(budget, sizes.step_need_s, f"the {side}x{side} pixel step")
+        torch.manual_seed(0)
+        model = create_model("pointmlp_coc_pixels", num_classes=10, **sizes.pixel_kwargs).to(device)
+        xyz = _case_points("pixels", batch, side * side, 2, device)
+        grey = random_tensor((batch, side * side, 1), device, 4)
+        label = (torch.arange(batch) % 10).to(device)
+        row = _measure_step(train_step(model, (xyz, grey), label), device, sizes.train_steps)
+        row.update(image=f"{side}x{side}", points=side * side, batch=batch,
+                   samples_per_s=batch / (row["step_ms"] / 1e3),
+                   fps_backend=ops.backends.resolve("fps", device).name,
+                   knn_backend=ops.backends.resolve("knn", device).name)
+        rows.append(row)
+        model = None
+        _release(device)
+    return {"rows": rows}
+
+
+SECTIONS = ("environment", "cuda_tests", "ops", "pixels", "train_step")
+
+
+def run_gpu_check(out_dir, device: Optional[str] = None, sizes: Optional[str] = None, budget_s: float = 420.0,
+                  only: Optional[List[str]] = None, command: str = "") -> Dict:
+    """Run the sections and write ``out_dir/gpu_check.json`` and ``out_dir/gpu_check.md``.
+
+    Args:
+        out_dir: folder for the two files (and pytest's ``cuda_tests.xml``).
+        device: "cuda" or "cpu"; default cuda when available.
+        sizes: a key of :data:`SIZES`; default "full" on CUDA, "reduced" on the CPU.
+        budget_s: the whole run's time limit in seconds (sections that would not fit are skipped).
+        only: run these sections only (default: all of :data:`SECTIONS`).
+        command: the command line, recorded in both files.
+
+    Returns:
+        The JSON document as a dict.
+    """
+    start = time.monotonic()
+    budget = _Budget(budget_s)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    chosen = sizes or ("full" if dev.type == "cuda" else "reduced")
+    if chosen not in SIZES:
+        raise ValueError(f"sizes must be one of {sorted(SIZES)}; got {chosen!r}")
+    names = list(SECTIONS) if only is None else list(only)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise ValueError(f"only must name sections from {list(SECTIONS)}; got {unknown}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"format": FORMAT, "mode": "cuda" if dev.type == "cuda" else "cpu dry run", "device": str(dev),
+           "sizes": asdict(SIZES[chosen]), "budget_s": budget_s, "command": command,
+           "threads": SIZES[chosen].threads or torch.get_num_threads(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "sections": {}}
+    runners = {"environment": lambda: _environment(dev, SIZES[chosen], budget),
+               "cuda_tests": lambda: _cuda_tests(dev, SIZES[chosen], budget, out),
+               "ops": lambda: _ops(dev, SIZES[chosen], budget),
+               "train_step": lambda: _train_step(dev, SIZES[chosen], budget),
+               "pixels": lambda: _pixels(dev, SIZES[chosen], budget)}
+    threads = torch.get_num_threads()
+    try:
+        if SIZES[chosen].threads:
+            torch.set_num_threads(SIZES[chosen].threads)
+        _run_sections(names, runners, doc, out, start)
+    finally:
+        torch.set_num_threads(threads)
+    return doc
+
+
+def _run_sections(names: List[str], runners: Dict[str, Callable], doc: Dict, out: Path, start: float) -> None:
+    """Run each named section, recording its result (or failure, or skip) and writing both files after it."""
+    for name in names:
+        t0 = time.monotonic()
+        try:
+            result = {"status": "ok", **runners[name]()}
+        except BudgetExhausted as err:
+            result = {"status": "skipped", "reason": str(err)}
+        except Exception as err:  # recorded; the next section still runs
+            result = {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc(limit=6)[-3000:]}
+        result["seconds"] = time.monotonic() - t0
+        doc["sections"][name] = result
+        doc["elapsed_s"] = time.monotonic() - start
+        _write(doc, out)
+
+
+def _write(doc: Dict, out: Path) -> None:
+    (out / "gpu_check.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "gpu_check.md").write_text(to_markdown(doc) + "\n")
+
+
+def _mib(b) -> str:
+    return "" if b is None else f"{b / 2**20:.0f}"
+
+
+def _table(header: List[str], lines: List[List]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(v) for v in line) + " |" for line in lines]
+    return out
+
+
+def to_markdown(doc: Dict) -> str:
+    """The JSON document as markdown; the first line says whether this was a GPU run or a CPU dry run."""
+    sections = doc["sections"]
+    env = sections.get("environment", {})
+    where = env.get("machine", doc["device"])
+    if doc["mode"] == "cuda":
+        lines = [f"# pointcoc GPU check on {where}"]
+    else:
+        lines = [f"# pointcoc GPU check: DRY RUN on the CPU (no CUDA device), {doc['sizes']['name']} sizes, "
+                 f"no GPU numbers; {where}"]
+    lines += ["", f"`{doc['command']}`, {doc['date']}, {doc.get('elapsed_s', 0):.0f} s of a {doc['budget_s']:.0f} s "
+                  f"budget. Sizes: {doc['sizes']['name']}. Format: docs/gpu_check.md.", ""]
+    lines.append("| section | status | seconds |")
+    lines.append("|---|---|---:|")
+    for name, sec in sections.items():
+        status = sec["status"] + ("" if sec["status"] == "ok" else f": {sec.get('reason') or sec.get('error')}")
+        lines.append(f"| {name} | {status} | {sec['seconds']:.1f} |")
+    if env.get("status") == "ok":
+        lines += ["", f"torch {env['torch']}, CUDA {env['cuda']}, triton {env['triton']}, numba {env['numba']}, "
+                      f"pytorch3d {env['pytorch3d']}; backends {env['backends']}, default {env['default_backends']}"]
+    tests = sections.get("cuda_tests", {})
+    if tests.get("status") == "ok":
+        lines += ["", "## CUDA-marked tests", "",
+                  f"{tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, "
+                  f"{tests['skipped']} skipped (`{tests['command']}`)"]
+        lines += [f"- FAILED {name}" for name in tests["failed_tests"]]
+    if sections.get("ops", {}).get("rows"):
+        lines += ["", "## FPS and kNN, every backend vs the torch reference", ""]
+        lines += _table(["op", "case", "backend", "ms", "torch ms", "speed-up", "parity", "peak MiB"],
+                        [[r["op"], r["case"], r["backend"], f"{r['ms']:.2f}", f"{r['torch_ms']:.2f}",
+                          f"{r['speedup_vs_torch']:.1f}x", "yes" if r["parity"] else "NO",
+                          _mib(r.get("peak_memory_bytes"))] for r in sections["ops"]["rows"]])
+    step = sections.get("train_step", {})
+    if step.get("rows") or step.get("failed_or_skipped"):
+        lines += ["", f"## PointMLP-CoC training step (epoch = {SCANOBJECTNN_TRAIN_OBJECTS} PB_T50_RS objects)", ""]
+        lines += _table(["layout", "mode", "precision", "batch", "step ms", "samples/s", "peak MiB", "epoch s",
+                         "first step s", "first loss", "loss parity"],
+                        [[r["layout"], r["mode"], r["precision"], r["batch"], f"{r['step_ms']:.1f}",
+                          f"{r['samples_per_s']:.1f}", _mib(r["peak_memory_bytes"]), f"{r['epoch_estimate_s']:.0f}",
+                          f"{r['first_step_s']:.1f}", f"{r['first_loss']:.5f}",
+                          {True: "yes", False: "NO", None: "not judged"}[r["loss_parity"]]] for r in step.get("rows", [])])
+        lines += [f"- {k}: {v.splitlines()[0]}" for k, v in step.get("failed_or_skipped", {}).items()]
+    if sections.get("pixels", {}).get("rows"):
+        lines += ["", "## pointmlp_coc_pixels training step", ""]
+        lines += _table(["image", "points", "batch", "step ms", "samples/s", "peak MiB", "FPS / kNN backend"],
+                        [[r["image"], r["points"], r["batch"], f"{r['step_ms']:.1f}", f"{r['samples_per_s']:.1f}",
+                          _mib(r["peak_memory_bytes"]), f"{r['fps_backend']} / {r['knn_backend']}"]
+                         for r in sections["pixels"]["rows"]])
+    for name, sec in sections.items():
+        if sec["status"] == "failed":
+            lines += ["", f"## {name} failed", "", "```", sec["traceback"].rstrip(), "```"]
+    return "\n".join(lines)
