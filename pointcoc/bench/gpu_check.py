@@ -137,7 +137,8 @@ def _environment(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Di
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "machine": machine_description(device), "threads": torch.get_num_threads(),
             "backends": {op: ops.available_backends(op, device) for op in ("fps", "knn")},
-            "default_backends": {op: ops.backends.resolve(op, device).name for op in ("fps", "knn")}}
+            "default_backends": {op: ops.backends.resolve(op, device).name for op in ("fps", "knn")},
+            "backend_choice": {op: ops.backends.explain(op, device) for op in ("fps", "knn")}}
     for module in ("triton", "numba", "pytorch3d"):
         try:
             info[module] = __import__(module).__version__
@@ -435,7 +436,8 @@ def to_markdown(doc: Dict) -> str:
         lines.append(f"| {name} | {status} | {sec['seconds']:.1f} |")
     if env.get("status") == "ok":
         lines += ["", f"torch {env['torch']}, CUDA {env['cuda']}, triton {env['triton']}, numba {env['numba']}, "
-                      f"pytorch3d {env['pytorch3d']}; backends {env['backends']}, default {env['default_backends']}"]
+                      f"pytorch3d {env['pytorch3d']}. Backends: {env['backend_choice']['fps']}; "
+                      f"{env['backend_choice']['knn']}"]
     tests = sections.get("cuda_tests", {})
     if tests.get("status") == "ok":
         lines += ["", "## CUDA-marked tests", "",
