@@ -26,8 +26,8 @@ __all__ = ["RUN_MARKERS", "RUN_OUTPUTS", "RESUMABLE_CHANGES", "writable_folder",
 RUN_MARKERS = ("metrics.jsonl", "last.pt", "best.pt", "results.json")
 # What ``overwrite`` removes before a new run (the others are rewritten anyway).
 RUN_OUTPUTS = RUN_MARKERS
-# TrainConfig fields a resumed run may change: they do not change what is trained.
-RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size")
+# TrainConfig fields a resumed run may change: they do not change what is trained (compile: the same function, compiled).
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size", "compile")
 
 
 def writable_folder(folder, flag: str = "--output") -> Path:
