@@ -93,8 +93,8 @@ _TWO_SMALL_STAGES = dict(embed_dim=8, k_neighbors=(4, 4), reducers=(2, 2), dim_e
 SIZES = {
     # One H100: the sizes the issue asks for.
     "full": CheckSizes("full", (("uniform", 32, 1024, 3, 512, 24), ("uniform", 8, 8192, 3, 2048, 24),
-                                ("pixels", 2, 224 * 224, 2, 224 * 224 // 4, 16), ("clusters", 4, 8192, 3, 2048, 24)),
-                       ops_repeat=5, train_batch=32, train_points=1024, train_steps=10),
+                                ("pixels", 2, 224 * 224, 2, 224 * 224 // 16, 16), ("clusters", 4, 8192, 3, 2048, 24)),
+                       ops_repeat=3, train_batch=32, train_points=1024, train_steps=10),
     # No GPU: the same sections on the CPU, smaller.
     "reduced": CheckSizes("reduced", (("uniform", 8, 1024, 3, 512, 24), ("uniform", 2, 4096, 3, 1024, 24),
                                       ("pixels", 1, 64 * 64, 2, 64 * 64 // 4, 16), ("clusters", 2, 2048, 3, 512, 24)),
@@ -156,8 +156,9 @@ def _cuda_tests(device: torch.device, sizes: CheckSizes, budget: _Budget, out_di
     timeout = min(sizes.pytest_timeout_s, budget.left() - 30)
     _need(budget, 2 * sizes.step_need_s, "the CUDA tests")
     xml = out_dir / "cuda_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={xml}",
-           *sizes.pytest_targets]
+    # A test module that cannot be imported there (a missing optional package) is an error, not the end of the run.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+           "--continue-on-collection-errors", f"--junitxml={xml}", *sizes.pytest_targets]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if sizes.threads:
         env["OMP_NUM_THREADS"] = str(sizes.threads)
