@@ -139,7 +139,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert {r["group"] for r in rows} == {"FPS", "kNN", "gather"}
     assert all("DIFFER" not in r["note"] for r in rows)
     fps = [r for r in rows if r["group"] == "FPS" and r["reference"] == "torch loop"]
-    assert len(fps) == 2 and all(r["time_ratio"] < 1 for r in fps)
+    assert len(fps) >= 1 and all(r["time_ratio"] < 1 for r in fps)  # --quick: one case per section
 
 
 class _ToyPointNet(torch.nn.Module):
