@@ -1,6 +1,21 @@
 """Fixtures shared by several test files."""
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fresh_inductor_cache(tmp_path_factory):
+    """torch.compile tests build their own kernels: a cache left half-written by a killed run ("file too short")
+    in the shared /tmp/torchinductor_<user> must not fail them. Scripts run by the tests inherit the variable."""
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor_cache"))
+    yield
+    if before is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 @pytest.fixture
