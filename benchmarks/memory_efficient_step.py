@@ -10,12 +10,12 @@ pair's step times and the median slow-down (memory-efficient time / default time
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
 import pointcoc
-from pointcoc.bench.model_rows import train_step
+from pointcoc.bench.measure import median_speedup, timed_pairs
+from pointcoc.bench.model_rows import step_inputs, train_step
 
 
 def main(argv=None) -> int:
@@ -31,28 +31,20 @@ def main(argv=None) -> int:
     default = pointcoc.create_model(args.model, num_classes=15)
     lean = pointcoc.create_model(args.model, num_classes=15, memory_efficient=True)
     lean.load_state_dict(default.state_dict())
-    g = torch.Generator().manual_seed(3)
-    xyz = torch.rand(args.batch, 1024, 3, generator=g) * 2 - 1
-    label = torch.arange(args.batch) % 15
+    xyz, label = step_inputs(args.batch, 1024, 15, "cpu")
     steps = train_step(default, xyz, label), train_step(lean, xyz, label)
     losses = []
     for step in steps:
         torch.manual_seed(1)
         losses.append(float(step()))
     print(f"first loss: default {losses[0]:.6f}, memory_efficient {losses[1]:.6f}")
-    pairs = []
-    for _ in range(args.repeat):
-        times = []
-        for step in steps:
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        pairs.append(times)
-        print(f"pair: default {times[0]:.2f} s, memory_efficient {times[1]:.2f} s", flush=True)
+    pairs = timed_pairs(*steps, repeat=args.repeat, warmup=0)
+    for t_default, t_lean in pairs:
+        print(f"pair: default {t_default:.2f} s, memory_efficient {t_lean:.2f} s")
     print(f"{args.model} B={args.batch}, {torch.get_num_threads()} threads: default "
           f"{statistics.median(p[0] for p in pairs):.2f} s, "
           f"memory_efficient {statistics.median(p[1] for p in pairs):.2f} s, "
-          f"time ratio {statistics.median(p[1] / p[0] for p in pairs):.2f}x")
+          f"time ratio {median_speedup(pairs):.2f}x")  # median of memory-efficient time / default time
     return 0
 
 

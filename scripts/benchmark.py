@@ -3,7 +3,8 @@
 
     python scripts/benchmark.py [--quick] [--device cpu|cuda] [--json OUT] [--markdown OUT] [--only fps,knn,...]
     python scripts/benchmark.py --profile pointmlp_coc [--backend torch]   # where a training step's time goes
-    python scripts/benchmark.py --only model_vs_reference --png step.png   # PointMLP-CoC step vs the published layout
+    python scripts/benchmark.py --only model_vs_reference --png step.png   # each model's step vs the published layout
+    python scripts/benchmark.py --only model_vs_reference,memory --models pointmlp_coc --batches 16,32
     python scripts/benchmark.py --profile-vs-reference 16 --out profile.txt   # both steps profiled side by side
     python scripts/benchmark.py --only memory   # a training step's peak memory per model and batch, fresh processes
     python scripts/benchmark.py --only compile   # torch.compile vs eager training step (minutes: it compiles)
@@ -28,6 +29,11 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", metavar="OUT", help="also write the table to this file")
     parser.add_argument("--only", help=f"comma-separated sections from {list(benchmark.SECTIONS)} "
                                        f"({', '.join(benchmark.OPT_IN)} only when named here)")
+    parser.add_argument("--models", help=f"comma-separated models from {list(benchmark.MODEL_LABELS)} for the "
+                                         f"{' and '.join(benchmark.MODEL_SECTIONS)} sections (default: all three; "
+                                         "--quick: PointMLP-CoC, resp. PointMLP-elite)")
+    parser.add_argument("--batches", help=f"comma-separated batch sizes for the {' and '.join(benchmark.MODEL_SECTIONS)} "
+                                          "sections, e.g. 16,32 (default: each section's own)")
     parser.add_argument("--profile", metavar="MODEL", help="instead: profile one training step of MODEL (batch 16)")
     parser.add_argument("--backend", help="with --profile: force this ops backend (e.g. torch)")
     parser.add_argument("--profile-vs-reference", type=int, metavar="BATCH",
@@ -49,8 +55,14 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     only = args.only.split(",") if args.only else None
+    models = args.models.split(",") if args.models else None
     try:
-        rows, skipped = benchmark.run_all(device=args.device, quick=args.quick, only=only)
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else None
+    except ValueError:
+        parser.error(f"--batches must be comma-separated integers, e.g. 16,32; got {args.batches!r}")
+    try:
+        rows, skipped = benchmark.run_all(device=args.device, quick=args.quick, only=only, models=models,
+                                          batches=batches)
     except ValueError as err:
         parser.error(str(err))
     command = "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -67,7 +79,7 @@ def main(argv=None) -> int:
             f.write(header + table + "\n")
     if args.json:
         benchmark.to_json(rows, args.json, dict(meta, skipped=skipped))
-    if args.png and any(r.group == "PointMLP-CoC train step" for r in rows):
+    if args.png and any(r.group in benchmark.STEP_GROUPS.values() for r in rows):
         benchmark.plot_model_vs_reference(rows, args.png)
     return 0
 

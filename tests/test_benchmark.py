@@ -44,6 +44,14 @@ def test_time_pair_orders_fast_and_slow():
         time_pair(lambda: None, lambda: None, repeat=0)
 
 
+def test_timed_pairs_alternate_and_median_speedup_is_per_pair():
+    calls = []
+    pairs = benchmark.timed_pairs(lambda: calls.append("a"), lambda: calls.append("b"), repeat=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and len(pairs) == 3 and all(t > 0 for p in pairs for t in p)
+    # per-pair ratios 2, 3, 10: their median is 3 (the ratio of the medians would be 4 / 1 = 4)
+    assert benchmark.median_speedup([(1.0, 2.0), (1.0, 3.0), (2.0, 20.0)]) == pytest.approx(3.0)
+
+
 def test_row_ratios_markdown_and_json(tmp_path):
     rows = [
         Row("FPS", "B=1", "numba", "torch loop", 0.01, 0.04),
@@ -191,26 +199,63 @@ def test_masked_norm_rows_compare_equal_layers():
 _TINY_COC = dict(k_neighbors=8, embed_dim=16)  # 128 points, narrow: the plumbing, not the speed
 
 
-def test_model_vs_reference_row_checks_the_loss_and_times_both(one_thread):
-    (row,) = benchmark.bench_model_vs_reference(batches=(2,), n_points=128, repeat=2, model_kwargs=_TINY_COC)
-    assert row.group == "PointMLP-CoC train step" and row.case == "B=2, N=128, 15 classes"
-    assert "first loss equal" in row.note and row.ours_s > 0 and row.ref_s > 0
-    speedup = float(row.note.split("x throughput")[0])
-    assert speedup > 0 and "median of 2 pairs" in row.note
+def test_model_vs_reference_rows_check_the_loss_and_time_both(one_thread):
+    rows = benchmark.bench_model_vs_reference(batches=(2,), n_points=128, repeat=2, model_kwargs=_TINY_COC)
+    assert [r.group for r in rows] == ["PointMLP-CoC train step", "PointMLP train step", "PointMLP-elite train step"]
+    for row in rows:
+        assert row.case == "B=2, N=128, 15 classes" and row.ours_s > 0 and row.ref_s > 0
+        assert "first loss equal" in row.note, row.note
+        speedup = float(row.note.split("x throughput")[0])
+        assert speedup > 0 and "median of 2 pairs" in row.note
+    with pytest.raises(ValueError, match="models must be a non-empty sequence of names from"):
+        benchmark.bench_model_vs_reference(models=("pointmlp_cc",))
+    with pytest.raises(ValueError, match="models must be a non-empty sequence of names from"):
+        benchmark.reference_pair("pointnet", 2)
+
+
+def test_run_all_passes_models_and_batches_to_the_model_sections_only(monkeypatch):
+    seen = {}
+
+    def section(name):
+        def run(device, quick, **kwargs):
+            seen[name] = kwargs
+            return []
+        return run
+
+    monkeypatch.setattr(benchmark, "SECTIONS", {n: section(n) for n in ("fps", "model_vs_reference", "memory")})
+    benchmark.run_all(quick=True, models=["pointmlp"], batches=[16, 32])
+    assert seen["model_vs_reference"] == dict(models=["pointmlp"], batches=[16, 32])
+    assert seen["memory"]["models"] == ["pointmlp"] and seen["memory"]["batches"] == [16, 32]
+    assert "models" not in seen["fps"] and "batches" not in seen["fps"]
+    benchmark.run_all(quick=True, only=["model_vs_reference"])
+    assert seen["model_vs_reference"] == benchmark.QUICK_CASES["model_vs_reference"]
+    with pytest.raises(ValueError, match="models must be"):
+        benchmark.run_all(models=["pointnet"])
+    with pytest.raises(ValueError, match="batches must be"):
+        benchmark.run_all(batches=[0])
+
+
+@pytest.mark.parametrize("option", [["--batches", "16,x"], ["--models", "pointmlp,pointnet"], ["--batches", "-2"]])
+def test_script_rejects_bad_models_and_batches(monkeypatch, option):
+    monkeypatch.setattr(benchmark, "SECTIONS", {"memory": lambda device, quick, **kwargs: []})
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--only", "memory"] + option)
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert done.value.code == 2
 
 
 def test_profile_model_vs_reference_reports_sections_and_restores_modules(monkeypatch, one_thread):
     made = []
     from pointcoc.bench import profiles
 
-    original = profiles.coc_pair
+    original = profiles.reference_pair
 
     def keep(*args):
         pair = original(*args)
         made.extend(pair[:2])
         return pair
 
-    monkeypatch.setattr(profiles, "coc_pair", keep)
+    monkeypatch.setattr(profiles, "reference_pair", keep)
     text = benchmark.profile_model_vs_reference(batch=2, n_points=128, model_kwargs=_TINY_COC, row_limit=5)
     assert text.count("forward time by section") == 2 and "== reference (published layout)" in text
     sections = [line for line in text.splitlines()
@@ -224,7 +269,8 @@ def test_profile_model_vs_reference_reports_sections_and_restores_modules(monkey
 
 def test_plot_model_vs_reference_writes_png(tmp_path):
     rows = [Row("PointMLP-CoC train step", "B=16, N=1024, 15 classes", "pointcoc", "published layout", 1.0, 2.0),
-            Row("PointMLP-CoC train step", "B=32, N=1024, 15 classes", "pointcoc", "published layout", 2.0, 3.5)]
+            Row("PointMLP-CoC train step", "B=32, N=1024, 15 classes", "pointcoc", "published layout", 2.0, 3.5),
+            Row("PointMLP train step", "B=16, N=1024, 15 classes", "pointcoc", "published layout", 1.5, 2.5)]
     path = tmp_path / "step.png"
     benchmark.plot_model_vs_reference(rows, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -235,7 +281,7 @@ def test_plot_model_vs_reference_writes_png(tmp_path):
 def test_memory_rows_measure_fresh_processes():
     from pointcoc.bench.memory import step_peak_memory
 
-    (row,) = benchmark.bench_memory(names=("pointmlp_elite",), batches=(2,), n_points=256, memory_efficient=(False,))
+    (row,) = benchmark.bench_memory(models=("pointmlp_elite",), batches=(2,), n_points=256, memory_efficient=(False,))
     assert row.group == "train step peak memory" and row.case == "pointmlp_elite, B=2, N=256"
     # A step of either layout at least holds the embedding output (2, 256, 32) floats for backward.
     assert row.ours_mem > 2 * 256 * 32 * 4 and row.ref_mem > 2 * 256 * 32 * 4
@@ -246,7 +292,7 @@ def test_memory_rows_measure_fresh_processes():
 @pytest.mark.slow
 def test_memory_efficient_step_holds_under_half_the_published_peak():
     """PointMLP-CoC, batch 8, 1024 points: the recomputing model's step peak is well under the published layout's."""
-    rows = benchmark.bench_memory(names=("pointmlp_coc",), batches=(8,))
+    rows = benchmark.bench_memory(models=("pointmlp_coc",), batches=(8,))
     default, lean = rows
     assert default.ours_mem < default.ref_mem
     assert lean.ours_mem < 0.5 * lean.ref_mem and lean.ours_mem < 0.6 * default.ours_mem

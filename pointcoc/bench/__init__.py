@@ -4,7 +4,8 @@ One module per subject:
 
 * :mod:`.measure` - paired timings, peak memory, :class:`Row`, the machine's name;
 * :mod:`.ops_rows` - single ops and layers (FPS, kNN, gather, pointwise layers, context cluster);
-* :mod:`.model_rows` - whole models: eval forward, training step, pointcoc vs the published layout;
+* :mod:`.model_rows` - whole models: eval forward, training step of PointMLP, PointMLP-elite and
+  PointMLP-CoC, pointcoc vs the published layout;
 * :mod:`.memory` - peak memory of a training step, each in a fresh process;
 * :mod:`.compile_rows` - ``torch.compile`` against eager, training step (opt-in: ``--only compile``);
 * :mod:`.gpu_check` - the one prepared GPU run (``scripts/gpu_check.py``);
@@ -19,21 +20,23 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from .compile_rows import bench_compile
-from .measure import (Row, SectionUnavailable, machine_description, peak_cpu_memory, peak_memory, synchronize,
-                      time_pair, timed)
+from .measure import (Row, SectionUnavailable, machine_description, median_speedup, peak_cpu_memory, peak_memory,
+                      synchronize, time_pair, timed, timed_pairs)
 from .memory import bench_memory
-from .model_rows import bench_model_vs_reference, bench_models
+from .model_rows import (MODEL_LABELS, STEP_GROUPS, bench_model_vs_reference, bench_models, check_models,
+                         reference_pair)
 from .ops_rows import (bench_context_cluster, bench_fps, bench_gather, bench_knn, bench_masked_norm, bench_pointwise,
                        bench_transfer)
 from .profiles import profile_model_vs_reference, profile_train_step
 from .report import plot_model_vs_reference, to_json, to_markdown
 
 __all__ = [
-    "synchronize", "timed", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
-    "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
-    "bench_context_cluster", "bench_models", "bench_memory", "bench_compile", "bench_model_vs_reference", "profile_model_vs_reference",
-    "plot_model_vs_reference", "run_all", "to_markdown", "to_json", "profile_train_step", "machine_description",
-    "SECTIONS",
+    "synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory", "Row",
+    "SectionUnavailable", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer",
+    "bench_masked_norm", "bench_context_cluster", "bench_models", "bench_memory", "bench_compile",
+    "bench_model_vs_reference", "reference_pair", "profile_model_vs_reference", "plot_model_vs_reference", "run_all",
+    "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS", "MODEL_SECTIONS",
+    "MODEL_LABELS", "STEP_GROUPS",
 ]
 
 SECTIONS = {
@@ -62,16 +65,22 @@ QUICK_CASES = {
     "masked_norm": dict(cases=((4, 256, 24, 64),)),
     "context_cluster": dict(cases=((1, 3136, 196, 64),)),
     "models": dict(names=("pointmlp_elite",), batches=(2,)),
-    "model_vs_reference": dict(batches=(4,)),  # at batch 2 the head's BatchNorm over 2 samples amplifies float32 rounding
-    "memory": dict(names=("pointmlp_elite",), batches=(2,), memory_efficient=(True,)),
+    # at batch 2 the head's BatchNorm over 2 samples amplifies float32 rounding
+    "model_vs_reference": dict(models=("pointmlp_coc",), batches=(4,)),
+    "memory": dict(models=("pointmlp_elite",), batches=(2,), memory_efficient=(True,)),
 }
 # Run only when named in ``only``: compiling takes minutes on a CPU.
 OPT_IN = ("compile",)
+# Sections whose models and batch sizes ``run_all``'s ``models`` and ``batches`` choose.
+MODEL_SECTIONS = ("model_vs_reference", "memory")
 
 
-def run_all(device="cpu", quick=False, only=None):
+def run_all(device="cpu", quick=False, only=None, models=None, batches=None):
     """Run the benchmark sections named in ``only`` (default: all but the OPT_IN ones); ``quick``: the small
     cases of ``QUICK_CASES``.
+
+    ``models`` (names from :data:`MODEL_LABELS`) and ``batches`` (positive ints), when given, replace
+    the models and batch sizes of the ``MODEL_SECTIONS``, quick or not.
 
     Returns:
         (rows, skipped): the measured rows, and {section: reason} for sections
@@ -81,10 +90,18 @@ def run_all(device="cpu", quick=False, only=None):
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise ValueError(f"only must name sections from {sorted(SECTIONS)}; got {unknown}")
+    if models is not None:
+        check_models(models)
+    if batches is not None and (not batches or not all(isinstance(b, int) and b > 0 for b in batches)):
+        raise ValueError(f"batches must be a non-empty sequence of positive ints; got {batches!r}")
+    chosen = {key: value for key, value in (("models", models), ("batches", batches)) if value is not None}
     rows, skipped = [], {}
     for name in tqdm(names, desc="benchmark"):
+        kwargs = dict(QUICK_CASES.get(name, {})) if quick else {}
+        if name in MODEL_SECTIONS:
+            kwargs.update(chosen)
         try:
-            rows.extend(SECTIONS[name](device=device, quick=quick, **(QUICK_CASES.get(name, {}) if quick else {})))
+            rows.extend(SECTIONS[name](device=device, quick=quick, **kwargs))
         except SectionUnavailable as err:
             skipped[name] = str(err)
     return rows, skipped

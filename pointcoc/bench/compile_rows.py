@@ -9,8 +9,8 @@ import torch
 import torch._inductor.config  # noqa: F401  (fallback_random)
 from tqdm import tqdm
 
-from .measure import Row, import_or_skip, random_tensor, timed
-from .model_rows import train_step
+from .measure import Row, import_or_skip, median_speedup, timed, timed_pairs
+from .model_rows import step_inputs, train_step
 
 __all__ = ["bench_compile"]
 
@@ -39,21 +39,17 @@ def bench_compile(device="cpu", quick=False, names=None, batch=None, n_points=10
             torch.manual_seed(0)
             eager = create_model(name, num_classes=num_classes, **(model_kwargs or {})).to(device)
             compiled = torch.compile(copy.deepcopy(eager), backend=backend)
-            xyz = random_tensor((batch, n_points, 3), device, 3) * 2 - 1
-            label = (torch.arange(batch) % num_classes).to(device)
+            xyz, label = step_inputs(batch, n_points, num_classes, device)
             step_eager, step_compiled = train_step(eager, xyz, label), train_step(compiled, xyz, label)
             torch.manual_seed(1)
             loss_eager = step_eager()
             torch.manual_seed(1)
             loss_compiled, first = timed(step_compiled, device)
             same = torch.allclose(loss_compiled, loss_eager, rtol=1e-4, atol=1e-5)
-            pairs = []
-            for _ in range(repeat):
-                pairs.append([timed(step, device)[1] for step in (step_compiled, step_eager)])
+            pairs = timed_pairs(step_compiled, step_eager, device, repeat=repeat, warmup=0)
             t_compiled = statistics.median(p[0] for p in pairs)
             t_eager = statistics.median(p[1] for p in pairs)
-            speedup = statistics.median(p[1] / p[0] for p in pairs)
-            note = (f"{speedup:.2f}x throughput (median of {repeat} pairs); compile + first step {first:.0f} s; "
+            note = (f"{median_speedup(pairs):.2f}x throughput (median of {repeat} pairs); compile + first step {first:.0f} s; "
                     f"first loss {'equal' if same else 'DIFFERS'} ({float(loss_compiled):.5f} vs {float(loss_eager):.5f})")
             rows.append(Row("torch.compile train step", f"{name}, B={batch}, N={n_points}", f"compiled ({backend})",
                             "eager", t_compiled, t_eager, note=note))

@@ -44,7 +44,7 @@ from .. import ops
 from ..ops.fps import fps_torch
 from ..ops.knn import knn_torch
 from .measure import machine_description, peak_memory, random_tensor, synchronize, time_pair, timed
-from .model_rows import coc_pair, train_step
+from .model_rows import reference_pair, train_step
 
 __all__ = ["CheckSizes", "SIZES", "run_gpu_check", "to_markdown", "FORMAT", "SCANOBJECTNN_TRAIN_OBJECTS"]
 
@@ -269,7 +269,8 @@ def _train_step(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dic
                 label_ = f"{layout}, {mode}, {precision}"
                 try:
                     _need(budget, sizes.compile_need_s if mode == "compiled" else sizes.step_need_s, label_)
-                    ours, reference, xyz, label = coc_pair(batch, points, 15, device, sizes.model_kwargs)
+                    ours, reference, xyz, label = reference_pair("pointmlp_coc", batch, points, 15, device,
+                                                                 sizes.model_kwargs)
                     model, inputs = (ours, xyz) if layout == "pointcoc" else (reference, xyz.transpose(1, 2))
                     if mode == "compiled":
                         model = torch.compile(model, backend=sizes.compile_backend)

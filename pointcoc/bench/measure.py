@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["synchronize", "timed", "time_pair", "peak_cpu_memory", "peak_memory", "Row", "SectionUnavailable",
-           "import_or_skip", "random_tensor", "machine_description"]
+__all__ = ["synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory", "Row",
+           "SectionUnavailable", "import_or_skip", "random_tensor", "machine_description"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -33,26 +33,33 @@ def timed(fn: Callable, device="cpu"):
     return out, time.perf_counter() - start
 
 
-def time_pair(ours: Callable, reference: Callable, device="cpu", repeat: int = 5, warmup: int = 1):
-    """Median wall time of two callables, run alternately ``repeat`` times after ``warmup`` runs each.
+def timed_pairs(ours: Callable, reference: Callable, device="cpu", repeat: int = 5, warmup: int = 1):
+    """Wall times of two callables run alternately ``repeat`` times, after ``warmup`` untimed runs each.
 
     Returns:
-        (seconds_ours, seconds_reference), medians over the repeats.
+        [(seconds_ours, seconds_reference)] * repeat, one pair per round, in order.
     """
     if repeat < 1 or warmup < 0:
         raise ValueError(f"repeat must be >= 1 and warmup >= 0; got repeat={repeat}, warmup={warmup}")
     for _ in range(warmup):
         ours()
         reference()
-    synchronize(device)
-    times = ([], [])
-    for _ in range(repeat):
-        for fn, out in ((ours, times[0]), (reference, times[1])):
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            out.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+    return [(timed(ours, device)[1], timed(reference, device)[1]) for _ in range(repeat)]
+
+
+def time_pair(ours: Callable, reference: Callable, device="cpu", repeat: int = 5, warmup: int = 1):
+    """Median wall times of two callables run alternately (:func:`timed_pairs`).
+
+    Returns:
+        (seconds_ours, seconds_reference), medians over the repeats.
+    """
+    pairs = timed_pairs(ours, reference, device, repeat, warmup)
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
+def median_speedup(pairs) -> float:
+    """Median over :func:`timed_pairs` rounds of reference time / our time (above 1: ours is faster)."""
+    return statistics.median(ref / ours for ours, ref in pairs)
 
 
 def peak_cpu_memory(fn: Callable) -> int:

@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from .measure import Row, random_tensor, synchronize
+from .measure import Row, synchronize
+from .model_rows import check_models, step_inputs, train_step
 
 __all__ = ["step_peak_memory", "fresh_process_peak", "bench_memory"]
 
@@ -58,7 +59,6 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
     """
     from ..models import create_model
     from ..reference_pointmlp import reference_from_pointcoc
-    from .model_rows import train_step
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
@@ -68,8 +68,7 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
     torch.manual_seed(0)
     net = create_model(model, num_classes=num_classes, **({"memory_efficient": True} if memory_efficient else {}))
     net = net.to(device)
-    xyz = random_tensor((batch, n_points, 3), device, 3) * 2 - 1
-    label = (torch.arange(batch) % num_classes).to(device)
+    xyz, label = step_inputs(batch, n_points, num_classes, device)
     if layout == "published":
         net, xyz = reference_from_pointcoc(net, points=n_points), xyz.transpose(1, 2).contiguous()
     step = train_step(net, xyz, label)
@@ -105,7 +104,7 @@ def fresh_process_peak(model: str, batch: int, layout: str = "ours", n_points: i
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_memory(device="cpu", quick=False, names: Sequence[str] = ("pointmlp", "pointmlp_elite", "pointmlp_coc"),
+def bench_memory(device="cpu", quick=False, models: Sequence[str] = ("pointmlp", "pointmlp_elite", "pointmlp_coc"),
                  batches: Optional[Sequence[int]] = None, n_points: int = 1024,
                  memory_efficient: Sequence[bool] = (False, True)) -> List[Row]:
     """Peak memory of a training step per model and batch: pointcoc vs the published layout, fresh processes.
@@ -116,9 +115,10 @@ def bench_memory(device="cpu", quick=False, names: Sequence[str] = ("pointmlp", 
     single measured step (first step of a fresh process: indicative only; the
     ``model_vs_reference`` rows time steps properly).
     """
+    check_models(models)
     batches = batches or (8, 16, 32)
     rows = []
-    for name in tqdm(names, desc="memory", leave=False):
+    for name in tqdm(models, desc="memory", leave=False):
         for batch in batches:
             ref = fresh_process_peak(name, batch, "published", n_points, device)
             for lean in memory_efficient:

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Callable, List, Optional
 
 import torch
 from tqdm import tqdm
 
 from .. import ops
-from .measure import Row, import_or_skip, peak_memory, random_tensor, synchronize, time_pair
+from .measure import Row, import_or_skip, median_speedup, peak_memory, random_tensor, time_pair, timed_pairs
 
-__all__ = ["bench_models", "bench_model_vs_reference", "coc_pair", "train_step"]
+__all__ = ["MODEL_LABELS", "STEP_GROUPS", "bench_models", "bench_model_vs_reference", "check_models", "reference_pair", "step_inputs",
+           "train_step"]
 
 
 def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite", "pointmlp_coc"),
@@ -32,8 +32,7 @@ def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite",
     for name, batch in tqdm(configs, desc="models", leave=False):
         torch.manual_seed(0)
         model = create_model(name, num_classes=num_classes).to(device)
-        xyz = random_tensor((batch, n_points, 3), device, 3) * 2 - 1
-        label = torch.randint(0, num_classes, (batch,)).to(device)
+        xyz, label = step_inputs(batch, n_points, num_classes, device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def forward():
@@ -68,17 +67,47 @@ def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite",
                         mem_ours, mem_ref, note=f"{batch / t_ours:.2f} vs {batch / t_ref:.2f} samples/s"))
     return rows
 
-def coc_pair(batch: int, n_points: int, num_classes: int, device, kwargs: Optional[dict] = None):
-    """(ours, reference, xyz, label): pointcoc's PointMLP-CoC and the published-layout reference with its parameters."""
+# The published configurations the reference layout can hold, and their names in row labels.
+MODEL_LABELS = {"pointmlp_coc": "PointMLP-CoC", "pointmlp": "PointMLP", "pointmlp_elite": "PointMLP-elite"}
+# The row group of each model's training step vs the published layout (:func:`bench_model_vs_reference`).
+STEP_GROUPS = {name: f"{label} train step" for name, label in MODEL_LABELS.items()}
+
+
+def check_models(models) -> None:
+    """ValueError unless ``models`` is a non-empty sequence of names from :data:`MODEL_LABELS`."""
+    unknown = [m for m in models if m not in MODEL_LABELS]
+    if isinstance(models, str) or not models or unknown:
+        raise ValueError(f"models must be a non-empty sequence of names from {list(MODEL_LABELS)}; got {models!r}")
+
+
+def step_inputs(batch: int, n_points: int, num_classes: int, device):
+    """(xyz, label) of the benchmarked training steps: xyz (batch, n_points, 3) uniform in [-1, 1) from a fixed
+    seed, label (batch,) long cycling through the classes."""
+    xyz = random_tensor((batch, n_points, 3), device, 3) * 2 - 1
+    return xyz, (torch.arange(batch) % num_classes).to(device)
+
+
+def reference_pair(name: str, batch: int, n_points: int = 1024, num_classes: int = 15, device="cpu",
+                   kwargs: Optional[dict] = None):
+    """(ours, reference, xyz, label): pointcoc's model ``name`` and the published layout holding its parameters.
+
+    Args:
+        name: one of :data:`MODEL_LABELS` ("pointmlp_coc", "pointmlp", "pointmlp_elite").
+        kwargs: overrides for ``create_model`` (e.g. narrower widths in tests).
+
+    Returns:
+        ours (seeded with 0), reference (:class:`pointcoc.reference_pointmlp.ReferencePointMLP`),
+        xyz (batch, n_points, 3) and label (batch,) from :func:`step_inputs`. ``ours`` takes xyz,
+        the reference ``xyz.transpose(1, 2)``.
+    """
     from ..models import create_model
     from ..reference_pointmlp import reference_from_pointcoc
 
+    check_models([name])
     torch.manual_seed(0)
-    ours = create_model("pointmlp_coc", num_classes=num_classes, **(kwargs or {})).to(device)
+    ours = create_model(name, num_classes=num_classes, **(kwargs or {})).to(device)
     reference = reference_from_pointcoc(ours, points=n_points)
-    xyz = random_tensor((batch, n_points, 3), device, 3) * 2 - 1
-    label = (torch.arange(batch) % num_classes).to(device)
-    return ours, reference, xyz, label
+    return (ours, reference) + step_inputs(batch, n_points, num_classes, device)
 
 
 def train_step(model: torch.nn.Module, inputs, label: torch.Tensor,
@@ -104,45 +133,34 @@ def train_step(model: torch.nn.Module, inputs, label: torch.Tensor,
     return step
 
 
-def bench_model_vs_reference(device="cpu", quick=False, batches=None, n_points=1024, num_classes=15,
-                             repeat=None, model_kwargs: Optional[dict] = None) -> List[Row]:
-    """PointMLP-CoC training step: pointcoc vs the straightforward published layout (:mod:`pointcoc.reference_pointmlp`).
+def bench_model_vs_reference(device="cpu", quick=False, models=tuple(MODEL_LABELS), batches=None, n_points=1024,
+                             num_classes=15, repeat=None, model_kwargs: Optional[dict] = None) -> List[Row]:
+    """Training step of each model in ``models``: pointcoc vs the straightforward published layout
+    (:mod:`pointcoc.reference_pointmlp`), one row "<Model> train step" per model and batch.
 
-    Both hold the same parameters (the reference is loaded from ours); before
-    timing, the first training step's loss is checked equal (same dropout
-    seed). Then one untimed step each and ``repeat`` timed steps, alternating
-    ours and the reference; the row's times are the medians and its note the
-    median of the per-pair throughput ratios (reference time / our time).
-    Memory is not measured here (a profiled step at batch 32 holds >10 GB twice).
+    Both hold the same parameters (the reference is loaded from ours, :func:`reference_pair`);
+    the first training step's loss is checked equal (same dropout seed), and that step is the
+    untimed warm-up. Then ``repeat`` timed pairs of steps, ours and the reference alternately;
+    the row's times are the medians and its note the median of the per-pair throughput ratios
+    (reference time / our time). Memory is not measured here (``bench_memory`` does, in fresh processes).
     """
+    check_models(models)
     batches = batches or ((4,) if quick else (16, 32))
     repeat = repeat or (1 if quick else 3)
     rows = []
-    for batch in tqdm(batches, desc="model vs reference", leave=False):
-        ours, reference, xyz, label = coc_pair(batch, n_points, num_classes, device, model_kwargs)
+    for name, batch in tqdm([(m, b) for m in models for b in batches], desc="model vs reference", leave=False):
+        ours, reference, xyz, label = reference_pair(name, batch, n_points, num_classes, device, model_kwargs)
         step_ours, step_ref = train_step(ours, xyz, label), train_step(reference, xyz.transpose(1, 2), label)
         torch.manual_seed(1)
         loss_ours = step_ours()
         torch.manual_seed(1)
         loss_ref = step_ref()
         same = torch.allclose(loss_ours, loss_ref, rtol=1e-4, atol=1e-5)
-        pairs = []
-        for _ in tqdm(range(repeat), desc=f"B={batch} steps", leave=False):
-            times = []
-            for step in (step_ours, step_ref):
-                synchronize(device)
-                start = time.perf_counter()
-                step()
-                synchronize(device)
-                times.append(time.perf_counter() - start)
-            pairs.append(times)
-        t_ours = statistics.median(p[0] for p in pairs)
-        t_ref = statistics.median(p[1] for p in pairs)
-        speedup = statistics.median(p[1] / p[0] for p in pairs)
-        note = (f"{speedup:.2f}x throughput (median of {repeat} pairs); first loss "
+        pairs = timed_pairs(step_ours, step_ref, device, repeat=repeat, warmup=0)
+        note = (f"{median_speedup(pairs):.2f}x throughput (median of {repeat} pairs); first loss "
                 f"{'equal' if same else 'DIFFERS'} ({float(loss_ours):.5f} vs {float(loss_ref):.5f})")
-        rows.append(Row("PointMLP-CoC train step", f"B={batch}, N={n_points}, {num_classes} classes",
-                        "pointcoc", "published layout", t_ours, t_ref, note=note))
+        rows.append(Row(STEP_GROUPS[name], f"B={batch}, N={n_points}, {num_classes} classes",
+                        "pointcoc", "published layout", statistics.median(p[0] for p in pairs),
+                        statistics.median(p[1] for p in pairs), note=note))
         del ours, reference, step_ours, step_ref
     return rows
-

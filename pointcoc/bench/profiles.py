@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 
 from .. import ops
-from .measure import import_or_skip, machine_description, random_tensor, synchronize
-from .model_rows import coc_pair, train_step
+from .measure import import_or_skip, machine_description, synchronize
+from .model_rows import MODEL_LABELS, reference_pair, step_inputs, train_step
 
 __all__ = ["profile_train_step", "profile_model_vs_reference"]
 
@@ -25,8 +25,7 @@ def profile_train_step(name: str, batch: int = 16, n_points: int = 1024, device=
     create_model = import_or_skip("pointcoc", "create_model")
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes).to(device).train()
-    xyz = random_tensor((batch, n_points, 3), device, 3) * 2 - 1
-    label = torch.randint(0, num_classes, (batch,)).to(device)
+    xyz, label = step_inputs(batch, n_points, num_classes, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step():
@@ -98,8 +97,9 @@ def _label_sections(model: torch.nn.Module, sections: dict) -> list:
 
 
 def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classes: int = 15, device="cpu",
-                               row_limit: int = 20, model_kwargs: Optional[dict] = None) -> str:
-    """Where one PointMLP-CoC training step's time goes, ours and the published-layout reference.
+                               row_limit: int = 20, model_kwargs: Optional[dict] = None,
+                               name: str = "pointmlp_coc") -> str:
+    """Where one training step's time of model ``name`` goes, ours and the published-layout reference.
 
     For each: the forward time by section (``record_function`` ranges around
     the grouper, the context clusters and the pointwise layers; wall time, so
@@ -109,14 +109,14 @@ def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classe
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    ours, reference, xyz, label = coc_pair(batch, n_points, num_classes, device, model_kwargs)
+    ours, reference, xyz, label = reference_pair(name, batch, n_points, num_classes, device, model_kwargs)
     runs = [("ours", ours, xyz), ("reference", reference, xyz.transpose(1, 2))]
-    lines = [f"PointMLP-CoC training step, B={batch}, N={n_points}, {num_classes} classes, "
+    lines = [f"{MODEL_LABELS[name]} training step, B={batch}, N={n_points}, {num_classes} classes, "
              f"{machine_description(device)}", ""]
-    for name, model, inputs in runs:
+    for layout, model, inputs in runs:
         step = train_step(model, inputs, label)
         step()
-        undo = _label_sections(model, _SECTION_CLASSES[name])
+        undo = _label_sections(model, _SECTION_CLASSES[layout])
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
         start = time.perf_counter()
         with profile(activities=activities) as prof:
@@ -129,10 +129,10 @@ def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classe
         events = prof.key_averages()
         by_key = {e.key: e for e in events}
         total_self = sum(e.self_cpu_time_total for e in events)
-        lines.append(f"== {name} ({'pointcoc' if name == 'ours' else 'published layout'}): "
+        lines.append(f"== {layout} ({'pointcoc' if layout == 'ours' else 'published layout'}): "
                      f"step {wall:.2f} s wall under the profiler")
         lines.append("forward time by section (wall, inside record_function ranges):")
-        for section in _SECTION_CLASSES[name]:
+        for section in _SECTION_CLASSES[layout]:
             e = by_key.get(section)
             lines.append(f"  {section:48s} {0 if e is None else e.cpu_time_total / 1e6:8.3f} s")
         lines.append("whole step, self CPU time by kind of op (forward + backward):")

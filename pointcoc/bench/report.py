@@ -6,30 +6,32 @@ from dataclasses import asdict
 from typing import List, Optional
 
 from .measure import Row
+from .model_rows import MODEL_LABELS, STEP_GROUPS
 
 __all__ = ["to_markdown", "to_json", "plot_model_vs_reference"]
 
 
 def plot_model_vs_reference(rows: List[Row], path: str) -> None:
-    """Bar chart of the training-step rows: seconds per step, ours and the reference, per batch size (PNG)."""
+    """Bar chart of the "<Model> train step" rows: seconds per step, ours and the reference, per model and batch (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r.group == "PointMLP-CoC train step"]
+    groups = {group: MODEL_LABELS[name] for name, group in STEP_GROUPS.items()}
+    rows = [r for r in rows if r.group in groups]
     if not rows:
-        raise ValueError("rows must hold at least one 'PointMLP-CoC train step' row; got none")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+        raise ValueError(f"rows must hold at least one row of {list(groups)}; got none")
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 3.5))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r.ref_s for r in rows], width=0.4, label="published layout (reference)")
     ax.bar([x + 0.2 for x in xs], [r.ours_s for r in rows], width=0.4, label="pointcoc")
     for x, r in zip(xs, rows):
         ax.text(x + 0.2, r.ours_s, f"{r.ref_s / r.ours_s:.2f}x faster", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs), [r.case.split(",")[0] for r in rows])
+    ax.set_xticks(list(xs), [f"{groups[r.group]}\n{r.case.split(',')[0]}" for r in rows], fontsize=8)
     ax.set_ylim(0, 1.3 * max(max(r.ref_s, r.ours_s) for r in rows))  # room for the legend
     ax.set_ylabel("seconds per training step (median)")
-    ax.set_title("PointMLP-CoC training step, N=1024")
+    ax.set_title(f"training step, {rows[0].case.split(', ')[1]}")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
