@@ -17,7 +17,8 @@ exact distances, CPU and CUDA), ``"triton"`` (FPS and kNN kernels, CUDA; on
 CPU tensors only when forced, in Triton's interpreter), ``"pytorch3d"`` (FPS and
 kNN; when pytorch3d imports; its kNN re-ranked exactly). Every backend returns the reference's FPS
 indices and kNN distances, at any extent of the coordinates; the tests compare
-them.
+them. Backends take and return plain (detached) tensors: the public
+:func:`~pointcoc.ops.knn` recomputes the chosen distances differentiably.
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def knn_mm(
     distances. float16 / bfloat16 and coordinates near the float range go to
     the reference. CPU and CUDA.
 
-    Args and returns as :func:`knn_torch`.
+    Args and returns as :func:`knn_torch`; dist2 is not differentiable (:func:`knn` makes it so).
     """
     if query.dtype not in (torch.float32, torch.float64) or not _expansion_is_finite(query, points):
         return knn_torch(query, points, k, query_lengths, point_lengths)
@@ -145,8 +145,6 @@ def knn_mm(
         idx = torch.empty_like(where).scatter_(1, where, torch.cat(idxs, 1)[:, :m])
         dist2 = torch.empty(batch, m, kk, dtype=query.dtype, device=query.device)
         dist2.scatter_(1, where, torch.cat(dists, 1)[:, :m])
-    if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
-        dist2 = exact_dist2(query, points, idx)
     return _finish(dist2, idx, k, query_lengths, point_lengths)
 
 

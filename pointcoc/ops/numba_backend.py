@@ -19,7 +19,7 @@ import torch
 
 from . import backends
 from .fps import fps_torch, initial_min_dist2
-from .knn import KNNResult, exact_dist2, knn_torch
+from .knn import KNNResult, knn_torch
 
 __all__ = ["WITH_NUMBA", "fps_numba", "knn_numba"]
 
@@ -170,8 +170,8 @@ def knn_numba(
 ) -> KNNResult:
     """Numba kNN with the signature and results of :func:`pointcoc.ops.knn.knn_torch`.
 
-    Memory is O(B * M * k), allocated by torch. When autograd needs them, the distances of the
-    chosen points are recomputed with torch (same values, differentiable).
+    Memory is O(B * M * k), allocated by torch. dist2 is not differentiable (:func:`pointcoc.ops.knn`
+    recomputes it when autograd needs it).
     """
     if query.dtype not in _DTYPES:
         return knn_torch(query, points, k, query_lengths, point_lengths)
@@ -181,8 +181,6 @@ def knn_numba(
     q, p = query.detach().contiguous().numpy(), points.detach().contiguous().numpy()
     _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(),
                dist2.numpy(), idx.numpy())
-    if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
-        return KNNResult(exact_dist2(query, points, idx), idx)
     return KNNResult(dist2, idx)
 
 

@@ -14,7 +14,7 @@ import torch
 from .. import _optional
 from . import backends
 from .fps import fps_torch
-from .knn import KNNResult, _finish, exact_among_candidates, exact_dist2, knn_torch
+from .knn import KNNResult, _finish, exact_among_candidates, knn_torch
 
 __all__ = ["fps_pytorch3d", "knn_pytorch3d"]
 
@@ -52,7 +52,8 @@ def knn_pytorch3d(
     and re-sorted, and a query is accepted only when its k-th exact distance is
     at most pytorch3d's last distance shrunk by that error
     (:func:`pointcoc.ops.knn.exact_among_candidates`), otherwise the reference
-    answers it. float16 / bfloat16 go to the reference.
+    answers it. float16 / bfloat16 go to the reference. dist2 is not differentiable
+    (:func:`pointcoc.ops.knn` recomputes it when autograd needs it).
     """
     if query.dtype not in (torch.float32, torch.float64):
         return knn_torch(query, points, k, query_lengths, point_lengths)
@@ -70,8 +71,6 @@ def knn_pytorch3d(
         bound = out.dists[..., -1] * (1 - 16 * info.eps) - 64 * info.tiny
         rows = torch.arange(query.shape[1], device=query.device)[None, :] < query_lengths[:, None]
         dist2, idx = exact_among_candidates(query, points, cand, bound, kk, rows, point_lengths)
-    if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
-        dist2 = exact_dist2(query, points, idx)
     return _finish(dist2, idx, k, query_lengths, point_lengths)
 
 

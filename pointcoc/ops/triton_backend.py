@@ -29,7 +29,7 @@ import torch
 
 from . import backends
 from .fps import fps_torch, initial_min_dist2
-from .knn import KNNResult, _finish, exact_dist2, knn_torch
+from .knn import KNNResult, _finish, knn_torch
 
 __all__ = ["WITH_TRITON", "fps_triton", "knn_triton"]
 
@@ -84,8 +84,8 @@ def knn_triton(
     """Triton kNN with the signature and distances of :func:`pointcoc.ops.knn.knn_torch`.
 
     Among equal distances the lowest indices are kept and listed first. Memory
-    is O(B * M * k). When autograd needs them, the distances of the chosen
-    points are recomputed with torch (same values, differentiable).
+    is O(B * M * k). dist2 is not differentiable (:func:`pointcoc.ops.knn`
+    recomputes it when autograd needs it).
     """
     if query.dtype not in _DTYPES or k > _MAX_K:
         return knn_torch(query, points, k, query_lengths, point_lengths)
@@ -105,8 +105,6 @@ def knn_triton(
     dist2, idx = torch.gather(dist2, -1, order), torch.gather(idx, -1, order)
     order = torch.argsort(dist2, dim=-1, stable=True)
     dist2, idx = torch.gather(dist2, -1, order), torch.gather(idx, -1, order)
-    if torch.is_grad_enabled() and (query.requires_grad or points.requires_grad):
-        dist2 = exact_dist2(query, points, idx)
     return _finish(dist2, idx, k, query_lengths, point_lengths)
 
 
