@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""One PointMLP-CoC training step of pointcoc now vs an older copy of the package, same parameters, interleaved.
+"""One training step of a pointcoc model now vs an older copy of the package, same parameters, interleaved.
 
     git worktree add /tmp/before 8514cb4
     mkdir -p /tmp/before_pkg && cp -r /tmp/before/pointcoc /tmp/before_pkg/pointcoc_before
-    python benchmarks/before_after_step.py --old /tmp/before_pkg --batch 8 --threads 1
+    grep -rl '"pointcoc::' /tmp/before_pkg/pointcoc_before | xargs sed -i 's/"pointcoc::/"pointcoc_before::/g'
+    python benchmarks/before_after_step.py --old /tmp/before_pkg --model pointmlp_coc --batch 8 --threads 1
 
 The old copy is imported as ``pointcoc_before`` (the models, layers and ops use relative imports
-only). Prints the first training loss of each (the same function: they must agree to float
+only; its custom operators are renamed so that both copies can register theirs). Prints the first training loss of each (the same function: they must agree to float
 rounding), each pair's step times and the median speed-up (old time / new time).
 """
 import argparse
@@ -20,6 +21,8 @@ import torch
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", required=True, help="folder that holds the old package as pointcoc_before/")
+    parser.add_argument("--model", default="pointmlp_coc")
+    parser.add_argument("--memory-efficient", action="store_true", help="build the new model memory_efficient")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeat", type=int, default=3)
@@ -33,8 +36,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    new = pointcoc.create_model("pointmlp_coc", num_classes=15)
-    old = pointcoc_before.create_model("pointmlp_coc", num_classes=15)
+    new = pointcoc.create_model(args.model, num_classes=15, memory_efficient=args.memory_efficient)
+    old = pointcoc_before.create_model(args.model, num_classes=15)
     old.load_state_dict(new.state_dict())
     g = torch.Generator().manual_seed(3)
     xyz = torch.rand(args.batch, 1024, 3, generator=g) * 2 - 1
@@ -53,7 +56,8 @@ def main(argv=None) -> int:
         step_old()
         pairs.append((middle - start, time.perf_counter() - middle))
         print(f"pair: now {pairs[-1][0]:.2f} s, before {pairs[-1][1]:.2f} s", flush=True)
-    print(f"B={args.batch}, {torch.get_num_threads()} threads: now {statistics.median(p[0] for p in pairs):.2f} s, "
+    print(f"{args.model}{' (memory_efficient)' if args.memory_efficient else ''}, "
+          f"B={args.batch}, {torch.get_num_threads()} threads: now {statistics.median(p[0] for p in pairs):.2f} s, "
           f"before {statistics.median(p[1] for p in pairs):.2f} s, "
           f"speed-up {statistics.median(p[1] / p[0] for p in pairs):.2f}x")
     return 0

@@ -102,8 +102,44 @@ def test_group_transfer_equals_linear_on_concatenation():
         t.norm.running_var.uniform_(0.5, 2)
     grouped, anchors = torch.randn(2, 3, 5, 7), torch.randn(2, 3, 4)
     want = torch.relu(t.norm(full(torch.cat([grouped, anchors[:, :, None].expand(-1, -1, 5, -1)], -1))))
-    torch.testing.assert_close(t(grouped, anchors), want)
+    product = torch.nn.functional.linear(grouped, t.neighbour.weight)
+    torch.testing.assert_close(t(product, anchors), want)
     assert sum(p.numel() for p in t.parameters()) == sum(p.numel() for p in full.parameters()) + 20
+
+
+@pytest.mark.parametrize("normalize,use_xyz,ragged", [("anchor", False, False), ("anchor", True, True),
+                                                      ("center", False, True), ("center", True, False),
+                                                      (None, False, True)])
+def test_linear_of_groups_equals_linear_on_normalised_groups(normalize, use_xyz, ragged):
+    """The per-point product, gathered, against the Linear on the materialised groups: values and every gradient."""
+    torch.manual_seed(1)
+    grouper = LocalGrouper(5, k=6, reducer=2, coord_dim=3, use_xyz=use_xyz, normalize=normalize).double()
+    if normalize is not None:
+        with torch.no_grad():
+            grouper.affine_alpha.uniform_(0.5, 1.5)
+            grouper.affine_beta.uniform_(-0.5, 0.5)
+    weight = torch.randn(9, grouper.norm_channels, dtype=torch.float64, requires_grad=True)
+    xyz = torch.rand(3, 30, 3, dtype=torch.float64, requires_grad=True)
+    feats = torch.randn(3, 30, 5, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([30, 17, 9]) if ragged else None
+    probe = torch.randn(3, 15, 6, 9, dtype=torch.float64)
+
+    def outputs(folded):
+        if folded:
+            index = grouper.index(xyz, lengths)
+            u = grouper.point_inputs(xyz, feats)
+            scale = None if normalize is None else grouper.inverse_std(u, index)
+            out, mask = grouper.linear_of_groups(weight, u, index, scale), index.mask
+        else:
+            groups = grouper(xyz, feats, lengths)
+            out, mask = torch.nn.functional.linear(groups.grouped, weight), groups.mask
+        if mask is not None:  # padded neighbours are arbitrary in both
+            out = out * mask[..., None]
+        params = [weight, xyz, feats] + list(grouper.parameters())
+        return [out] + list(torch.autograd.grad((out * probe).sum(), params, allow_unused=True, materialize_grads=True))
+
+    for got, want in zip(outputs(True), outputs(False)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_residual_block_gradient_and_shape():

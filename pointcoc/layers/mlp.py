@@ -72,7 +72,7 @@ def linear_norm_act(linear: nn.Module, norm: MaskedBatchNorm, act: nn.Module, x:
     shape = x.shape
     flat_mask = None if mask is None else mask.reshape(-1)
     out = act(norm(linear(x.reshape(-1, shape[-1])), flat_mask))
-    return out.reshape(*shape[:-1], out.shape[-1])
+    return out if x.dim() == 2 else out.reshape(*shape[:-1], out.shape[-1])
 
 
 class PointwiseLayer(nn.Module):
@@ -107,4 +107,7 @@ class ResidualPointBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (..., C), mask: (...) bool or None -> (..., C)."""
-        return self.act(self.net2(self.net1(x, mask), mask) + x)
+        flat = x.reshape(-1, x.shape[-1])
+        flat_mask = None if mask is None else mask.reshape(-1)
+        h = self.net2(self.net1(flat, flat_mask), flat_mask)  # a fresh (M, C) tensor: the sum goes in place
+        return self.act(h.add_(flat)).view(x.shape)

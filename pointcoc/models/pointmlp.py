@@ -17,9 +17,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..layers import (ContextCluster, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation,
+from ..layers import (ContextCluster, GroupIndex, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation,
                       masked_max, recompute)
 from ..layers.mlp import none_if_all
+from ..ops import gather
 from ..ops.validation import check_lengths, check_points, check_positive_int
 from .classifier import PointSetClassifier
 
@@ -43,11 +44,16 @@ class PointMLPStage(nn.Module):
     set-level one (``cluster_centers`` centers by FPS over the stage's anchors)
     before each pos-extraction residual block (pixel-set models).
 
-    ``memory_efficient=True`` keeps, for backward, only the input of the
-    transfer layer and of each [context cluster,] residual block pair of the
-    pre-extraction, and recomputes their grouped (B, S, k, C) activations
-    during backward (:func:`pointcoc.layers.recompute`): the same values and
-    gradients, a fraction of the memory, one more forward of those blocks.
+    The transfer layer's matrix product runs once per point, not once per
+    grouped neighbour (:meth:`LocalGrouper.linear_of_groups`), and the set's
+    std is recomputed in backward rather than keeping the grouped differences.
+
+    ``memory_efficient=True`` keeps, for backward, only the per-point inputs of
+    the transfer layer and the input of each further [context cluster,]
+    residual block pair of the pre-extraction, and recomputes their grouped
+    (B, S, k, C) activations during backward (:func:`pointcoc.layers.recompute`):
+    the same values and gradients, a fraction of the memory, one more forward
+    of those blocks.
 
     Forward: xyz (B, N, D), x (B, N, C_in), lengths (B,) long or None (every set has N points) ->
     (anchor xyz (B, S, D), features (B, S, C_out), anchor lengths (B,) or None, mask (B, S) bool or None).
@@ -82,15 +88,23 @@ class PointMLPStage(nn.Module):
             pos.append(block())
         self.pre_blocks = nn.ModuleList(pre)
         self.pos_blocks = nn.ModuleList(pos)
-        # The pre-extraction in segments that each end with a residual block (recomputed as a whole).
+        # The pre-extraction in segments that each end with a residual block (recomputed as a whole with
+        # memory_efficient); the transfer layer joins the first one.
         self._segments, segment = [], []
         for layer in pre:
             segment.append(layer)
             if isinstance(layer, ResidualPointBlock):
                 self._segments.append(tuple(segment))
                 segment = []
-        if segment:
+        if segment or not self._segments:
             self._segments.append(tuple(segment))
+
+    def _transfer(self, u: torch.Tensor, anchors: torch.Tensor, index: GroupIndex, scale: Optional[torch.Tensor],
+                  layers) -> torch.Tensor:
+        """Point inputs u (B, N, C_norm), anchor features (B, S, C_in) -> transfer layer, then ``layers``
+        -> (B, S, k, C_out)."""
+        product = self.grouper.linear_of_groups(self.transfer.neighbour.weight, u, index, scale)
+        return self._pre_extract(self.transfer(product, anchors, index.mask), index.mask, layers)
 
     @staticmethod
     def _pre_extract(h: torch.Tensor, mask: Optional[torch.Tensor], layers) -> torch.Tensor:
@@ -104,24 +118,29 @@ class PointMLPStage(nn.Module):
         return h
 
     def forward(self, xyz: torch.Tensor, x: torch.Tensor, lengths: Optional[torch.Tensor]):
-        groups = self.grouper(xyz, x, lengths)
-        mask = groups.mask
+        index = self.grouper.index(xyz, lengths)
+        u = self.grouper.point_inputs(xyz, x)
+        anchors = gather(x, index.anchor_idx)
+        scale = None
+        if self.grouper.normalize is not None:  # recomputed in backward: no grouped differences kept
+            scale = recompute(self.grouper, self.grouper.inverse_std, u, index)
+        mask = index.mask
         if self.memory_efficient:
-            h = recompute(self, self.transfer, groups.grouped, groups.anchors, mask)
-            for segment in self._segments:
+            h = recompute(self, self._transfer, u, anchors, index, scale, self._segments[0])
+            for segment in self._segments[1:]:
                 h = recompute(self, self._pre_extract, h, mask, segment)
         else:
-            h = self._pre_extract(self.transfer(groups.grouped, groups.anchors, mask), mask, self.pre_blocks)
+            h = self._transfer(u, anchors, index, scale, self.pre_blocks)
         h = masked_max(h, mask, dim=2)
         point_mask = None
-        if groups.lengths is not None:
-            point_mask = none_if_all(torch.arange(h.shape[1], device=h.device)[None, :] < groups.lengths[:, None])
+        if index.lengths is not None:
+            point_mask = none_if_all(torch.arange(h.shape[1], device=h.device)[None, :] < index.lengths[:, None])
         for layer in self.pos_blocks:
             if isinstance(layer, ContextCluster):
-                h = layer(h, groups.xyz, groups.lengths)
+                h = layer(h, index.xyz, index.lengths)
             else:
                 h = layer(h, point_mask)
-        return groups.xyz, h, groups.lengths, point_mask
+        return index.xyz, h, index.lengths, point_mask
 
 
 def _per_stage(name: str, value, stages: int) -> list:
