@@ -264,7 +264,7 @@ def test_profile_model_vs_reference_reports_sections_and_restores_modules(monkey
     assert all(float(line.split()[-2]) > 0 for line in sections)  # every section ran inside its range
     assert "matrix products / 1x1 convolutions" in text
     # the record_function wrappers are gone: forward is the class's again
-    assert all("forward" not in m.__dict__ for model in made for m in model.modules())
+    assert all(not {"forward", "index", "inverse_std"} & set(m.__dict__) for model in made for m in model.modules())
 
 
 def test_plot_model_vs_reference_writes_png(tmp_path):
@@ -285,14 +285,16 @@ def test_memory_rows_measure_fresh_processes():
     assert row.group == "train step peak memory" and row.case == "pointmlp_elite, B=2, N=256"
     # A step of either layout at least holds the embedding output (2, 256, 32) floats for backward.
     assert row.ours_mem > 2 * 256 * 32 * 4 and row.ref_mem > 2 * 256 * 32 * 4
+    assert "tensors' peak" in row.note  # the smallest batch also gets the profiled tensor peak
     with pytest.raises(ValueError, match="layout must be one of"):
         step_peak_memory("pointmlp_elite", 2, layout="authors")
 
 
 @pytest.mark.slow
-def test_memory_efficient_step_holds_under_half_the_published_peak():
-    """PointMLP-CoC, batch 8, 1024 points: the recomputing model's step peak is well under the published layout's."""
+def test_memory_efficient_step_holds_under_the_target_share_of_the_published_peak():
+    """PointMLP-CoC, batch 8, 1024 points: the recomputing model's step peak is at most 0.35x the published
+    layout's (issue 12's target; measured 0.20x)."""
     rows = benchmark.bench_memory(models=("pointmlp_coc",), batches=(8,))
     default, lean = rows
     assert default.ours_mem < default.ref_mem
-    assert lean.ours_mem < 0.5 * lean.ref_mem and lean.ours_mem < 0.6 * default.ours_mem
+    assert lean.ours_mem < 0.35 * lean.ref_mem and lean.ours_mem < 0.6 * default.ours_mem

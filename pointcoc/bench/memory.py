@@ -26,7 +26,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from .measure import Row, synchronize
+from ..ops import farthest_point_sample, knn
+from .measure import Row, peak_cpu_memory, synchronize
 from .model_rows import check_models, step_inputs, train_step
 
 __all__ = ["step_peak_memory", "fresh_process_peak", "bench_memory"]
@@ -44,7 +45,7 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int = 1024, num_classes: int = 15,
-                     device="cpu", memory_efficient: bool = False) -> Dict[str, float]:
+                     device="cpu", memory_efficient: bool = False, tensor_peak: bool = False) -> Dict[str, float]:
     """Peak extra memory of one training step (forward, cross-entropy, backward, SGD with momentum), in this process.
 
     Args:
@@ -52,10 +53,17 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
         layout: "ours" (the pointcoc model) or "published" (:mod:`pointcoc.reference_pointmlp`
             holding the same parameters).
         memory_efficient: build the pointcoc model with ``memory_efficient=True`` (layout "ours" only).
+        tensor_peak: on the CPU, also run a second step under ``torch.profiler`` and report the
+            largest amount of memory its tensors held (:func:`~pointcoc.bench.measure.peak_cpu_memory`):
+            what the step needs, without the C allocator's retained or fragmented memory.
+
+    For layout "ours" the FPS/kNN kernels are loaded (numba's compiled code, about 60 MiB, once per
+    process) by a call on a tiny input before the base is read: a per-process cost, not a step's.
 
     Returns:
-        {"peak_bytes": what the step adds at its peak, "step_s": the step's wall time}. Call it
-        once per fresh process (:func:`fresh_process_peak`): the high-water mark never goes down.
+        {"peak_bytes": what the step adds at its peak, "step_s": the step's wall time, and with
+        ``tensor_peak`` "tensor_peak_bytes"}. Call it once per fresh process
+        (:func:`fresh_process_peak`): the high-water mark never goes down.
     """
     from ..models import create_model
     from ..reference_pointmlp import reference_from_pointcoc
@@ -72,6 +80,9 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
     if layout == "published":
         net, xyz = reference_from_pointcoc(net, points=n_points), xyz.transpose(1, 2).contiguous()
     step = train_step(net, xyz, label)
+    if layout == "ours":
+        tiny = xyz.new_zeros(1, 8, 3) + torch.arange(8, dtype=xyz.dtype, device=device)[None, :, None]
+        knn(tiny[:, farthest_point_sample(tiny, 4)[0]], tiny, 2)
     if device.type == "cuda":
         synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -83,11 +94,15 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
     synchronize(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _proc_status_bytes("VmHWM")
-    return {"peak_bytes": peak - base, "step_s": seconds}
+    result = {"peak_bytes": peak - base, "step_s": seconds}
+    if tensor_peak and device.type == "cpu":
+        result["tensor_peak_bytes"] = peak_cpu_memory(step)
+    return result
 
 
 def fresh_process_peak(model: str, batch: int, layout: str = "ours", n_points: int = 1024, device="cpu",
-                       memory_efficient: bool = False, threads: Optional[int] = None) -> Dict[str, float]:
+                       memory_efficient: bool = False, threads: Optional[int] = None,
+                       tensor_peak: bool = False) -> Dict[str, float]:
     """:func:`step_peak_memory` run in a new Python process (this package, same interpreter)."""
     command = [sys.executable, "-c", "import sys; from pointcoc.bench.memory import main; sys.exit(main())",
                "--model", model, "--batch", str(batch), "--layout", layout, "--points", str(n_points),
@@ -96,6 +111,8 @@ def fresh_process_peak(model: str, batch: int, layout: str = "ours", n_points: i
         command.append("--memory-efficient")
     if threads:
         command += ["--threads", str(threads)]
+    if tensor_peak:
+        command.append("--tensor-peak")
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds this copy of pointcoc
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -106,28 +123,41 @@ def fresh_process_peak(model: str, batch: int, layout: str = "ours", n_points: i
 
 def bench_memory(device="cpu", quick=False, models: Sequence[str] = ("pointmlp", "pointmlp_elite", "pointmlp_coc"),
                  batches: Optional[Sequence[int]] = None, n_points: int = 1024,
-                 memory_efficient: Sequence[bool] = (False, True)) -> List[Row]:
+                 memory_efficient: Sequence[bool] = (False, True),
+                 tensor_peak_batches: Optional[Sequence[int]] = None) -> List[Row]:
     """Peak memory of a training step per model and batch: pointcoc vs the published layout, fresh processes.
 
     One row per (model, batch, pointcoc variant): the published layout is
     measured once per (model, batch), each pointcoc variant (default and
     ``memory_efficient``) right after it. The rows' times are those of the
     single measured step (first step of a fresh process: indicative only; the
-    ``model_vs_reference`` rows time steps properly).
+    ``model_vs_reference`` rows time steps properly). At the batch sizes in
+    ``tensor_peak_batches`` (default: the smallest) the note also gives the peak
+    memory held by tensors (a second, profiled step; CPU only).
     """
     check_models(models)
     batches = batches or (8, 16, 32)
+    tensor_peak_batches = (min(batches),) if tensor_peak_batches is None else tuple(tensor_peak_batches)
+    cpu = torch.device(device).type == "cpu"
     rows = []
     for name in tqdm(models, desc="memory", leave=False):
         for batch in batches:
-            ref = fresh_process_peak(name, batch, "published", n_points, device)
+            tensors = cpu and batch in tensor_peak_batches
+            ref = fresh_process_peak(name, batch, "published", n_points, device, tensor_peak=tensors)
             for lean in memory_efficient:
-                ours = fresh_process_peak(name, batch, "ours", n_points, device, memory_efficient=lean)
+                ours = fresh_process_peak(name, batch, "ours", n_points, device, memory_efficient=lean,
+                                          tensor_peak=tensors)
+                note = ("fresh process each; peak RSS above start" if cpu
+                        else "fresh process each; max_memory_allocated above start")
+                if tensors:
+                    mib = 2 ** 20
+                    note += (f"; tensors' peak {ours['tensor_peak_bytes'] / mib:.1f} vs "
+                             f"{ref['tensor_peak_bytes'] / mib:.1f} MiB "
+                             f"({ours['tensor_peak_bytes'] / ref['tensor_peak_bytes']:.3f}x)")
                 rows.append(Row("train step peak memory", f"{name}, B={batch}, N={n_points}",
                                 "pointcoc" + (" memory_efficient" if lean else ""), "published layout",
                                 ours["step_s"], ref["step_s"], int(ours["peak_bytes"]), int(ref["peak_bytes"]),
-                                note="fresh process each; peak RSS above start" if torch.device(device).type == "cpu"
-                                else "fresh process each; max_memory_allocated above start"))
+                                note=note))
     return rows
 
 
@@ -140,11 +170,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-efficient", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tensor-peak", action="store_true", help="also a profiled step's tensor peak (CPU)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = step_peak_memory(args.model, args.batch, args.layout, args.points, device=args.device,
-                              memory_efficient=args.memory_efficient)
+                              memory_efficient=args.memory_efficient, tensor_peak=args.tensor_peak)
     print(json.dumps(result))
     return 0
 

@@ -75,14 +75,18 @@ def _label_sections(model: torch.nn.Module, sections: dict) -> list:
     undo = []
 
     def wrap(module, name):
-        original = module.forward
+        # pointcoc's stages call the grouper's steps (index, inverse_std), not its forward
+        for method in ("forward", "index", "inverse_std"):
+            original = getattr(module, method, None)
+            if original is None:
+                continue
 
-        def forward(*args, **kwargs):
-            with record_function(name):
-                return original(*args, **kwargs)
+            def timed_call(*args, _original=original, **kwargs):
+                with record_function(name):
+                    return _original(*args, **kwargs)
 
-        module.forward = forward
-        undo.append(module)
+            setattr(module, method, timed_call)
+            undo.append((module, method))
 
     def visit(module):
         for child in module.children():
@@ -124,8 +128,8 @@ def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classe
                 step()
             synchronize(device)
         wall = time.perf_counter() - start
-        for module in undo:
-            del module.forward  # back to the class's forward
+        for module, method in undo:
+            delattr(module, method)  # back to the class's method
         events = prof.key_averages()
         by_key = {e.key: e for e in events}
         total_self = sum(e.self_cpu_time_total for e in events)

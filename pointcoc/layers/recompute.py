@@ -47,9 +47,11 @@ def recompute(module: nn.Module, fn: Callable, *args):
 
     Returns:
         What ``fn(*args)`` returns; without gradients (``torch.no_grad`` or no
-        input or parameter needing one) it is simply called.
+        input or parameter needing one) it is simply called, and so it is
+        under ``torch.compile``, whose partitioner chooses what to keep and
+        what to recompute for the whole graph.
     """
-    if not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return fn(*args)
     return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False,
                       context_fn=lambda: (nullcontext(), keep_norm_statistics(module)))
