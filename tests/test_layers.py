@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pointcoc.layers import GroupTransfer, LocalGrouper, MaskedBatchNorm, ResidualPointBlock, masked_max, masked_std
+from pointcoc.layers import GroupIndex, GroupTransfer, LocalGrouper, MaskedBatchNorm, ResidualPointBlock, masked_max, masked_std
 from pointcoc.ops import farthest_point_sample
 
 
@@ -102,8 +102,12 @@ def test_group_transfer_equals_linear_on_concatenation():
         t.norm.running_var.uniform_(0.5, 2)
     grouped, anchors = torch.randn(2, 3, 5, 7), torch.randn(2, 3, 4)
     want = torch.relu(t.norm(full(torch.cat([grouped, anchors[:, :, None].expand(-1, -1, 5, -1)], -1))))
-    product = torch.nn.functional.linear(grouped, t.neighbour.weight)
-    torch.testing.assert_close(t(product, anchors), want)
+    # normalize=None and an identity neighbour index: the grouper hands the neighbours' features through
+    grouper = LocalGrouper(7, k=5, normalize=None)
+    idx = torch.arange(15).reshape(1, 3, 5).expand(2, -1, -1)
+    index = GroupIndex(None, None, None, idx, None)
+    u = grouped.reshape(2, 15, 7)
+    torch.testing.assert_close(t(grouper, u, anchors, index, None), want)
     assert sum(p.numel() for p in t.parameters()) == sum(p.numel() for p in full.parameters()) + 20
 
 
@@ -123,19 +127,20 @@ def test_linear_of_groups_equals_linear_on_normalised_groups(normalize, use_xyz,
     feats = torch.randn(3, 30, 5, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([30, 17, 9]) if ragged else None
     probe = torch.randn(3, 15, 6, 9, dtype=torch.float64)
+    offset = torch.randn(3, 15, 9, dtype=torch.float64, requires_grad=True)
 
     def outputs(folded):
         if folded:
             index = grouper.index(xyz, lengths)
             u = grouper.point_inputs(xyz, feats)
             scale = None if normalize is None else grouper.inverse_std(u, index)
-            out, mask = grouper.linear_of_groups(weight, u, index, scale), index.mask
+            out, mask = grouper.linear_of_groups(weight, u, index, scale, offset=offset), index.mask
         else:
             groups = grouper(xyz, feats, lengths)
-            out, mask = torch.nn.functional.linear(groups.grouped, weight), groups.mask
+            out, mask = torch.nn.functional.linear(groups.grouped, weight) + offset[:, :, None], groups.mask
         if mask is not None:  # padded neighbours are arbitrary in both
             out = out * mask[..., None]
-        params = [weight, xyz, feats] + list(grouper.parameters())
+        params = [weight, offset, xyz, feats] + list(grouper.parameters())
         return [out] + list(torch.autograd.grad((out * probe).sum(), params, allow_unused=True, materialize_grads=True))
 
     for got, want in zip(outputs(True), outputs(False)):

@@ -155,7 +155,9 @@ def bench_model_vs_reference(device="cpu", quick=False, models=tuple(MODEL_LABEL
         loss_ours = step_ours()
         torch.manual_seed(1)
         loss_ref = step_ref()
-        same = torch.allclose(loss_ours, loss_ref, rtol=1e-4, atol=1e-5)
+        # float32 rounding, amplified by BatchNorm over few samples in small cases (logits of either layout
+        # differ from float64 by up to 2e-3 at B=2, N=128); a different function differs by far more
+        same = torch.allclose(loss_ours, loss_ref, rtol=1e-3, atol=1e-4)
         pairs = timed_pairs(step_ours, step_ref, device, repeat=repeat, warmup=0)
         note = (f"{median_speedup(pairs):.2f}x throughput (median of {repeat} pairs); first loss "
                 f"{'equal' if same else 'DIFFERS'} ({float(loss_ours):.5f} vs {float(loss_ref):.5f})")

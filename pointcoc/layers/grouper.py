@@ -169,8 +169,8 @@ class LocalGrouper(nn.Module):
         return _inverse_std(self._differences(u, index), index.mask)
 
     def linear_of_groups(self, weight: torch.Tensor, u: torch.Tensor, index: GroupIndex,
-                         scale: Optional[torch.Tensor]) -> torch.Tensor:
-        """``F.linear(normalised groups, weight)`` with its matrix product run once per point, then gathered.
+                         scale: Optional[torch.Tensor], offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``F.linear(normalised groups, weight) + offset`` with the matrix product run once per point, then gathered.
 
         Normalisation is affine per set, ``alpha * (u_j - ref) * scale + beta``, so
         ``W (alpha * (u_j - ref) * scale + beta) = P_j - P_ref + W beta`` with
@@ -181,15 +181,17 @@ class LocalGrouper(nn.Module):
         Args:
             weight: (C_out, C_norm). u: (B, N, C_norm) from :meth:`point_inputs`.
             index: the groups. scale: (B,) from :meth:`inverse_std`, or None when ``normalize`` is None.
+            offset: (B, S, C_out) added to each group's k rows (in the same pass), or None.
 
         Returns:
             (B, S, k, C_out).
         """
+        shift = 0.0 if offset is None else offset.unsqueeze(2)
         if self.normalize is None:
-            return gather(F.linear(u, weight), index.idx)
+            return gather(F.linear(u, weight), index.idx) + shift
         per_point = F.linear(u, weight * self.affine_alpha) * scale[:, None, None]
         grouped = gather(per_point, index.idx)
-        return grouped - (self._reference(per_point, grouped, index) - F.linear(self.affine_beta, weight))
+        return grouped - (self._reference(per_point, grouped, index) - F.linear(self.affine_beta, weight) - shift)
 
     def forward(self, xyz: torch.Tensor, features: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Groups:
         index = self.index(xyz, lengths)
@@ -211,16 +213,16 @@ class GroupTransfer(nn.Module):
     The published model applies one pointwise layer to each neighbour's
     normalised features concatenated with its anchor's features (repeated k
     times). Its weight is split in two: the neighbour part runs once per point
-    (:meth:`LocalGrouper.linear_of_groups`, given ``neighbour.weight``), the
-    anchor part once per group, broadcast to its k neighbours: the same map and
-    the same parameter count (one weight split in two, one bias).
+    (:meth:`LocalGrouper.linear_of_groups`), the anchor part (with the bias)
+    once per group, added to its k neighbours in the same pass: the same map
+    and the same parameter count (one weight split in two, one bias).
 
     Args:
         norm_channels: channels of the normalised groups; anchor_channels: C; out_channels.
 
-    Forward: neighbour_product (B, S, k, out_channels), the neighbour part's product
-    (``linear_of_groups(neighbour.weight, ...)``); anchors (B, S, C); mask (B, S, k) bool or None
-    -> (B, S, k, out_channels).
+    Forward: grouper (the stage's :class:`LocalGrouper`), u (B, N, norm_channels) from its
+    ``point_inputs``, anchors (B, S, C), index (:class:`GroupIndex`), scale (B,) from its
+    ``inverse_std`` or None -> (B, S, k, out_channels).
     """
 
     def __init__(self, norm_channels: int, anchor_channels: int, out_channels: int, bias: bool = False,
@@ -231,9 +233,9 @@ class GroupTransfer(nn.Module):
         self.norm = MaskedBatchNorm(out_channels)
         self.act = get_activation(activation, inplace=True)
 
-    def forward(self, neighbour_product: torch.Tensor, anchors: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        per_group = F.linear(anchors, self.anchor.weight, self.neighbour.bias).unsqueeze(2)
-        h = (neighbour_product + per_group).reshape(-1, neighbour_product.shape[-1])
-        flat_mask = None if mask is None else mask.reshape(-1)
-        return self.act(self.norm(h, flat_mask)).reshape(neighbour_product.shape)
+    def forward(self, grouper: LocalGrouper, u: torch.Tensor, anchors: torch.Tensor, index: GroupIndex,
+                scale: Optional[torch.Tensor]) -> torch.Tensor:
+        per_group = F.linear(anchors, self.anchor.weight, self.neighbour.bias)
+        h = grouper.linear_of_groups(self.neighbour.weight, u, index, scale, offset=per_group)
+        flat_mask = None if index.mask is None else index.mask.reshape(-1)
+        return self.act(self.norm(h.reshape(-1, h.shape[-1]), flat_mask)).reshape(h.shape)

@@ -45,12 +45,11 @@ class PointMLPStage(nn.Module):
     before each pos-extraction residual block (pixel-set models).
 
     The transfer layer's matrix product runs once per point, not once per
-    grouped neighbour (:meth:`LocalGrouper.linear_of_groups`), and the set's
-    std is recomputed in backward rather than keeping the grouped differences.
+    grouped neighbour (:meth:`LocalGrouper.linear_of_groups`).
 
     ``memory_efficient=True`` keeps, for backward, only the per-point inputs of
-    the transfer layer and the input of each further [context cluster,]
-    residual block pair of the pre-extraction, and recomputes their grouped
+    the grouper's std and the transfer layer and the input of each further
+    [context cluster,] residual block pair of the pre-extraction, and recomputes their grouped
     (B, S, k, C) activations during backward (:func:`pointcoc.layers.recompute`):
     the same values and gradients, a fraction of the memory, one more forward
     of those blocks.
@@ -103,8 +102,7 @@ class PointMLPStage(nn.Module):
                   layers) -> torch.Tensor:
         """Point inputs u (B, N, C_norm), anchor features (B, S, C_in) -> transfer layer, then ``layers``
         -> (B, S, k, C_out)."""
-        product = self.grouper.linear_of_groups(self.transfer.neighbour.weight, u, index, scale)
-        return self._pre_extract(self.transfer(product, anchors, index.mask), index.mask, layers)
+        return self._pre_extract(self.transfer(self.grouper, u, anchors, index, scale), index.mask, layers)
 
     @staticmethod
     def _pre_extract(h: torch.Tensor, mask: Optional[torch.Tensor], layers) -> torch.Tensor:
@@ -121,15 +119,16 @@ class PointMLPStage(nn.Module):
         index = self.grouper.index(xyz, lengths)
         u = self.grouper.point_inputs(xyz, x)
         anchors = gather(x, index.anchor_idx)
-        scale = None
-        if self.grouper.normalize is not None:  # recomputed in backward: no grouped differences kept
-            scale = recompute(self.grouper, self.grouper.inverse_std, u, index)
         mask = index.mask
         if self.memory_efficient:
+            scale = None
+            if self.grouper.normalize is not None:  # recomputed in backward: no grouped differences kept
+                scale = recompute(self.grouper, self.grouper.inverse_std, u, index)
             h = recompute(self, self._transfer, u, anchors, index, scale, self._segments[0])
             for segment in self._segments[1:]:
                 h = recompute(self, self._pre_extract, h, mask, segment)
         else:
+            scale = None if self.grouper.normalize is None else self.grouper.inverse_std(u, index)
             h = self._transfer(u, anchors, index, scale, self.pre_blocks)
         h = masked_max(h, mask, dim=2)
         point_mask = None
