@@ -258,20 +258,25 @@ def _release(device: torch.device) -> None:
 
 
 def _train_step(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dict:
-    """PointMLP-CoC step: pointcoc vs the published layout; eager first, then compiled; float32 and bf16 autocast."""
+    """PointMLP-CoC step: pointcoc vs the published layout; eager first, then compiled; float32 and bf16 autocast.
+
+    Eager also measures pointcoc built with ``memory_efficient=True`` (its peak memory against the others').
+    """
     batch, points = sizes.train_batch, sizes.train_points
     rows, errors = [], {}
     for mode in ("eager", "compiled"):
         for precision, dtype in (("float32", None), ("bf16 autocast", torch.bfloat16)):
             if mode == "compiled" and precision not in sizes.compiled_precisions:
                 continue
-            for layout in ("pointcoc", "published layout"):
+            layouts = ("pointcoc", "published layout") + (("pointcoc memory_efficient",) if mode == "eager" else ())
+            for layout in layouts:
                 label_ = f"{layout}, {mode}, {precision}"
                 try:
                     _need(budget, sizes.compile_need_s if mode == "compiled" else sizes.step_need_s, label_)
-                    ours, reference, xyz, label = reference_pair("pointmlp_coc", batch, points, 15, device,
-                                                                 sizes.model_kwargs)
-                    model, inputs = (ours, xyz) if layout == "pointcoc" else (reference, xyz.transpose(1, 2))
+                    kwargs = dict(sizes.model_kwargs or {}, memory_efficient=layout.endswith("memory_efficient"))
+                    ours, reference, xyz, label = reference_pair("pointmlp_coc", batch, points, 15, device, kwargs)
+                    model, inputs = ((reference, xyz.transpose(1, 2)) if layout == "published layout"
+                                     else (ours, xyz))
                     if mode == "compiled":
                         model = torch.compile(model, backend=sizes.compile_backend)
                     with torch._inductor.config.patch(fallback_random=True):  # dropout as in eager
