@@ -59,9 +59,10 @@ def main(argv=None) -> int:
     pairs = timed_pairs(*steps, repeat=args.repeat, warmup=0)
     for t_measured, t_baseline in pairs:
         print(f"pair: {name} {t_measured:.2f} s, {baseline_name} {t_baseline:.2f} s")
-    print(f"{args.model} B={args.batch}, {torch.get_num_threads()} threads: {name} "
-          f"{statistics.median(p[0] for p in pairs):.2f} s, {baseline_name} {statistics.median(p[1] for p in pairs):.2f} s, "
-          f"time ratio {statistics.median(m / b for m, b in pairs):.2f}x, speed-up {median_speedup(pairs):.2f}x")
+    t_measured, t_baseline = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+    print(f"{args.model} B={args.batch}, {torch.get_num_threads()} threads: {name} {t_measured:.2f} s, "
+          f"{baseline_name} {t_baseline:.2f} s, time ratio {statistics.median(m / b for m, b in pairs):.2f}x, "
+          f"speed-up {median_speedup(pairs):.2f}x")
     return 0
 
 

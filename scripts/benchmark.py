@@ -32,8 +32,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", help=f"comma-separated models from {list(benchmark.MODEL_LABELS)} for the "
                                          f"{' and '.join(benchmark.MODEL_SECTIONS)} sections (default: all three; "
                                          "--quick: PointMLP-CoC, resp. PointMLP-elite)")
-    parser.add_argument("--batches", help=f"comma-separated batch sizes for the {' and '.join(benchmark.MODEL_SECTIONS)} "
-                                          "sections, e.g. 16,32 (default: each section's own)")
+    parser.add_argument("--batches", help="comma-separated batch sizes for the "
+                                          f"{' and '.join(benchmark.MODEL_SECTIONS)} sections, e.g. 16,32 "
+                                          "(default: each section's own)")
     parser.add_argument("--profile", metavar="MODEL", help="instead: profile one training step of MODEL (batch 16)")
     parser.add_argument("--backend", help="with --profile: force this ops backend (e.g. torch)")
     parser.add_argument("--profile-vs-reference", type=int, metavar="BATCH",

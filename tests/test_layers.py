@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pointcoc.layers import GroupIndex, GroupTransfer, LocalGrouper, MaskedBatchNorm, ResidualPointBlock, masked_max, masked_std
+from pointcoc.layers import (GroupIndex, GroupTransfer, LocalGrouper, MaskedBatchNorm, ResidualPointBlock, masked_max,
+                             masked_std)
 from pointcoc.ops import farthest_point_sample
 
 

@@ -49,7 +49,8 @@ def bench_compile(device="cpu", quick=False, names=None, batch=None, n_points=10
             pairs = timed_pairs(step_compiled, step_eager, device, repeat=repeat, warmup=0)
             t_compiled = statistics.median(p[0] for p in pairs)
             t_eager = statistics.median(p[1] for p in pairs)
-            note = (f"{median_speedup(pairs):.2f}x throughput (median of {repeat} pairs); compile + first step {first:.0f} s; "
+            note = (f"{median_speedup(pairs):.2f}x throughput (median of {repeat} pairs); "
+                    f"compile + first step {first:.0f} s; "
                     f"first loss {'equal' if same else 'DIFFERS'} ({float(loss_compiled):.5f} vs {float(loss_eager):.5f})")
             rows.append(Row("torch.compile train step", f"{name}, B={batch}, N={n_points}", f"compiled ({backend})",
                             "eager", t_compiled, t_eager, note=note))

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory", "Row",
-           "SectionUnavailable", "import_or_skip", "random_tensor", "machine_description"]
+__all__ = ["synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory",
+           "Row", "SectionUnavailable", "import_or_skip", "random_tensor", "machine_description"]
 
 
 def synchronize(device: torch.device) -> None:

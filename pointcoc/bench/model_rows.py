@@ -10,8 +10,8 @@ from tqdm import tqdm
 from .. import ops
 from .measure import Row, import_or_skip, median_speedup, peak_memory, random_tensor, time_pair, timed_pairs
 
-__all__ = ["MODEL_LABELS", "STEP_GROUPS", "bench_models", "bench_model_vs_reference", "check_models", "reference_pair", "step_inputs",
-           "train_step"]
+__all__ = ["MODEL_LABELS", "STEP_GROUPS", "bench_models", "bench_model_vs_reference", "check_models", "reference_pair",
+           "step_inputs", "train_step"]
 
 
 def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite", "pointmlp_coc"),

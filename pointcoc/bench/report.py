@@ -12,7 +12,8 @@ __all__ = ["to_markdown", "to_json", "plot_model_vs_reference"]
 
 
 def plot_model_vs_reference(rows: List[Row], path: str) -> None:
-    """Bar chart of the "<Model> train step" rows: seconds per step, ours and the reference, per model and batch (PNG)."""
+    """Bar chart of the "<Model> train step" rows: seconds per step, ours and the reference, per model and batch
+    (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")

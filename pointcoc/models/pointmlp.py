@@ -17,8 +17,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..layers import (ContextCluster, GroupIndex, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock, get_activation,
-                      masked_max, recompute)
+from ..layers import (ContextCluster, GroupIndex, GroupTransfer, LocalGrouper, PointwiseLayer, ResidualPointBlock,
+                      get_activation, masked_max, recompute)
 from ..layers.mlp import none_if_all
 from ..ops import gather
 from ..ops.validation import check_lengths, check_points, check_positive_int
@@ -120,15 +120,15 @@ class PointMLPStage(nn.Module):
         u = self.grouper.point_inputs(xyz, x)
         anchors = gather(x, index.anchor_idx)
         mask = index.mask
+        scale = None
+        if self.grouper.normalize is not None:  # memory_efficient: recomputed in backward, no grouped differences kept
+            scale = (recompute(self.grouper, self.grouper.inverse_std, u, index) if self.memory_efficient
+                     else self.grouper.inverse_std(u, index))
         if self.memory_efficient:
-            scale = None
-            if self.grouper.normalize is not None:  # recomputed in backward: no grouped differences kept
-                scale = recompute(self.grouper, self.grouper.inverse_std, u, index)
             h = recompute(self, self._transfer, u, anchors, index, scale, self._segments[0])
             for segment in self._segments[1:]:
                 h = recompute(self, self._pre_extract, h, mask, segment)
         else:
-            scale = None if self.grouper.normalize is None else self.grouper.inverse_std(u, index)
             h = self._transfer(u, anchors, index, scale, self.pre_blocks)
         h = masked_max(h, mask, dim=2)
         point_mask = None
