@@ -146,6 +146,10 @@ def test_linear_of_groups_equals_linear_on_normalised_groups(normalize, use_xyz,
 
     for got, want in zip(outputs(True), outputs(False)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    index, u = grouper.index(xyz, lengths), grouper.point_inputs(xyz, feats)
+    wrong_scale = torch.ones(3, dtype=torch.float64) if normalize is None else None
+    with pytest.raises(ValueError, match="scale must be"):
+        grouper.linear_of_groups(weight, u, index, wrong_scale)
 
 
 def test_residual_block_gradient_and_shape():

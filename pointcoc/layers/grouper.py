@@ -186,6 +186,9 @@ class LocalGrouper(nn.Module):
         Returns:
             (B, S, k, C_out).
         """
+        if (scale is None) != (self.normalize is None):
+            raise ValueError(f"scale must be {'None' if self.normalize is None else 'a (B,) tensor from inverse_std'} "
+                             f"for normalize={self.normalize!r}; got {'None' if scale is None else 'a tensor'}")
         shift = 0.0 if offset is None else offset.unsqueeze(2)
         if self.normalize is None:
             return gather(F.linear(u, weight), index.idx) + shift
