@@ -22,12 +22,12 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
-# Real data end to end: PointMLP-elite on the shipped modelnet40_mini (127 train / 29 test ModelNet40 shapes).
-# --threads 1: CPU results are bitwise reproducible only for a fixed torch thread count.
+# Real data end to end, through the installed `pointcoc` command: PointMLP-elite on the shipped modelnet40_mini
+# (127 train / 29 test ModelNet40 shapes); the recipe file is pointcoc/recipes/demo.toml (20 epochs, 256 points,
+# --threads 1: CPU results are bitwise reproducible only for a fixed torch thread count).
 demo: install
-	$(PY) scripts/train_scanobjectnn.py --dataset modelnet40_mini --model pointmlp_elite --num-points 256 \
-		--epochs 20 --batch-size 16 --lr 0.05 --workers 0 --seed 0 --threads 1 --overwrite --output runs/demo
-	$(PY) scripts/evaluate.py runs/demo/last.pt --votes 1 --threads 1
+	$(VENV)/bin/pointcoc train --config demo --overwrite
+	$(VENV)/bin/pointcoc evaluate runs/demo/last.pt --votes 1 --threads 1
 
 bench: install
 	$(PY) scripts/benchmark.py --quick

@@ -1,5 +1,5 @@
 """pointcoc: deep learning on point sets (point clouds and images as sets of pixels)."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import functional, layers, models, ops  # noqa: F401
 from .env import env_report

@@ -1,4 +1,6 @@
-"""``python -m pointcoc``: print the environment report to paste into bug reports."""
-from pointcoc.env import env_report
+"""``python -m pointcoc``: the ``pointcoc`` command (``python -m pointcoc env`` prints the environment report)."""
+import sys
 
-print(env_report())
+from pointcoc.commands import main
+
+sys.exit(main())

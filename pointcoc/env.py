@@ -1,4 +1,4 @@
-"""The environment report for bug reports: ``python -m pointcoc`` or ``pointcoc.env_report()``.
+"""The environment report for bug reports: ``pointcoc env`` (``python -m pointcoc env``) or ``pointcoc.env_report()``.
 
 It lists the versions of pointcoc and the packages it uses, the devices torch sees, and for every
 registered op on every device the backend that :func:`pointcoc.ops.backends.resolve` picks and why.

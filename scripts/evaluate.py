@@ -4,11 +4,12 @@
     python scripts/evaluate.py runs/coc/last.pt --votes 10
     python scripts/evaluate.py --authors-checkpoint best_checkpoint.pth --model pointmlp_coc   # the authors' weights
 
+Thin wrapper over `pointcoc evaluate` (pointcoc/engine/pointcloud_task.py); `--help` lists every flag.
 Exit code 2 (and a message) when the checkpoint or the data is missing or wrong.
 """
 import sys
 
-from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
+from pointcoc.commands import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(evaluate_main, build_eval_parser()))
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

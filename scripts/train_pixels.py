@@ -5,12 +5,12 @@
     python scripts/train_pixels.py --dataset mnist5k --format irregular --keep 0.5 --epochs 30 --output runs/mnist_irr
     python scripts/train_pixels.py --dataset modelnet_depth --format rgbd --output runs/mn_rgbd
 
-Run with --help for every flag. Exit code 2 (and a message, no traceback) when data, checkpoint or
-arguments are wrong.
+Thin wrapper over `pointcoc train-pixels` (pointcoc/engine/pixel_task.py); `--help` lists every flag.
+Exit code 2 (and a message, no traceback) when data, checkpoint or arguments are wrong.
 """
 import sys
 
-from pointcoc.engine.pixel_task import build_train_parser, run_cli, train_main
+from pointcoc.commands import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(train_main, build_train_parser()))
+    sys.exit(main(["train-pixels", *sys.argv[1:]]))

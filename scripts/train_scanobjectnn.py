@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Train PointMLP / PointMLP-elite / PointMLP-CoC on ScanObjectNN, ModelNet40 or modelnet40_mini.
 
-    python scripts/train_scanobjectnn.py --model pointmlp_coc --output runs/coc
+    python scripts/train_scanobjectnn.py --config scanobjectnn_pointmlp_coc --output runs/coc
     torchrun --nproc_per_node 4 scripts/train_scanobjectnn.py --model pointmlp --output runs/pm
 
-Run with --help for every flag. Exit code 2 (and a message, no traceback) when data, checkpoint or
-arguments are wrong.
+Thin wrapper over `pointcoc train` (pointcoc/engine/pointcloud_task.py); `--help` lists every flag.
+Exit code 2 (and a message, no traceback) when data, checkpoint or arguments are wrong.
 """
 import sys
 
-from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+from pointcoc.commands import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(train_main, build_train_parser()))
+    sys.exit(main(["train", *sys.argv[1:]]))

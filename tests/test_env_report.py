@@ -1,4 +1,4 @@
-"""The environment report (python -m pointcoc) and backends.explain, which it is built from."""
+"""The environment report (pointcoc env) and backends.explain, which it is built from."""
 import os
 import subprocess
 import sys
@@ -50,10 +50,10 @@ def test_explain_gives_priorities_other_devices_and_missing_backends(monkeypatch
     assert explain("probe", "cuda", backend="torch").startswith("probe on cuda: torch (forced by backend='torch';")
 
 
-def test_python_m_pointcoc_reports_versions_devices_and_every_op():
+def test_pointcoc_env_reports_versions_devices_and_every_op():
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(pointcoc.__file__)),
            backends.ENV_VAR: "torch"}
-    out = subprocess.run([sys.executable, "-m", "pointcoc"], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "pointcoc", "env"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert f"pointcoc {pointcoc.__version__}" in text and f"torch {torch.__version__}" in text

@@ -14,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("pixel_experiments", ROOT / "scripts" / "pixel_experiments.py")
 px = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(px)
-_spec = importlib.util.spec_from_file_location("visualize_clusters", ROOT / "scripts" / "visualize_clusters.py")
-vis = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vis)
+from pointcoc.commands import visualize_clusters as vis  # noqa: E402
 
 FAST = ["--limit-train-batches", "2", "--limit-val-batches", "2", "--batch-size", "16"]
 

@@ -4,7 +4,8 @@
   (``PB_T50_RS`` default, ``OBJ_BG``, ``OBJ_ONLY``, ``PB_T25``, ``PB_T25_R``, ``PB_T50_R``).
 * ModelNet40 in the ``modelnet40_ply_hdf5_2048`` layout (``ply_data_train*.h5``, ``ply_data_test*.h5``,
   ``shape_names.txt``).
-* ``modelnet40_mini``: 156 real ModelNet40 shapes shipped in ``data/modelnet40_mini`` (see its SOURCE.md).
+* ``modelnet40_mini``: 156 real ModelNet40 shapes shipped inside the package (the checkout's
+  ``data/modelnet40_mini``, see its SOURCE.md); default folders: :mod:`pointcoc.data.locations`.
 
 Samples are dicts ``{"xyz": (num_points, 3) float32, "label": () long}``; ``collate_point_dicts``
 stacks them into the batch dicts the engine consumes.
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .locations import download_candidates, shipped_set_dir
+
 __all__ = [
     "DatasetNotFoundError",
     "DataFormatError",
@@ -31,11 +34,9 @@ __all__ = [
     "load_modelnet40",
     "load_modelnet40_mini",
     "build_point_datasets",
-    "DEFAULT_DATA_ROOTS",
+    "DATA_SUBFOLDERS",
     "POINT_DATASETS",
 ]
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # variant name -> (folder inside h5_files, file stem after "training_" / "test_")
 SCANOBJECTNN_VARIANTS: Dict[str, Tuple[str, str]] = {
@@ -52,23 +53,26 @@ SCANOBJECTNN_CLASSES = [
     "shelf", "table", "bed", "pillow", "sink", "sofa", "toilet",
 ]
 
-DEFAULT_DATA_ROOTS = {
-    "scanobjectnn": "data/ScanObjectNN/h5_files",
-    "modelnet40": "data/modelnet40_ply_hdf5_2048",
-    "modelnet40_mini": str(PROJECT_ROOT / "data" / "modelnet40_mini"),
+# Where each set's files live relative to a data folder ($POINTCOC_DATA or ./data; pointcoc.data.locations).
+# modelnet40_mini ships inside the package instead (shipped_set_dir).
+DATA_SUBFOLDERS = {
+    "scanobjectnn": "ScanObjectNN/h5_files",
+    "modelnet40": "modelnet40_ply_hdf5_2048",
 }
-POINT_DATASETS = tuple(DEFAULT_DATA_ROOTS)
+POINT_DATASETS = ("scanobjectnn", "modelnet40", "modelnet40_mini")
 
 _SCANOBJECTNN_HOWTO = (
     "ScanObjectNN is distributed by its authors after accepting their terms of use: fill in the form linked "
     "from https://hkust-vgd.github.io/scanobjectnn/ , download h5_files.zip and unzip it so that "
-    "data/ScanObjectNN/h5_files/main_split/ exists (or pass --data-root pointing at the h5_files folder). "
-    "See data/README.md."
+    "data/ScanObjectNN/h5_files/main_split/ exists below the working folder, or set POINTCOC_DATA to a folder "
+    "holding ScanObjectNN/h5_files, or pass --data-root (data_root=) pointing at the h5_files folder. "
+    "See data/README.md in the repository."
 )
 _MODELNET_HOWTO = (
     "ModelNet40 in the PointNet HDF5 layout is the archive modelnet40_ply_hdf5_2048.zip of the PointNet release "
     "(Princeton ModelNet, Wu et al. 2015; academic use). Unzip it so that "
-    "data/modelnet40_ply_hdf5_2048/ply_data_train0.h5 exists (or pass --data-root). See data/README.md."
+    "data/modelnet40_ply_hdf5_2048/ply_data_train0.h5 exists below the working folder, or set POINTCOC_DATA to a "
+    "folder holding modelnet40_ply_hdf5_2048, or pass --data-root (data_root=). See data/README.md in the repository."
 )
 
 
@@ -178,15 +182,19 @@ class PointCloudDataset(Dataset):
 
 
 def _search_roots(root) -> List[Path]:
-    """The folder given (the authors' ``h5_files``) and ``root/h5_files`` (the folder h5_files.zip was unzipped in)."""
+    """The folder given (the authors' ``h5_files``) and ``root/h5_files`` (the folder h5_files.zip was unzipped in);
+    ``root`` None: the default folders ($POINTCOC_DATA/ScanObjectNN/h5_files, then ./data/ScanObjectNN/h5_files)."""
+    if root is None:
+        return [p.absolute() for p in download_candidates(DATA_SUBFOLDERS["scanobjectnn"])]
     root = Path(root).absolute()
     return [root] if root.name == "h5_files" else [root, root / "h5_files"]
 
 
-def find_scanobjectnn_files(root, variant: str = "PB_T50_RS") -> Tuple[Path, Path]:
+def find_scanobjectnn_files(root=None, variant: str = "PB_T50_RS") -> Tuple[Path, Path]:
     """Locate the (training, test) h5 files of a ScanObjectNN variant under ``root``.
 
-    ``root`` may be the authors' ``h5_files`` folder or its parent. Raises ``DatasetNotFoundError`` naming every path searched.
+    ``root`` may be the authors' ``h5_files`` folder or its parent; None searches the default folders
+    (:mod:`pointcoc.data.locations`). Raises ``DatasetNotFoundError`` naming every path searched.
     """
     key = str(variant).upper().replace("-", "_")
     if key not in SCANOBJECTNN_VARIANTS:
@@ -204,7 +212,7 @@ def find_scanobjectnn_files(root, variant: str = "PB_T50_RS") -> Tuple[Path, Pat
         f"ScanObjectNN {key} not found. Looked for:\n{lines}\n{_SCANOBJECTNN_HOWTO}")
 
 
-def load_scanobjectnn(root, variant: str = "PB_T50_RS", num_points: int = 1024, augment: Optional[Callable] = None):
+def load_scanobjectnn(root=None, variant: str = "PB_T50_RS", num_points: int = 1024, augment: Optional[Callable] = None):
     """(train, test, class_names) for ScanObjectNN; ``augment`` is applied to training clouds only."""
     train_path, test_path = find_scanobjectnn_files(root, variant)
     n = len(SCANOBJECTNN_CLASSES)
@@ -228,10 +236,15 @@ def _read_concat(paths: Sequence[Path], num_classes: int, num_points: int):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def load_modelnet40(root, num_points: int = 1024, augment: Optional[Callable] = None):
-    """(train, test, class_names) from the ``modelnet40_ply_hdf5_2048`` layout under ``root``."""
+def load_modelnet40(root=None, num_points: int = 1024, augment: Optional[Callable] = None):
+    """(train, test, class_names) from the ``modelnet40_ply_hdf5_2048`` layout under ``root`` (None: the default
+    folders, :mod:`pointcoc.data.locations`)."""
+    if root is None:
+        bases = [p.absolute() for p in download_candidates(DATA_SUBFOLDERS["modelnet40"])]
+    else:
+        bases = [Path(root).absolute(), Path(root).absolute() / "modelnet40_ply_hdf5_2048"]
     searched, found = [], None
-    for base in (Path(root).absolute(), Path(root).absolute() / "modelnet40_ply_hdf5_2048"):
+    for base in bases:
         train = sorted(glob.glob(str(base / "ply_data_train*.h5")))
         test = sorted(glob.glob(str(base / "ply_data_test*.h5")))
         searched += [base / "ply_data_train*.h5", base / "ply_data_test*.h5", base / "shape_names.txt"]
@@ -250,14 +263,15 @@ def load_modelnet40(root, num_points: int = 1024, augment: Optional[Callable] = 
 
 def load_modelnet40_mini(root=None, num_points: int = 1024, augment: Optional[Callable] = None):
     """(train, test, class_names) of the shipped 156-shape ModelNet40 subset (127 train / 29 test, 40 classes)."""
-    base = Path(root) if root is not None else Path(DEFAULT_DATA_ROOTS["modelnet40_mini"])
+    base = Path(root) if root is not None else shipped_set_dir("modelnet40_mini")
     files = [base / "modelnet40_mini_train.h5", base / "modelnet40_mini_test.h5", base / "shape_names.txt"]
     missing = [p for p in files if not p.is_file()]
     if missing:
         lines = "\n".join(f"  {p}" for p in files)
         raise DatasetNotFoundError(
-            f"modelnet40_mini not found. Looked for:\n{lines}\nIt ships with the repository in data/modelnet40_mini/ "
-            f"(restore it with git); pass --data-root to point elsewhere.")
+            f"modelnet40_mini not found. Looked for:\n{lines}\nIt ships inside the pointcoc package (and in a "
+            f"checkout's data/modelnet40_mini/): reinstall pointcoc (or restore data/ with git), or pass "
+            f"--data-root (root=) to point at a folder holding these files.")
     names = _read_names(files[2], 40)
     train = PointCloudDataset(*read_h5_split(files[0], 40, num_points), num_points, augment, names)
     test = PointCloudDataset(*read_h5_split(files[1], 40, num_points), num_points, None, names)
@@ -266,13 +280,12 @@ def load_modelnet40_mini(root=None, num_points: int = 1024, augment: Optional[Ca
 
 def build_point_datasets(name: str, root=None, variant: str = "PB_T50_RS", num_points: int = 1024,
                          augment: Optional[Callable] = None):
-    """Dispatch by data-set name (one of ``POINT_DATASETS``); ``root`` None = the default folder.
+    """Dispatch by data-set name (one of ``POINT_DATASETS``); ``root`` None = the default folders.
 
     Returns (train_dataset, test_dataset, class_names).
     """
     if name not in POINT_DATASETS:
         raise ValueError(f"dataset must be one of {list(POINT_DATASETS)}; got {name!r}")
-    root = DEFAULT_DATA_ROOTS[name] if root is None else root
     if name == "scanobjectnn":
         return load_scanobjectnn(root, variant, num_points, augment)
     if name == "modelnet40":

@@ -4,7 +4,7 @@ Labelled sets (``IMAGE_DATASETS``), each with a fixed, documented train/test spl
 
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, 10 classes, grey 0-16 -> [0, 1]).
   Split: stratified, 20 % test per class, seed 0 (1,438 train / 359 test).
-* ``mnist5k``: 5,000 real MNIST digits, 28x28 (``data/mnist5k/mnist_5k.csv.gz``, 500 per class).
+* ``mnist5k``: 5,000 real MNIST digits, 28x28 (``mnist5k/mnist_5k.csv.gz`` of the shipped data, 500 per class).
   Split: stratified, 20 % test per class, seed 0 (4,000 train / 1,000 test).
 * ``lfw_faces``: scikit-image's bundled ``lfw_subset`` (25x25 grey, 100 faces then 100 non-faces;
   class 0 non-face, 1 face). Split: stratified, 25 % test, seed 0 (150 train / 50 test).
@@ -18,7 +18,7 @@ The split helper is :func:`stratified_split`: within each class, a permutation d
 go to test.
 
 RGB-D frames (:func:`load_rgbd_frame`), unlabelled, for pictures and pipeline tests: ``nyu``, ``sun``,
-``tum`` (``data/rgbd_frames``, see its SOURCE.md) and ``motorcycle`` (Middlebury 2014 in scikit-image).
+``tum`` (shipped data, see its SOURCE.md) and ``motorcycle`` (Middlebury 2014 in scikit-image).
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
+
+from .locations import shipped_set_dir
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -45,9 +47,6 @@ __all__ = [
     "load_rgbd_frame",
     "read_pgm16",
 ]
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = PROJECT_ROOT / "data"
 
 IMAGE_DATASETS = ("digits", "mnist5k", "lfw_faces", "modelnet_depth")
 RGBD_FRAMES = ("nyu", "sun", "tum", "motorcycle")
@@ -108,8 +107,9 @@ def _split(images, labels, names, test_fraction, seed=0) -> ImageSplits:
 
 def _require(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path} (it ships with the repository or an installed package; "
-                                f"restore it, or pass root=... / --data-root)")
+        raise FileNotFoundError(f"{what} not found: {path}. It ships inside the pointcoc package (and in a checkout's "
+                                f"data/ folder): reinstall pointcoc (or restore data/ with git), or pass root= / "
+                                f"--data-root pointing at a folder holding {path.name}")
     return path
 
 
@@ -124,7 +124,7 @@ def load_digits() -> ImageSplits:
 
 def load_mnist5k(root=None) -> ImageSplits:
     """``mnist_5k.csv.gz``: rows of 784 grey values 0-255 then the label; (n, 1, 28, 28) / 255, 80/20 split."""
-    path = _require(Path(root or DATA_DIR / "mnist5k") / "mnist_5k.csv.gz", "mnist5k file")
+    path = _require(Path(root or shipped_set_dir("mnist5k")) / "mnist_5k.csv.gz", "mnist5k file")
     with gzip.open(path, "rt") as f:
         try:
             table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
@@ -211,7 +211,7 @@ def load_modelnet_depth(root=None) -> ImageSplits:
     """Depth renderings of ``data/modelnet40_mini`` (see :func:`render_depth_views`), shapes split as in the file."""
     import h5py
 
-    base = Path(root or DATA_DIR / "modelnet40_mini")
+    base = Path(root or shipped_set_dir("modelnet40_mini"))
     names_path = _require(base / "shape_names.txt", "modelnet40_mini shape_names.txt")
     names = [s.strip() for s in names_path.read_text().splitlines() if s.strip()]
     out = []
@@ -291,7 +291,7 @@ def load_rgbd_frame(name: str, root=None) -> Tuple[np.ndarray, np.ndarray]:
 
     A depth of 0 means "no reading" in the PNG/PGM files and becomes NaN.
     """
-    base = Path(root or DATA_DIR / "rgbd_frames")
+    base = Path(root or shipped_set_dir("rgbd_frames"))
     if name == "nyu":
         image = _read_rgb(base / "NYU_color.ppm")
         raw = read_pgm16(base / "NYU_depth.pgm").astype(np.float64)

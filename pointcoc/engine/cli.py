@@ -13,15 +13,27 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import RunStopped
+from .recipes import parse_with_recipe
 from .rundir import writable_folder
 
-__all__ = ["USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "run_cli", "json_dict", "check_output_file"]
+__all__ = ["HelpFormatter", "USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "run_cli", "json_dict", "check_output_file"]
 
 # Errors that mean "fix your input" or "the run stopped for a reason you can act on": exit code 2.
 USAGE_ERRORS = (FileNotFoundError, ValueError, RunStopped)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` that shows each option's default once: appended as ``(default: X)`` unless the help already says
+    its default, or the default is None / False (nothing to say)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def json_dict(text: str) -> dict:
@@ -51,12 +63,14 @@ def check_output_file(path, flag: str) -> Path:
 
 
 def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) -> int:
-    """Parse ``argv`` and call ``main(args)``; returns its exit code.
+    """Parse ``argv`` (with its ``--config`` recipe, for the training commands) and call ``main(args)``; returns
+    its exit code.
 
     Usage errors and stopped runs print ``error: <message>`` and return 2; a full disk says so and returns 2;
     Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130.
     """
-    args = parser.parse_args(argv)
+    command = getattr(parser, "recipe_command", None)
+    args = parse_with_recipe(parser, argv, command) if command else parser.parse_args(argv)
     try:
         return main(args)
     except USAGE_ERRORS as err:

@@ -41,6 +41,8 @@ class TrainConfig:
     ``model`` / ``model_kwargs`` and the data fields let ``scripts/evaluate.py`` rebuild model and test set.
     ``extra`` holds script-specific settings (JSON-serialisable values only).
     ``epochs=None`` takes the authors' number for ``model`` (:func:`recipe_epochs`).
+    ``recipe`` is the ``--config`` name or path the run was started with (None: flags only); the other fields
+    hold the resolved values.
     """
 
     model: str = "pointmlp"
@@ -67,6 +69,7 @@ class TrainConfig:
     limit_val_batches: Optional[int] = None
     select_on_test: bool = False
     val_fraction: float = 0.0
+    recipe: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -120,14 +123,22 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainConfig] = None) -> argparse.ArgumentParser:
-    """Add the flags every training script shares (model, optimisation, run control) to ``parser``.
+def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainConfig] = None,
+                      command: str = "train", defaults_text: Optional[str] = None) -> argparse.ArgumentParser:
+    """Add the flags every training command shares (recipe file, model, optimisation, run control) to ``parser``.
 
-    Data flags (``--dataset``, ``--data-root``, ``--num-points`` ...) belong to each script.
-    ``defaults`` overrides the recipe defaults shown in ``--help``. Returns the parser.
+    Data flags (``--dataset``, ``--data-root``, ``--num-points`` ...) belong to each command.
+    ``defaults`` overrides the recipe defaults shown in ``--help`` and ``defaults_text`` says where they come
+    from; ``command`` is the subcommand name a ``--config`` recipe must be written for
+    (:mod:`pointcoc.engine.recipes`). Returns the parser.
     """
     d = defaults or TrainConfig()
-    g = parser.add_argument_group("training (defaults = the authors' ScanObjectNN recipe for the model)")
+    parser.recipe_command = command
+    title = defaults_text or "defaults = the authors' ScanObjectNN recipe for the model"
+    g = parser.add_argument_group(f"training ({title})")
+    g.add_argument("--config", dest="recipe", default=None, metavar="NAME|PATH",
+                   help="a recipe file (TOML): a shipped recipe's name (`pointcoc recipes` lists them) or a path; "
+                        "flags given on the command line override its values")
     g.add_argument("--model", default=d.model, help="registered model name, see pointcoc.list_models() (default: %(default)s)")
     if defaults is None:
         g.add_argument("--epochs", type=_positive_int, default=None,

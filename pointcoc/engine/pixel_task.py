@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 from ..data.image_datasets import IMAGE_DATASETS, load_image_dataset
 from ..data.pixels import PIXEL_FORMATS, PixelSetDataset, collate_pixel_sets
 from .checkpoint import load_checkpoint
-from .cli import json_dict, run_cli
+from .cli import HelpFormatter, json_dict, run_cli
 from .config import TrainConfig, add_training_args, config_from_args
 from .loop import fit, resolve_device, seed_everything, stratified_split
 from .threads import add_threads_arg, torch_threads
@@ -56,27 +56,34 @@ def build_train_parser() -> argparse.ArgumentParser:
         description="Train PointMLP / PointMLP-CoC on images as pixel sets (regular, discrete, masked, irregular "
                     "or RGB-D). Writes config.json, metrics.jsonl, last.pt, best.pt, results.json and "
                     "confusion_matrix.png to --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=IMAGE_DATASETS, default="digits",
-                   help="digits (sklearn 8x8), mnist5k (28x28, data/mnist5k), lfw_faces (skimage 25x25, face vs "
-                        "non-face), modelnet_depth (28x28 renderings of data/modelnet40_mini with depth)")
-    g.add_argument("--data-root", default=None, help="folder of the data set's files (default: where it ships)")
+                   help="digits (sklearn 8x8), mnist5k (28x28, shipped), lfw_faces (skimage 25x25, face vs "
+                        "non-face), modelnet_depth (28x28 renderings of the shipped modelnet40_mini with depth) "
+                        "(default: %(default)s)")
+    g.add_argument("--data-root", default=None, help="folder of the data set's files (default: the copy shipped in the package, or the one "
+                        "scikit-learn / scikit-image bundle)")
     g.add_argument("--format", dest="fmt", choices=PIXEL_FORMATS, default="regular",
                    help="regular: every pixel; discrete: a random --keep fraction; masked: random blocks removed "
                         "down to --keep; irregular: a random ellipse/polygon region of --keep; rgbd: pixels with "
-                        "valid depth, depth as 3rd coordinate and extra feature (modelnet_depth only)")
+                        "valid depth, depth as 3rd coordinate and extra feature (modelnet_depth only) "
+                        "(default: %(default)s)")
     g.add_argument("--keep", type=_keep, default=None,
                    help="fraction of pixels kept by discrete/masked/irregular (default 0.5; must be 1 for "
                         "regular/rgbd)")
     g.add_argument("--mask-seed", type=int, default=0,
-                   help="seed of the pixel masks (fixed per image, the same every epoch); test masks use "
-                        f"mask_seed + {TEST_MASK_SEED_OFFSET}")
+                   help="seed of the pixel masks: the test masks (mask_seed + "
+                        f"{TEST_MASK_SEED_OFFSET}, one fixed mask per image) and, with --no-redraw-masks, the one "
+                        "fixed training mask per image (default: %(default)s)")
     g.add_argument("--redraw-masks", action=argparse.BooleanOptionalAction, default=True,
                    help="draw new training masks every epoch (augmentation; reproducible from --seed and the "
-                        "epoch); --no-redraw-masks keeps one mask per image. Test masks are always fixed")
+                        "epoch); --no-redraw-masks keeps one mask per image. Test masks are always fixed "
+                        "(default: redraw)")
     add_threads_arg(p, default=1)  # one thread is fastest for these small models on a shared CPU
-    add_training_args(p, PIXEL_DEFAULTS)
+    add_training_args(p, PIXEL_DEFAULTS, command="train-pixels",
+                      defaults_text="defaults = pointcoc's pixel-set recipe, sized for a CPU: lr 0.05, 30 epochs, "
+                                    "label smoothing 0.1, no workers; --config lists others")
     p.set_defaults(output="runs/pixels")
     p.add_argument("--model-kwargs", type=json_dict, default={},
                    help='JSON object of model constructor overrides, e.g. \'{"k_neighbors": [4, 4]}\'')

@@ -1,7 +1,9 @@
-"""Point-cloud classification runs (ScanObjectNN, ModelNet40, modelnet40_mini) behind the scripts.
+"""Point-cloud classification runs (ScanObjectNN, ModelNet40, modelnet40_mini) behind ``pointcoc train`` and
+``pointcoc evaluate``.
 
-``scripts/train_scanobjectnn.py`` = ``build_train_parser()`` + ``train_main(args)``;
-``scripts/evaluate.py`` = ``build_eval_parser()`` + ``evaluate_main(args)``. Both return a process exit code:
+``pointcoc train`` (``scripts/train_scanobjectnn.py``) = ``build_train_parser()`` + ``train_main(args)``;
+``pointcoc evaluate`` (``scripts/evaluate.py``) = ``build_eval_parser()`` + ``evaluate_main(args)``. Both return a
+process exit code:
 0 on success, 2 when data, checkpoint or arguments are wrong (the message is printed, no traceback).
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..data.h5sets import POINT_DATASETS, SCANOBJECTNN_VARIANTS, build_point_dat
 from ..data.pixels import collate_pixel_sets
 from ..models.authors import AUTHORS_MODELS
 from .checkpoint import load_checkpoint
-from .cli import USAGE_ERRORS, check_output_file, json_dict, run_cli
+from .cli import HelpFormatter, USAGE_ERRORS, check_output_file, json_dict, run_cli
 from .config import TrainConfig, add_training_args, config_from_args
 from .loop import (build_model_from_checkpoint, collate_point_dicts, evaluate, fit, resolve_device,
                    seed_everything, stratified_split)
@@ -28,7 +30,8 @@ from .progress import add_progress_arg
 from .seeds import summarize_seed_runs, write_seed_summary
 from .threads import add_threads_arg, torch_threads
 
-__all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "run_cli", "USAGE_ERRORS"]
+__all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_main", "config_test_set", "run_cli",
+           "USAGE_ERRORS"]
 
 
 def add_point_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -36,10 +39,12 @@ def add_point_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=POINT_DATASETS, default="scanobjectnn",
                    help="scanobjectnn (authors' h5 files), modelnet40 (modelnet40_ply_hdf5_2048) or modelnet40_mini "
-                        "(156 real ModelNet40 shapes shipped in data/modelnet40_mini) (default: %(default)s)")
+                        "(156 real ModelNet40 shapes shipped inside the package) (default: %(default)s)")
     g.add_argument("--data-root", default=None,
-                   help="folder of the data set; default data/ScanObjectNN/h5_files, data/modelnet40_ply_hdf5_2048 or "
-                        "the shipped data/modelnet40_mini. For ScanObjectNN the authors' h5_files folder or its parent")
+                   help="folder of the data set. Default: $POINTCOC_DATA/ScanObjectNN/h5_files, then "
+                        "./data/ScanObjectNN/h5_files (likewise modelnet40_ply_hdf5_2048 for modelnet40); the "
+                        "copy shipped in the package for modelnet40_mini. For ScanObjectNN the authors' h5_files "
+                        "folder or its parent")
     g.add_argument("--variant", default="PB_T50_RS", type=lambda s: s.upper().replace("-", "_"),
                    choices=sorted(SCANOBJECTNN_VARIANTS),
                    help="ScanObjectNN variant (default: %(default)s, the hardest split, "
@@ -55,7 +60,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                     "shipped modelnet40_mini. Writes config.json, metrics.jsonl, last.pt, best.pt, results.json and "
                     "confusion_matrix.png to --output. Multi-GPU: torchrun --nproc_per_node N "
                     "scripts/train_scanobjectnn.py ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_point_data_args(p)
     add_training_args(p)
     add_threads_arg(p)
@@ -132,8 +137,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
         description="Re-evaluate a checkpoint written by train_scanobjectnn.py or train_pixels.py on its test set, "
                     "or (--authors-checkpoint) one written by the authors' PointMLP / Context-Cluster scripts; "
                     "prints OA, mAcc and a per-class accuracy table.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("checkpoint", nargs="?", default=None, help="last.pt or best.pt of a pointcoc run")
+    p.add_argument("--pretrained", default=None, metavar="MODEL.TAG",
+                   help="evaluate shipped or cached trained weights instead (`pointcoc weights` lists them) on the "
+                        "test split their model card names")
     a = p.add_argument_group("the authors' checkpoints (their main.py's last_checkpoint.pth / best_checkpoint.pth)")
     a.add_argument("--authors-checkpoint", default=None, metavar="PATH",
                    help="evaluate this checkpoint of the authors' scripts instead (see pointcoc.load_authors_checkpoint)")
@@ -176,25 +184,48 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     device = resolve_device(args.device)
-    if (args.checkpoint is None) == (args.authors_checkpoint is None):
-        raise ValueError("give one checkpoint: a pointcoc run's last.pt / best.pt, or --authors-checkpoint PATH")
+    given = [x for x in (args.checkpoint, args.authors_checkpoint, args.pretrained) if x is not None]
+    if len(given) != 1:
+        raise ValueError("give one of: a pointcoc run's last.pt / best.pt, --authors-checkpoint PATH, "
+                         "--pretrained MODEL.TAG")
     if args.authors_checkpoint is not None:
         return _evaluate_authors_checkpoint(args, device)
+    if args.pretrained is not None:
+        return _evaluate_pretrained(args, device)
     state = load_checkpoint(args.checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
-    collate = collate_point_dicts
-    if (cfg.extra or {}).get("task") == "pixels":  # a train_pixels.py run: same pixel sets, same masks
-        test_ds, names = pixel_test_set(cfg, args.data_root)
-        collate = collate_pixel_sets
-    elif cfg.dataset not in POINT_DATASETS:
-        raise ValueError(f"checkpoint was trained on {cfg.dataset!r}; this script evaluates {list(POINT_DATASETS)} "
-                         "and train_pixels.py checkpoints")
-    else:
-        _, test_ds, names = build_point_datasets(cfg.dataset, args.data_root or cfg.data_root,
-                                                 cfg.variant or "PB_T50_RS", cfg.num_points)
+    test_ds, names, collate = config_test_set(cfg, args.data_root)
     model = build_model_from_checkpoint(state)
     what = f"checkpoint {args.checkpoint} (epoch {state['epoch']}, model {cfg.model}, {cfg.dataset})"
     return _evaluate_and_report(args, device, model, test_ds, names, collate, what, {"epoch": state["epoch"]})
+
+
+def config_test_set(cfg: TrainConfig, data_root=None):
+    """(test dataset, class names, collate_fn) of the run ``cfg`` describes: a pixel-set run's same pixel sets
+    and masks, or a point-cloud run's test clouds. ``data_root`` overrides the config's."""
+    if (cfg.extra or {}).get("task") == "pixels":
+        test_ds, names = pixel_test_set(cfg, data_root)
+        return test_ds, names, collate_pixel_sets
+    if cfg.dataset not in POINT_DATASETS:
+        raise ValueError(f"the run was trained on {cfg.dataset!r}; `pointcoc evaluate` evaluates "
+                         f"{list(POINT_DATASETS)} and pixel-set runs")
+    _, test_ds, names = build_point_datasets(cfg.dataset, data_root or cfg.data_root, cfg.variant or "PB_T50_RS",
+                                             cfg.num_points)
+    return test_ds, names, collate_point_dicts
+
+
+def _evaluate_pretrained(args: argparse.Namespace, device) -> int:
+    """``--pretrained MODEL.TAG``: the weights through create_model, the test split of their model card."""
+    from pointcoc.models import create_model
+    from pointcoc.models.pretrained import pretrained_card
+
+    if "." not in args.pretrained:
+        raise ValueError(f"--pretrained takes MODEL.TAG (`pointcoc weights` lists them); got {args.pretrained!r}")
+    card = pretrained_card(args.pretrained)
+    model = create_model(args.pretrained, pretrained=True)
+    test_ds, names, collate = config_test_set(TrainConfig.from_dict(card["config"]), args.data_root)
+    what = f"weights {args.pretrained} ({card['data']['dataset']}, {card['data']['format']})"
+    return _evaluate_and_report(args, device, model, test_ds, names, collate, what, {"pretrained": args.pretrained})
 
 
 def _evaluate_authors_checkpoint(args: argparse.Namespace, device) -> int:
@@ -223,5 +254,5 @@ def _evaluate_and_report(args, device, model, test_ds, names, collate, what: str
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**m, "per_class": rows, "votes": args.votes, **extra,
-                       "checkpoint": str(args.checkpoint or args.authors_checkpoint)}, f)
+                       "checkpoint": str(args.checkpoint or args.authors_checkpoint or args.pretrained)}, f)
     return 0

@@ -27,7 +27,8 @@ RUN_MARKERS = ("metrics.jsonl", "last.pt", "best.pt", "results.json")
 # What ``overwrite`` removes before a new run (the others are rewritten anyway).
 RUN_OUTPUTS = RUN_MARKERS
 # TrainConfig fields a resumed run may change: they do not change what is trained (compile: the same function, compiled).
-RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size", "compile")
+# recipe: only the name of the file the values came from; the values themselves are compared.
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size", "compile", "recipe")
 
 
 def writable_folder(folder, flag: str = "--output") -> Path:

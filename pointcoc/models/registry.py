@@ -4,8 +4,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import os
 import typing
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 from torch import nn
 
@@ -23,12 +24,24 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def create_model(name: str, **overrides) -> nn.Module:
+def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False, **overrides) -> nn.Module:
     """Build the registered model ``name``; keyword arguments override its configuration.
 
-    Raises ValueError for an unknown name, listing close names, and for an argument the model does not take,
-    listing the ones it does.
+    ``pretrained`` loads trained weights (:mod:`pointcoc.models.pretrained`): True for the model's default tag,
+    a tag (``"digits"``), or a path to a pointcoc checkpoint / state dict; ``name`` may also be spelled
+    ``"<model>.<tag>"`` (timm's form), which implies ``pretrained=<tag>``. The model is built with the weights'
+    own constructor arguments (classes, channels), then ``overrides``; a ``num_classes`` that differs from the
+    weights' gets a new, untrained classifier (``reset_classifier``). Nothing is downloaded.
+
+    Raises ValueError for an unknown name, listing close names, for an argument the model does not take,
+    listing the ones it does, and for weights that are missing, damaged or of another model.
     """
+    if name not in _MODELS and "." in str(name):
+        name, tag = str(name).split(".", 1)
+        if pretrained not in (False, True, tag):
+            raise ValueError(f"create_model({name}.{tag!r}) names the tag {tag!r}; pretrained={pretrained!r} "
+                             "contradicts it")
+        pretrained = tag
     if name not in _MODELS:
         close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -40,7 +53,22 @@ def create_model(name: str, **overrides) -> nn.Module:
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"model {name!r} has no argument {', '.join(map(repr, unknown))}.{hint} "
                          f"Its arguments: {', '.join(known)}")
-    return _MODELS[name](**overrides)
+    if pretrained is False or pretrained is None:
+        return _MODELS[name](**overrides)
+    from .pretrained import load_pretrained, resolve_pretrained
+
+    state, kwargs, info = resolve_pretrained(name, pretrained)
+    num_classes = overrides.pop("num_classes", None)
+    model = _MODELS[name](**{**kwargs, **overrides})
+    load_pretrained(model, state, info["tag"] or info["file"])
+    if num_classes is not None and num_classes != getattr(model, "num_classes", num_classes):
+        if not hasattr(model, "reset_classifier"):
+            raise ValueError(f"model {name!r} cannot change num_classes after loading weights")
+        model.reset_classifier(num_classes)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.update(info)
+    model.pretrained_cfg = cfg
+    return model
 
 
 def model_arguments(name: str) -> Optional[List[str]]:

@@ -1,0 +1,158 @@
+"""The ``pointcoc`` command: one subcommand per job, each with its own ``--help``.
+
+    pointcoc train --config demo                         # PointMLP-elite on the shipped modelnet40_mini
+    pointcoc train --config scanobjectnn_pointmlp_coc    # PointMLP-CoC on ScanObjectNN, the published recipe
+    pointcoc train-pixels --dataset mnist5k --format discrete --keep 0.5
+    pointcoc evaluate runs/demo/last.pt
+    pointcoc env                                         # versions and devices, for bug reports
+
+``python -m pointcoc`` is the same program; the files in the repository's ``scripts/`` folder are thin
+wrappers over these subcommands. Exit codes: 0 success, 2 a usage error (one ``error:`` line), 130 Ctrl-C.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+__all__ = ["SUBCOMMANDS", "main", "recipe_list_text"]
+
+
+def _train(argv, prog):
+    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+    parser = build_train_parser()
+    parser.prog = prog
+    return run_cli(train_main, parser, argv)
+
+
+def _train_pixels(argv, prog):
+    from pointcoc.engine.pixel_task import build_train_parser, run_cli, train_main
+    parser = build_train_parser()
+    parser.prog = prog
+    return run_cli(train_main, parser, argv)
+
+
+def _evaluate(argv, prog):
+    from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
+    parser = build_eval_parser()
+    parser.prog = prog
+    return run_cli(evaluate_main, parser, argv)
+
+
+def _visualize(argv, prog):
+    from .visualize_clusters import main as run
+    return run(argv, prog)
+
+
+def _plot_runs(argv, prog):
+    from .plot_runs import main as run
+    return run(argv, prog)
+
+
+def _benchmark(argv, prog):
+    from .benchmark import main as run
+    return run(argv, prog)
+
+
+def _gpu_check(argv, prog):
+    from .gpu_check import main as run
+    return run(argv, prog)
+
+
+def _export_weights(argv, prog):
+    from pointcoc.engine.weights_task import main as run
+    return run(argv, prog)
+
+
+def _env(argv, prog):
+    import argparse
+
+    from pointcoc.env import env_report
+    argparse.ArgumentParser(prog=prog, description="Print pointcoc's environment report (versions of pointcoc, "
+                                                   "torch and the optional backends, the devices torch sees) "
+                                                   "to paste into bug reports.").parse_args(argv)
+    print(env_report())
+    return 0
+
+
+def _recipes(argv, prog):
+    import argparse
+    argparse.ArgumentParser(prog=prog, description="List the recipe files shipped with pointcoc "
+                                                   "(for --config NAME).").parse_args(argv)
+    print(recipe_list_text())
+    return 0
+
+
+def _weights(argv, prog):
+    import argparse
+
+    from pointcoc.models.pretrained import cache_dir, list_pretrained, pretrained_card
+    argparse.ArgumentParser(prog=prog, description="List the trained weights available to "
+                                                   "create_model(name, pretrained=TAG), with their measured "
+                                                   "accuracy.").parse_args(argv)
+    for tag in list_pretrained():
+        card = pretrained_card(tag)
+        m = card["metrics"]
+        where = "cache" if str(card["card_path"]).startswith(str(cache_dir())) else "shipped"
+        print(f"{tag:40s} {card['data']['dataset']}, {card['data']['format']} (keep {card['data']['keep']}): "
+              f"test OA {m['oa']:.2f}%  mAcc {m['macc']:.2f}%  [{where}]")
+    return 0
+
+
+# name -> (one-line description, runner(argv, prog) -> exit code)
+SUBCOMMANDS: Dict[str, Tuple[str, Callable[[List[str], str], int]]] = {
+    "train": ("train PointMLP / PointMLP-elite / PointMLP-CoC on point clouds (ScanObjectNN, ModelNet40, "
+              "modelnet40_mini)", _train),
+    "train-pixels": ("train pixel-set models on images as sets of pixels (digits, mnist5k, lfw_faces, "
+                     "modelnet_depth)", _train_pixels),
+    "evaluate": ("evaluate a checkpoint (either kind) or the authors' weights on its test set", _evaluate),
+    "visualize-clusters": ("draw the context clusters of a trained pixel-set CoC model (PNG)", _visualize),
+    "plot-runs": ("overlay the training curves of several runs (PNG)", _plot_runs),
+    "benchmark": ("speed and memory against reference implementations, as ratios", _benchmark),
+    "gpu-check": ("everything that needs a GPU, in one budgeted run", _gpu_check),
+    "env": ("print the environment report for bug reports", _env),
+    "recipes": ("list the shipped recipe files (--config NAME)", _recipes),
+    "weights": ("list the trained weights, shipped and cached (create_model(name, pretrained=TAG))", _weights),
+    "export-weights": ("turn a run's checkpoint into trained weights with a model card (measured on its test "
+                       "split)", _export_weights),
+}
+
+
+def recipe_list_text() -> str:
+    from pointcoc.engine.recipes import list_recipes, recipe_summary
+    return "\n".join(f"{name:28s} {recipe_summary(name)}" for name in list_recipes())
+
+
+def _usage() -> str:
+    from pointcoc import __version__
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"usage: pointcoc <command> [options]   (pointcoc {__version__})", "",
+             "Deep learning on point sets: PointMLP, PointMLP-elite, PointMLP-CoC; images as sets of pixels.", "",
+             "commands:"]
+    lines += [f"  {name:{width}s}  {text}" for name, (text, _) in SUBCOMMANDS.items()]
+    lines += ["", "`pointcoc <command> --help` lists a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``pointcoc <command> [options]``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from pointcoc import __version__
+        print(f"pointcoc {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        import difflib
+        close = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"error: unknown command {name!r}.{hint} Commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return SUBCOMMANDS[name][1](rest, f"pointcoc {name}")
+    except BrokenPipeError:  # the output went to a pipe that closed early (`pointcoc recipes | head -1`)
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,111 @@
+"""``pointcoc export-weights``: a run's checkpoint as trained weights with a model card, measured on its test split.
+
+    pointcoc export-weights runs/pixels/last.pt --tag my_digits          # into the local cache
+    pointcoc export-weights runs/pixels/last.pt --tag digits --out pointcoc/weights   # the shipped ones
+
+The checkpoint's model is evaluated on the test split its config names (the same code as ``pointcoc evaluate``:
+one pass, no voting), and ``<model>.<tag>.pt`` (the weights) and ``<model>.<tag>.json`` (the card: data, recipe,
+command, seed, measured accuracy, protocol, SHA-256) are written; ``create_model(model, pretrained=tag)`` then
+loads them. Exit code 0, or 2 with a message for a bad checkpoint, tag or folder.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..models.pretrained import cache_dir, write_pretrained
+from .checkpoint import load_checkpoint
+from .cli import HelpFormatter, run_cli
+from .config import TrainConfig
+from .loop import build_model_from_checkpoint, evaluate
+from .pointcloud_task import config_test_set
+from .progress import add_progress_arg
+from .threads import add_threads_arg, torch_threads
+
+__all__ = ["build_export_parser", "export_main", "main", "model_card"]
+
+PROTOCOL = ("weights of the checkpoint's epoch as written by training (last.pt: the final epoch; nothing selected "
+            "on the test set unless the run used --select-on-test); accuracy of one pass over the run's test "
+            "split, no voting, no test-time augmentation")
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", help="last.pt / best.pt of a pointcoc run")
+    p.add_argument("--tag", required=True, help="name of the weights: create_model(model, pretrained=TAG)")
+    p.add_argument("--out", default=None, help="folder to write to (default: the local weights cache, "
+                                               "$POINTCOC_WEIGHTS or ~/.cache/pointcoc/weights)")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    add_threads_arg(p, default=1)
+    add_progress_arg(p)
+    return p
+
+
+def _train_command(cfg: TrainConfig) -> str:
+    command = "train-pixels" if (cfg.extra or {}).get("task") == "pixels" else "train"
+    if cfg.recipe:
+        return f"pointcoc {command} --config {cfg.recipe}"
+    return f"pointcoc {command} (flags as in the card's config)"
+
+
+def model_card(state: dict, metrics: dict, names, full_tag: str) -> dict:
+    """The card of a checkpoint's weights (without file name and SHA-256, which ``write_pretrained`` adds)."""
+    cfg = TrainConfig.from_dict(state["config"])
+    extra = cfg.extra or {}
+    pixels = extra.get("task") == "pixels"
+    return {
+        "model_kwargs": dict(cfg.model_kwargs),
+        "class_names": list(names),
+        "data": {
+            "dataset": cfg.dataset,
+            "format": extra.get("format", "points") if pixels else "points",
+            "keep": extra.get("keep", 1.0),
+            "redraw_masks": extra.get("redraw_masks"),
+            "mask_seed": extra.get("mask_seed"),
+            "image_shape": extra.get("image_shape"),
+            "num_points": cfg.num_points,
+            "test_split": "the data set's documented test split (docs/pixels.md, data/README.md)",
+            "test_samples": metrics["count"],
+        },
+        "recipe": cfg.recipe,
+        "config": cfg.to_dict(),
+        "train_command": _train_command(cfg),
+        "seed": cfg.seed,
+        "epochs_trained": int(state["epoch"]),
+        "metrics": {"oa": metrics["oa"], "macc": metrics["macc"], "loss": metrics["loss"]},
+        "protocol": PROTOCOL,
+        "evaluate_command": f"pointcoc evaluate --pretrained {full_tag}",
+        "measured_with": {"torch": torch.__version__, "python": platform.python_version(),
+                          "machine": platform.machine(),
+                          "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")},
+    }
+
+
+def export_main(args: argparse.Namespace) -> int:
+    with torch_threads(args.threads):
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+        if not args.tag or any(c in args.tag for c in "./\\"):
+            raise ValueError(f"--tag is a plain name without '.', '/' or '\\'; got {args.tag!r}")
+        state = load_checkpoint(args.checkpoint)
+        cfg = TrainConfig.from_dict(state["config"])
+        full_tag = f"{cfg.model}.{args.tag}"
+        test_ds, names, collate = config_test_set(cfg)
+        model = build_model_from_checkpoint(state)
+        loader = DataLoader(test_ds, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
+        metrics = evaluate(model, loader, len(names), "cpu", class_names=names, progress=args.progress)
+        card = model_card(state, metrics, names, full_tag)
+        path = write_pretrained(cfg.model, args.tag, state["model"], card, args.out or cache_dir())
+    print(f"{full_tag}: OA {metrics['oa']:.2f}%  mAcc {metrics['macc']:.2f}%  ({metrics['count']} test samples); "
+          f"wrote {path} and {path.with_suffix('.pt')}")
+    return 0
+
+
+def main(argv=None, prog=None) -> int:
+    parser = build_export_parser()
+    parser.prog = prog or parser.prog
+    return run_cli(export_main, parser, argv)
