@@ -33,6 +33,18 @@ PROTOCOL = ("weights of the checkpoint's epoch as written by training (last.pt: 
             "split, no voting, no test-time augmentation")
 
 
+# How each data set's test split is drawn (pointcoc.data.image_datasets, pointcoc.data.h5sets, docs/pixels.md).
+TEST_SPLITS = {
+    "digits": "stratified, 20 % of each class, numpy seed 0 (1,438 train / 359 test)",
+    "mnist5k": "stratified, 20 % of each class, numpy seed 0 (4,000 train / 1,000 test)",
+    "lfw_faces": "stratified, 25 %, numpy seed 0 (150 train / 50 test)",
+    "modelnet_depth": "the shapes of modelnet40_mini's test file, 8 views each (1,016 train / 232 test)",
+    "modelnet40_mini": "the shipped test file (127 train / 29 test shapes)",
+    "modelnet40": "the PointNet release's ply_data_test*.h5 (2,468 shapes)",
+    "scanobjectnn": "the authors' test_*.h5 file of the variant",
+}
+
+
 def build_export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="last.pt / best.pt of a pointcoc run")
@@ -68,7 +80,7 @@ def model_card(state: dict, metrics: dict, names, full_tag: str) -> dict:
             "mask_seed": extra.get("mask_seed"),
             "image_shape": extra.get("image_shape"),
             "num_points": cfg.num_points,
-            "test_split": "the data set's documented test split (docs/pixels.md, data/README.md)",
+            "test_split": TEST_SPLITS.get(cfg.dataset, "the data set's own test split"),
             "test_samples": metrics["count"],
         },
         "recipe": cfg.recipe,
@@ -80,6 +92,7 @@ def model_card(state: dict, metrics: dict, names, full_tag: str) -> dict:
         "protocol": PROTOCOL,
         "evaluate_command": f"pointcoc evaluate --pretrained {full_tag}",
         "measured_with": {"torch": torch.__version__, "python": platform.python_version(),
+                          "threads": torch.get_num_threads(),
                           "machine": platform.machine(),
                           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")},
     }

@@ -1,0 +1,355 @@
+"""pointcoc as an installed package: the command and its subcommands, recipes as files, data locations, trained
+weights with model cards, package metadata. (.ci/wheel_check runs the same things from an installed wheel.)"""
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+import pointcoc
+from pointcoc.commands import SUBCOMMANDS, main
+from pointcoc.data import locations
+from pointcoc.data.h5sets import DatasetNotFoundError, build_point_datasets
+from pointcoc.engine import build_model_from_checkpoint, load_checkpoint
+from pointcoc.engine import pixel_task, pointcloud_task
+from pointcoc.engine.recipes import list_recipes, load_recipe
+from pointcoc.models import pretrained as pretrained_mod
+
+from script_checks import ROOT, run_python
+
+TINY_PIXELS = ["--epochs", "1", "--batch-size", "16", "--limit-train-batches", "2", "--limit-val-batches", "2",
+               "--device", "cpu", "--workers", "0", "--progress", "none"]
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_every_subcommand_is_listed_and_an_unknown_one_is_refused(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert re.search(rf"^  {re.escape(name)}\s", out, re.M), name
+    assert main([]) == 2
+    assert main(["trian"]) == 2
+    assert "Did you mean 'train'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_subcommand_help_names_the_subcommand(name, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([name, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: pointcoc {name}")
+
+
+def _option_helps(parser):
+    """flag -> the help text --help prints for it (defaults expanded)."""
+    formatter = parser._get_formatter()
+    out = {}
+    for action in parser._actions:
+        if action.option_strings and action.help:
+            out[action.option_strings[-1]] = formatter._expand_help(action)
+    return out
+
+
+@pytest.mark.parametrize("build", [pixel_task.build_train_parser, pointcloud_task.build_train_parser,
+                                   pointcloud_task.build_eval_parser])
+def test_help_shows_each_default_once_and_never_none(build):
+    for flag, text in _option_helps(build()).items():
+        assert text.count("(default") <= 1, (flag, text)
+        assert "(default: None)" not in text and "(default: False)" not in text, (flag, text)
+
+
+def test_pixel_help_names_its_own_recipe_and_the_mask_flags_agree():
+    parser = pixel_task.build_train_parser()
+    titles = [g.title for g in parser._action_groups]
+    assert not any("authors' ScanObjectNN recipe" in t for t in titles)
+    assert any("lr 0.05, 30 epochs" in t for t in titles)
+    helps = _option_helps(parser)
+    assert "default 0.5" in helps["--keep"]
+    assert "fixed per image, the same every epoch" not in helps["--mask-seed"]
+    assert "--no-redraw-masks" in helps["--mask-seed"]
+    assert parser.get_default("redraw_masks") is True and "(default: redraw)" in helps["--no-redraw-masks"]
+    points = pointcloud_task.build_train_parser()
+    assert any("authors' ScanObjectNN recipe" in (g.title or "") for g in points._action_groups)
+
+
+def test_visualize_clusters_has_threads():
+    from pointcoc.commands.visualize_clusters import build_parser
+    assert build_parser().parse_args(["ck.pt", "digits:0", "--threads", "2"]).threads == 2
+
+
+@pytest.mark.parametrize("script, command", [("train_scanobjectnn.py", "train"), ("train_pixels.py", "train-pixels"),
+                                             ("evaluate.py", "evaluate"), ("plot_runs.py", "plot-runs")])
+def test_scripts_are_the_subcommands(script, command):
+    """The scripts stay (the mission names scripts/train_scanobjectnn.py) and print the subcommand's own help."""
+    script_help = run_python([ROOT / "scripts" / script, "--help"], timeout=120)
+    command_help = run_python(["-m", "pointcoc", command, "--help"], timeout=120)
+    assert script_help.returncode == 0 and command_help.returncode == 0
+    assert script_help.stdout == command_help.stdout
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def _parse(command, argv):
+    parser = (pixel_task if command == "train-pixels" else pointcloud_task).build_train_parser()
+    from pointcoc.engine.recipes import parse_with_recipe
+    return parse_with_recipe(parser, argv, command)
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_shipped_recipe_parses_and_sets_what_it_says(name):
+    path, data = load_recipe(name)
+    args = _parse(data["command"], ["--config", name])
+    assert args.recipe == name
+    for key, value in data["args"].items():
+        dest = "fmt" if key == "format" else key
+        assert getattr(args, dest) == value, (name, key)
+
+
+@pytest.mark.parametrize("model, epochs", [("pointmlp", 200), ("pointmlp_elite", 200), ("pointmlp_coc", 250)])
+def test_scanobjectnn_recipes_are_the_authors_defaults(model, epochs):
+    """Each published recipe equals the command's defaults for that model (docs/training.md's table)."""
+    from_file = vars(_parse("train", ["--config", f"scanobjectnn_{model}"]))
+    from_flags = vars(_parse("train", ["--model", model, "--epochs", str(epochs),
+                                       "--output", f"runs/scanobjectnn_{model}"]))
+    from_file.pop("recipe"), from_flags.pop("recipe")
+    assert from_file == from_flags
+
+
+def test_demo_recipe_is_the_demo_of_earlier_versions():
+    old = ("--dataset modelnet40_mini --model pointmlp_elite --num-points 256 --epochs 20 --batch-size 16 --lr 0.05 "
+           "--workers 0 --seed 0 --threads 1 --output runs/demo").split()
+    a, b = vars(_parse("train", ["--config", "demo"])), vars(_parse("train", old))
+    a.pop("recipe"), b.pop("recipe")
+    assert a == b
+
+
+def test_flags_override_the_recipe():
+    args = _parse("train", ["--config", "demo", "--epochs", "3", "--lr", "0.1"])
+    assert (args.epochs, args.lr, args.num_points) == (3, 0.1, 256)
+
+
+def _recipe(tmp_path, text):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('command = "train"\n[args]\nlearning_rate = 0.1\n', "has no option 'learning_rate'"),
+    ('command = "train"\n[args]\nlr = "fast"\n', "invalid float value: 'fast'"),
+    ('command = "train"\n[args]\namp = "yes"\n', "amp is a switch"),
+    ('command = "train"\n[args]\nepochs = 0\n', "epochs"),
+    ('command = "train-pixels"\n[args]\nepochs = 2\n', "recipe for `pointcoc train-pixels`"),
+    ('command = "train"\nargs = 3\n', "[args] table"),
+    ('command = "train"\n[args\n', "not a valid TOML file"),
+    ('command = "train"\nlr = 0.1\n', "unknown top-level keys ['lr']"),
+])
+def test_a_bad_recipe_is_a_usage_error_naming_the_file(tmp_path, capsys, body, message):
+    """Exit 2 with one message naming the file, before anything is trained or written."""
+    path = _recipe(tmp_path, body)
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--config", path, "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2
+    assert message in err and path in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_recipe_name_lists_the_shipped_ones(capsys):
+    with pytest.raises(SystemExit):
+        _parse("train", ["--config", "no_such_recipe"])
+    err = capsys.readouterr().err
+    assert all(name in err for name in list_recipes())
+
+
+def test_a_run_records_its_recipe_and_resolved_values_and_resume_checks_them(tmp_path):
+    out = tmp_path / "run"
+    recipe = _recipe(tmp_path, 'command = "train-pixels"\n[args]\ndataset = "digits"\nformat = "discrete"\n'
+                               'keep = 0.5\nmodel = "pointmlp_pixels_small"\nlr = 0.07\nseed = 4\n')
+    argv = ["--config", recipe, "--output", str(out), *TINY_PIXELS]
+    assert pixel_task.run_cli(pixel_task.train_main, pixel_task.build_train_parser(), argv) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"] == recipe and cfg["lr"] == 0.07 and cfg["seed"] == 4
+    assert cfg["model"] == "pointmlp_pixels_small" and cfg["extra"]["format"] == "discrete"
+    # the same values typed as flags resume it (the recipe's name may change, its values may not) ...
+    flags = ["--dataset", "digits", "--format", "discrete", "--keep", "0.5", "--model", "pointmlp_pixels_small",
+             "--lr", "0.07", "--seed", "4", "--output", str(out), *TINY_PIXELS]
+    flags[flags.index("--epochs") + 1] = "2"
+    resumed = pixel_task.run_cli(pixel_task.train_main, pixel_task.build_train_parser(),
+                                 flags + ["--resume", str(out / "last.pt")])
+    assert resumed == 0
+    # ... another value is refused
+    flags[flags.index("--lr") + 1] = "0.08"
+    flags[flags.index("--epochs") + 1] = "3"
+    assert pixel_task.run_cli(pixel_task.train_main, pixel_task.build_train_parser(),
+                              flags + ["--resume", str(out / "last.pt")]) == 2
+
+
+# ---------------------------------------------------------------- data locations
+
+
+def test_shipped_sets_are_found_and_large_sets_follow_the_environment(tmp_path, monkeypatch):
+    for name in locations.SHIPPED_SETS:
+        assert (locations.shipped_set_dir(name) / "SOURCE.md").is_file(), name
+    monkeypatch.setenv(locations.DATA_ENV_VAR, str(tmp_path / "mine"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_point_datasets("scanobjectnn")
+    text = str(err.value)
+    assert str(tmp_path / "mine" / "ScanObjectNN" / "h5_files" / "main_split") in text
+    assert str(tmp_path / "data" / "ScanObjectNN" / "h5_files" / "main_split") in text
+    assert "POINTCOC_DATA" in text and "--data-root" in text
+
+
+def test_a_large_set_under_pointcoc_data_is_used(tmp_path, monkeypatch):
+    """ModelNet40's layout under $POINTCOC_DATA (written from the shipped mini set's files) is loaded."""
+    folder = tmp_path / "mine" / "modelnet40_ply_hdf5_2048"
+    folder.mkdir(parents=True)
+    mini = locations.shipped_set_dir("modelnet40_mini")
+    shutil.copy(mini / "modelnet40_mini_train.h5", folder / "ply_data_train0.h5")
+    shutil.copy(mini / "modelnet40_mini_test.h5", folder / "ply_data_test0.h5")
+    shutil.copy(mini / "shape_names.txt", folder / "shape_names.txt")
+    monkeypatch.setenv(locations.DATA_ENV_VAR, str(tmp_path / "mine"))
+    monkeypatch.chdir(tmp_path)
+    train, test, names = build_point_datasets("modelnet40", num_points=64)
+    ref_train, ref_test, _ = build_point_datasets("modelnet40_mini", num_points=64)
+    assert len(names) == 40 and torch.equal(train.points, ref_train.points) and torch.equal(test.labels, ref_test.labels)
+
+
+def test_a_packaged_data_folder_wins_over_the_checkout(tmp_path, monkeypatch):
+    """In a wheel the data lie in pointcoc/_data: shipped_data_dir must return that folder when it exists."""
+    fake_pkg = tmp_path / "pointcoc"
+    (fake_pkg / "_data" / "mnist5k").mkdir(parents=True)
+    monkeypatch.setattr(locations.resources, "files", lambda package: fake_pkg)
+    assert locations.shipped_set_dir("mnist5k") == fake_pkg / "_data" / "mnist5k"
+    with pytest.raises(FileNotFoundError) as err:
+        pointcoc.data.load_image_dataset("mnist5k")
+    assert str(fake_pkg / "_data" / "mnist5k" / "mnist_5k.csv.gz") in str(err.value)
+    assert "reinstall pointcoc" in str(err.value)
+
+
+# ---------------------------------------------------------------- trained weights
+
+
+def test_shipped_weights_have_cards_whose_sha256_matches():
+    tags = pretrained_mod.list_pretrained()
+    assert set(pretrained_mod.DEFAULT_TAGS.items()) <= {tuple(t.split(".", 1)) for t in tags}
+    for tag in tags:
+        card = pretrained_mod.pretrained_card(tag)
+        weights = Path(card["card_path"]).with_name(card["file"])
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
+        for key in ("data", "recipe", "config", "train_command", "seed", "metrics", "protocol", "evaluate_command"):
+            assert key in card, (tag, key)
+        assert card["config"]["recipe"] == card["recipe"] and card["recipe"] in list_recipes()
+        assert card["config"]["select_on_test"] is False
+
+
+def test_shipped_digits_weights_reproduce_their_card_accuracy(tmp_path):
+    """`pointcoc evaluate --pretrained` on the test split gives the accuracy the card states."""
+    tag = "pointmlp_coc_pixels_small.digits"
+    card = pretrained_mod.pretrained_card(tag)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--pretrained", tag, "--threads", "1", "--progress", "none", "--json", str(out)]) == 0
+    measured = json.loads(out.read_text())
+    assert measured["count"] == card["data"]["test_samples"] == 359
+    assert measured["oa"] == pytest.approx(card["metrics"]["oa"], abs=1e-9)
+    assert measured["macc"] == pytest.approx(card["metrics"]["macc"], abs=1e-9)
+    assert card["metrics"]["oa"] > 90  # a model worth shipping
+
+
+def test_pretrained_spellings_agree_and_set_pretrained_cfg():
+    a = pointcoc.create_model("pointmlp_coc_pixels_small", pretrained=True)
+    b = pointcoc.create_model("pointmlp_coc_pixels_small", pretrained="digits")
+    c = pointcoc.create_model("pointmlp_coc_pixels_small.digits")
+    for m in (b, c):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), m.state_dict().values()))
+    assert a.pretrained_cfg["tag"] == "pointmlp_coc_pixels_small.digits"
+    assert a.pretrained_cfg["sha256"] == a.pretrained_cfg["card"]["sha256"]
+    fresh = pointcoc.create_model("pointmlp_coc_pixels_small", num_classes=10, in_channels=1, coord_dim=2)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_pretrained_with_other_num_classes_keeps_the_features(one_thread):
+    a = pointcoc.create_model("pointmlp_coc_pixels_small", pretrained=True).eval()
+    b = pointcoc.create_model("pointmlp_coc_pixels_small", pretrained=True, num_classes=3).eval()
+    xyz, feats = torch.rand(2, 64, 2), torch.rand(2, 64, 1)
+    with torch.no_grad():
+        assert b(xyz, feats).shape == (2, 3)
+        assert torch.equal(a.forward_features(xyz, feats), b.forward_features(xyz, feats))
+
+
+def test_damaged_or_wrong_weights_are_refused(tmp_path, monkeypatch):
+    src = pretrained_mod.pretrained_card("pointmlp_coc_pixels_small.digits")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    weights = Path(src["card_path"]).with_name(src["file"])
+    shutil.copy(weights, cache / "pointmlp_coc_pixels_small.broken.pt")
+    card = {k: v for k, v in src.items() if k != "card_path"}
+    card.update(tag="pointmlp_coc_pixels_small.broken", file="pointmlp_coc_pixels_small.broken.pt")
+    (cache / "pointmlp_coc_pixels_small.broken.json").write_text(json.dumps(card))
+    monkeypatch.setenv(pretrained_mod.WEIGHTS_ENV_VAR, str(cache))
+    assert pointcoc.create_model("pointmlp_coc_pixels_small", pretrained="broken") is not None
+    with open(cache / "pointmlp_coc_pixels_small.broken.pt", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="SHA-256"):
+        pointcoc.create_model("pointmlp_coc_pixels_small", pretrained="broken")
+    with pytest.raises(ValueError, match="no trained weights 'pointmlp_coc_pixels_small.nope'"):
+        pointcoc.create_model("pointmlp_coc_pixels_small", pretrained="nope")
+    with pytest.raises(ValueError, match="no default trained weights"):
+        pointcoc.create_model("pointmlp_elite", pretrained=True)
+    with pytest.raises(ValueError, match="is a folder"):
+        pointcoc.create_model("pointmlp_elite", pretrained=str(tmp_path) + "/")
+    torch.save({"net": {"w": torch.zeros(1)}, "epoch": 3}, tmp_path / "authors.pth")
+    with pytest.raises(ValueError, match="load_authors_checkpoint"):
+        pointcoc.create_model("pointmlp_elite", pretrained=tmp_path / "authors.pth")
+
+
+def test_export_weights_round_trip_through_the_cache(tmp_path, monkeypatch, capsys):
+    """A run's checkpoint -> export-weights -> create_model(pretrained=tag): the checkpoint's weights, and a card
+    whose accuracy is `pointcoc evaluate`'s on the same checkpoint."""
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--format", "discrete", "--keep", "0.5", "--model", "pointmlp_pixels_small",
+            "--output", str(out), *TINY_PIXELS]
+    argv[argv.index("--limit-val-batches"):argv.index("--limit-val-batches") + 2] = []
+    assert pixel_task.run_cli(pixel_task.train_main, pixel_task.build_train_parser(), argv) == 0
+    monkeypatch.setenv(pretrained_mod.WEIGHTS_ENV_VAR, str(tmp_path / "cache"))
+    assert main(["export-weights", str(out / "last.pt"), "--tag", "mine", "--progress", "none"]) == 0
+    assert main(["export-weights", str(out / "last.pt"), "--tag", "a.b"]) == 2
+    model = pointcoc.create_model("pointmlp_pixels_small", pretrained="mine")
+    ref = build_model_from_checkpoint(load_checkpoint(out / "last.pt"))
+    assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), ref.state_dict().values()))
+    card = pretrained_mod.pretrained_card("pointmlp_pixels_small.mine")
+    assert main(["evaluate", str(out / "last.pt"), "--json", str(tmp_path / "e.json"), "--progress", "none"]) == 0
+    measured = json.loads((tmp_path / "e.json").read_text())
+    assert card["metrics"]["oa"] == pytest.approx(measured["oa"], abs=1e-9) and card["data"]["test_samples"] == 359
+    assert card["seed"] == 0 and card["data"]["format"] == "discrete" and card["epochs_trained"] == 1
+    from_path = pointcoc.create_model("pointmlp_pixels_small", pretrained=out / "last.pt")
+    assert all(torch.equal(x, y) for x, y in zip(from_path.state_dict().values(), ref.state_dict().values()))
+    with pytest.raises(ValueError, match="checkpoint of model 'pointmlp_pixels_small'"):
+        pointcoc.create_model("pointmlp_coc_pixels_small", pretrained=out / "last.pt")
+    main(["weights"])
+    assert "pointmlp_pixels_small.mine" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_version_license_changelog_and_typing_marker():
+    assert metadata.version("pointcoc") == pointcoc.__version__
+    assert f"## {pointcoc.__version__} " in (ROOT / "CHANGELOG.md").read_text()
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    meta = metadata.metadata("pointcoc")
+    assert meta["License-Expression"] == "MIT" or meta["License"] == "MIT"
+    assert (Path(pointcoc.__file__).parent / "py.typed").is_file()
+    assert "pointcoc" in [ep.name for ep in metadata.entry_points(group="console_scripts")]
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'version = "' not in text.split("[tool.setuptools.dynamic]")[0]  # written only in __init__.py
