@@ -329,3 +329,18 @@ def test_torchrun_run_repeats_itself_and_resumes_exactly(h5_root, tmp_path):
     assert strip(lines(tmp_path / "a" / "metrics.jsonl")) == strip(lines(tmp_path / "b" / "metrics.jsonl"))
     wa, wb = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_the_script_gives_the_same_run_with_and_without_workers(h5_root, tmp_path):
+    # issue 20, item 1: --workers 0 and --workers 2 used to end with different weights
+    weights = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        args = list(FAST)
+        args[args.index("--workers") + 1] = workers
+        proc = run([TRAIN, "--data-root", h5_root, "--epochs", "1", "--output", out, "--threads", "1", *args])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[workers] = load_checkpoint(out / "last.pt")["model"]
+    for k, v in weights["0"].items():
+        assert torch.equal(weights["2"][k], v), k

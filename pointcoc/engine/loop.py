@@ -4,13 +4,18 @@ A model is called as ``model(xyz, features, lengths) -> logits (B, num_classes)`
 ``{"xyz": (B, N, D), "label": (B,), optional "features": (B, N, C), "lengths": (B,)}``.
 
 Reproducibility: at the start of every epoch the global RNGs (torch, numpy, python) and the training
-DataLoader's generator are re-seeded from ``(seed, epoch, rank)``, so the data order and the augmentation
-of an epoch depend only on the seed and the epoch number -- with any number of DataLoader workers
-(each worker is seeded from the loader's generator) -- and a resumed run repeats an uninterrupted one
-exactly. The RNG states are also stored in every checkpoint.
+DataLoader's generator are re-seeded from ``(seed, epoch, rank)``; the loader's generator draws the data
+order. Each training sample is loaded with the global RNGs seeded from ``(seed, epoch, index)`` alone
+(:func:`item_seed`) and restored afterwards, so its augmentation is the same whichever process loads it:
+the main process or any of ``workers`` DataLoader workers. The data order and the augmentation of an epoch
+therefore depend only on the seed and the epoch number, the same seed gives the same run for any
+``workers``, and a resumed run repeats an uninterrupted one exactly. The RNG states are also stored in every
+checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import random
@@ -36,7 +41,8 @@ from .progress import format_epoch, progress_bar, resolve_progress
 from .rundir import check_resume_config, prepare_output_dir, rewind_metrics
 
 __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
-           "seed_everything", "stratified_split", "build_model_from_checkpoint", "random_scale_votes"]
+           "seed_everything", "stratified_split", "build_model_from_checkpoint", "random_scale_votes", "item_seed",
+           "SeededItems"]
 
 
 def seed_everything(seed: int) -> None:
@@ -48,6 +54,50 @@ def seed_everything(seed: int) -> None:
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 9_973 + rank * 101) % 2**63
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed (in [0, 2**63)) of training sample ``index`` in ``epoch`` (0-based) of a run with ``seed``.
+
+    A hash of the three numbers: the same for every process that loads the sample.
+    """
+    digest = hashlib.blake2b(f"pointcoc-item {seed} {epoch} {index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@contextlib.contextmanager
+def _seeded_global_rngs(seed: int):
+    """Seed torch's CPU, numpy's and python's global RNGs from ``seed`` inside the block; restore them after."""
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF])
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+
+
+class SeededItems(Dataset):
+    """A map-style ``dataset`` whose item ``i`` is loaded with the global RNGs seeded from
+    ``item_seed(seed, epoch, i)`` (torch CPU, numpy, python; restored afterwards).
+
+    Random augmentation drawn from the global RNGs (:class:`pointcoc.data.PointCloudAugment`, pixel masks
+    drawn with ``redraw``) then depends on (seed, epoch, index) only: not on which process or DataLoader
+    worker loads the item, nor on what the main process drew before. Set ``epoch`` before each epoch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        with _seeded_global_rngs(item_seed(self.seed, self.epoch, int(index))):
+            return self.dataset[index]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -407,11 +457,12 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         net = torch.compile(net)
         eval_net = torch.compile(model) if info.enabled else net
 
+    train_items = SeededItems(train_dataset, config.seed)  # augmentation from (seed, epoch, index) only
     sampler = None
     if info.enabled:
-        sampler = DistributedSampler(train_dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+        sampler = DistributedSampler(train_items, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=config.seed, drop_last=True)
-    train_loader = _make_loader(train_dataset, per_proc_batch, True, config.workers, collate_fn, loader_gen,
+    train_loader = _make_loader(train_items, per_proc_batch, True, config.workers, collate_fn, loader_gen,
                                 sampler=sampler, drop_last=True)
 
     def eval_loader(ds):
@@ -433,6 +484,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         seed = _epoch_seed(config.seed, epoch, info.rank)
         seed_everything(seed)
         loader_gen.manual_seed(seed ^ 0x5EED)  # data order and worker seeds: a stream apart from the globals
+        train_items.epoch = epoch  # read by the workers the loader starts for this epoch (not persistent)
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0 = time.perf_counter()
