@@ -8,7 +8,11 @@ Exit code 2 (and a message) when the checkpoint or the data is missing or wrong.
 """
 import sys
 
-from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
+try:
+    from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
+except KeyboardInterrupt:  # Ctrl-C while torch is imported: one line, exit 130, as run_cli
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(run_cli(evaluate_main, build_eval_parser()))

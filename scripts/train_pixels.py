@@ -10,7 +10,11 @@ arguments are wrong.
 """
 import sys
 
-from pointcoc.engine.pixel_task import build_train_parser, run_cli, train_main
+try:
+    from pointcoc.engine.pixel_task import build_train_parser, run_cli, train_main
+except KeyboardInterrupt:  # Ctrl-C while torch is imported: one line, exit 130, as run_cli
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(run_cli(train_main, build_train_parser()))

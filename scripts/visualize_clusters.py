@@ -13,10 +13,14 @@ Exit code 2 (and a message) when the checkpoint, an image or an argument is wron
 import argparse
 import sys
 
-from pointcoc.engine import build_model_from_checkpoint, load_checkpoint
-from pointcoc.engine.cli import check_output_file, run_cli
-from pointcoc.viz import cluster_maps, plot_cluster_maps
-from pointcoc.viz.sources import load_pixel_input
+try:
+    from pointcoc.engine import build_model_from_checkpoint, load_checkpoint
+    from pointcoc.engine.cli import check_output_file, run_cli
+    from pointcoc.viz import cluster_maps, plot_cluster_maps
+    from pointcoc.viz.sources import load_pixel_input
+except KeyboardInterrupt:  # Ctrl-C while torch is imported: one line, exit 130, as run_cli
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def build_parser() -> argparse.ArgumentParser:

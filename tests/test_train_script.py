@@ -265,7 +265,10 @@ def test_existing_runs_and_contradicting_resumes_are_refused(trained, h5_root, t
     from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
 
     out = trained[0]
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def files():  # the lock file holds the pid of the last process that checked the folder
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".pointcoc.lock"}
+
+    before = files()
     argv = ["--data-root", h5_root, "--epochs", "2", "--seed", "1", *FAST]
     assert run_cli(train_main, build_train_parser(), [str(a) for a in [*argv, "--output", out]]) == 2
     assert f"--output {out} already holds a run" in capsys.readouterr().err
@@ -273,7 +276,7 @@ def test_existing_runs_and_contradicting_resumes_are_refused(trained, h5_root, t
     code = run_cli(train_main, build_train_parser(),
                    [str(a) for a in [*argv, "--output", tmp_path, "--resume", out / "last.pt"]])
     assert code == 2 and "lr: checkpoint 0.05, now 0.5" in capsys.readouterr().err
-    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+    assert before == files()
 
 
 def test_a_damaged_compressed_chunk_exits_2_naming_the_file(tmp_path, capsys):

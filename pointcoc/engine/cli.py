@@ -56,11 +56,12 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
     Usage errors and stopped runs print ``error: <message>`` and return 2; a full disk says so and returns 2;
     Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130.
     """
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return main(args)
     except USAGE_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not getattr(err, "quiet", False):  # quiet: another torchrun rank printed the message
+            print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:
         if err.errno not in DISK_FULL:

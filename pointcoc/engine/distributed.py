@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_buffers", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_buffers", "barrier", "decide_on_rank0"]
 
 
 @dataclass
@@ -56,6 +56,32 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     if info.enabled:
         for buf in module.buffers():
             dist.broadcast(buf, src=0)
+
+
+def decide_on_rank0(info: DistInfo, check):
+    """Call ``check()`` on rank 0 only and make every rank reach its verdict before training starts.
+
+    Returns ``check()``'s result on rank 0 (None elsewhere). When it raises, rank 0 re-raises the exception and
+    every other rank raises :class:`~pointcoc.engine.errors.StoppedOnAnotherRank` (exit code 2, no message of its
+    own), instead of failing later in a collective with a "connection closed by peer" traceback.
+    """
+    from .errors import StoppedOnAnotherRank
+
+    if not info.enabled:
+        return check()
+    result, error, verdict = None, None, [None]
+    if info.is_main:
+        try:
+            result = check()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
+            error = err
+            verdict = [f"{type(err).__name__}: {err}"]
+    dist.broadcast_object_list(verdict, src=0)
+    if error is not None:
+        raise error
+    if verdict[0] is not None:
+        raise StoppedOnAnotherRank(f"rank {info.rank}: rank 0 stopped the run before training ({verdict[0]})")
+    return result
 
 
 def barrier(info: DistInfo) -> None:

@@ -1,7 +1,8 @@
 """Why a run stopped, as exceptions the scripts turn into one line and an exit code (see ``cli.run_cli``)."""
 from __future__ import annotations
 
-__all__ = ["RunStopped", "TrainingDiverged", "DiskFullError", "TrainingInterrupted"]
+__all__ = ["RunStopped", "TrainingDiverged", "DiskFullError", "TrainingInterrupted", "RunFolderBusy",
+           "StoppedOnAnotherRank"]
 
 
 class RunStopped(Exception):
@@ -18,3 +19,14 @@ class DiskFullError(RunStopped, OSError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``fit``; the message names the epoch, the step and the checkpoint to resume from (exit 130)."""
+
+
+class RunFolderBusy(RunStopped):
+    """Another live run holds the output folder's lock; the message names its pid."""
+
+
+class StoppedOnAnotherRank(RunStopped):
+    """Under torchrun: rank 0 stopped the run before training (its message, printed by rank 0 only, says why);
+    the other ranks stop with the same exit code and print nothing."""
+
+    quiet = True

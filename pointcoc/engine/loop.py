@@ -34,11 +34,11 @@ from ..viz.curves import plot_curves, read_metrics
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, decide_on_rank0, init_distributed
 from .errors import TrainingDiverged, TrainingInterrupted
 from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
 from .progress import format_epoch, progress_bar, resolve_progress
-from .rundir import check_resume_config, prepare_output_dir, rewind_metrics
+from .rundir import RunFolderLock, check_resume_config, create_output_dir, prepare_output_dir, rewind_metrics
 
 __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
            "seed_everything", "stratified_split", "build_model_from_checkpoint", "random_scale_votes", "item_seed",
@@ -291,6 +291,7 @@ class _Run:
         self.step = 0
         self.checkpoint: Optional[Path] = None  # the newest complete checkpoint of the run (last.pt once saved)
         self.saved_epoch: Optional[int] = None  # its epoch
+        self.lock: Optional[RunFolderLock] = None  # the output folder's lock (rank 0), released when fit returns
 
     def saved(self, epoch: int) -> None:
         self.checkpoint, self.saved_epoch = self.dir / "last.pt", epoch
@@ -349,11 +350,15 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         collate_fn: batches samples into dicts; default ``collate_point_dicts``.
         resume: a checkpoint path (or loaded dict) to continue from; ``config.epochs`` is the total. Its
             config must equal ``config`` except for ``rundir.RESUMABLE_CHANGES`` (CheckpointError otherwise);
-            ``output_dir/metrics.jsonl`` is brought back to the checkpoint's epoch.
+            ``output_dir/metrics.jsonl`` is brought back to the checkpoint's epoch. A path must lie in
+            ``output_dir`` unless ``output_dir`` holds no run (ValueError: that would mix two runs); a loaded
+            dict is taken to be of ``output_dir``'s run.
         stop_after_epoch: stop once this epoch is done, as if interrupted (time-boxed jobs, tests);
             results are then those of the last epoch trained.
         overwrite: replace the run in ``output_dir``; without it (and without ``resume``) a folder that
-            holds a run is refused with a ValueError.
+            holds a run is refused with a ValueError. While ``fit`` runs it holds an exclusive lock on
+            ``output_dir`` (:class:`~pointcoc.engine.rundir.RunFolderLock`): a second ``fit`` into the same
+            folder, in any process, is refused (RunFolderBusy) instead of mixing the two runs.
         progress: ``auto``, ``bar``, ``line`` or ``none`` (:mod:`pointcoc.engine.progress`): bars during an
             epoch and/or one line per epoch on stdout.
 
@@ -376,6 +381,9 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
                     stop_after_epoch, overwrite)
     except KeyboardInterrupt:
         raise run.interrupted() from None
+    finally:
+        if run.lock is not None:
+            run.lock.release()
 
 
 def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
@@ -408,11 +416,17 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         if not isinstance(resume, dict):
             run.checkpoint, run.saved_epoch = Path(resume), int(state["epoch"])
     output_dir = run.dir
-    if info.is_main:
-        prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite)
+    resume_from = None if resume is None or isinstance(resume, dict) else Path(resume)
+
+    def take_output_dir():  # rank 0 (the only rank that writes files); every rank learns its verdict
+        create_output_dir(output_dir)
+        run.lock = RunFolderLock(output_dir)  # held until fit returns: a second run into the folder is refused
+        prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite, resume_from=resume_from)
         config.save_json(output_dir / "config.json")
         if state is not None:
             rewind_metrics(output_dir / "metrics.jsonl", int(state["epoch"]), state["metrics"]["record"])
+
+    decide_on_rank0(info, take_output_dir)
     run.info = info
 
     model = model.to(device)

@@ -108,7 +108,8 @@ def _train_run(args: argparse.Namespace) -> dict:
     from pointcoc.models import create_model
 
     resolve_device(args.device)  # an unavailable device stops the run before the data is read
-    resume = load_checkpoint(args.resume) if args.resume else None
+    if args.resume:
+        load_checkpoint(args.resume)  # a missing or foreign checkpoint stops the run before the data is read
     train_ds, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points,
                                                     augment=PointCloudAugment())
     model_kwargs = {"num_classes": len(names), "in_channels": 0, "coord_dim": 3, **args.model_kwargs}
@@ -123,7 +124,7 @@ def _train_run(args: argparse.Namespace) -> dict:
     seed_everything(config.seed)
     model = create_model(config.model, **model_kwargs)
     return fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts,
-               val_dataset=val_ds, resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
+               val_dataset=val_ds, resume=args.resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
                progress=args.progress)
 
 
