@@ -483,3 +483,37 @@ def test_each_sample_is_augmented_from_seed_epoch_and_index_only():
     items.epoch = 4
     assert not torch.equal(items[7]["xyz"], a)
     assert len({item_seed(s, e, i) for s in range(3) for e in range(3) for i in range(50)}) == 450
+
+
+def _checkpoints_to_dev_full(monkeypatch, from_call=1):
+    """Make atomic_write's temp file of the ``from_call``-th save and later ones write to /dev/full (ENOSPC on
+    every write), so the real torch.save meets a full disk."""
+    import pointcoc.engine.checkpoint as ckpt
+
+    real_fdopen, calls = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        calls.append(1)
+        if len(calls) < from_call:
+            return real_fdopen(fd, *args, **kwargs)
+        os.close(fd)
+        return open("/dev/full", "wb")
+
+    monkeypatch.setattr(ckpt.os, "fdopen", fdopen)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_inside_torch_save_is_found_in_the_exception_chain(tmp_path, monkeypatch):
+    # torch's zip writer turns the OSError (ENOSPC) into "RuntimeError: [enforce fail at inline_container.cc ...]"
+    from pointcoc.engine.errors import DiskFullError
+
+    with pytest.raises(RuntimeError) as raised:
+        torch.save({"w": torch.zeros(10000)}, open("/dev/full", "wb"))
+    assert not isinstance(raised.value, OSError) and raised.value.__context__.errno == 28
+    _checkpoints_to_dev_full(monkeypatch, from_call=2)
+    train, test = datasets()
+    with pytest.raises(DiskFullError, match=r"the disk is full: could not write .*last.pt \(No space left on device\); "
+                                            r"the previous last.pt is intact"):
+        fit(TinyPointNet(), train, test, config(epochs=3), tmp_path, NAMES)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))

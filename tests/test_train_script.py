@@ -347,3 +347,33 @@ def test_the_script_gives_the_same_run_with_and_without_workers(h5_root, tmp_pat
         weights[workers] = load_checkpoint(out / "last.pt")["model"]
     for k, v in weights["0"].items():
         assert torch.equal(weights["2"][k], v), k
+
+
+# Runs SCRIPT ARGS... with the N-th and later checkpoint writes going to /dev/full: the real torch.save meets ENOSPC.
+_FULL_DISK_FROM_SAVE = """
+import os, runpy, sys
+n, calls, real_fdopen = int(sys.argv[1]), [], os.fdopen
+def fdopen(fd, *args, **kwargs):
+    calls.append(1)
+    if len(calls) < n:
+        return real_fdopen(fd, *args, **kwargs)
+    os.close(fd)
+    return open("/dev/full", "wb")
+import pointcoc.engine.checkpoint
+pointcoc.engine.checkpoint.os.fdopen = fdopen
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_inside_torch_save_exits_2_with_one_line(h5_root, tmp_path):
+    # issue 20, item 4: torch's zip writer raised "RuntimeError: [enforce fail at inline_container.cc ...]"
+    proc = run(["-c", _FULL_DISK_FROM_SAVE, 2, TRAIN, "--data-root", h5_root, "--epochs", "3", "--output", tmp_path,
+                *FAST])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc.stderr) == (f"error: the disk is full: could not write {tmp_path / 'last.pt'} (No space left "
+                                      "on device); the previous last.pt is intact. Free some space and resume")
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and not list(tmp_path.glob(".*.tmp"))
