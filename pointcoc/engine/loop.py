@@ -280,6 +280,28 @@ def _per_process_batch(batch_size: int, world_size: int) -> int:
     return per_proc
 
 
+def _check_world_size(state: Dict, world_size: int, per_proc_batch: int, allow: bool) -> None:
+    """Refuse (CheckpointError) to resume a checkpoint of ``state["world_size"]`` processes in ``world_size``
+    unless ``allow``; then warn. Checkpoints written before they recorded it (no key) are not checked."""
+    old = state.get("world_size")
+    if old is None or int(old) == world_size:
+        return
+
+    def procs(n):
+        return f"{n} process{'es' if n > 1 else ''}"
+
+    old_batch = state.get("per_process_batch", "?")
+    what = (f"the checkpoint was written by {procs(int(old))} ({old_batch} samples each per step); this run has "
+            f"{procs(world_size)} ({per_proc_batch} samples each). Continuing with another number of processes "
+            "changes which samples form each step (the DistributedSampler's shards), the per-process batch that "
+            "BatchNorm normalises (unless --sync-bn) and the random streams of each rank, so the resumed run is "
+            "not the run the checkpoint started")
+    if not allow:
+        raise CheckpointError(f"--resume: {what}. Resume with {procs(int(old))} (torchrun --nproc_per_node "
+                              f"{old}), or pass --allow-world-size-change to accept the change")
+    warnings.warn(f"--allow-world-size-change: {what}", stacklevel=3)
+
+
 class _Run:
     """Bookkeeping of one ``fit`` call (files, where training is: ``epoch`` and ``step``, both 1-based)."""
 
@@ -336,7 +358,7 @@ def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, s
 def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config: TrainConfig, output_dir,
         class_names: Sequence[str], collate_fn: Optional[Callable] = None, val_dataset: Optional[Dataset] = None,
         resume: Union[None, str, Path, Dict] = None, stop_after_epoch: Optional[int] = None,
-        overwrite: bool = False, progress: str = "auto") -> Dict:
+        overwrite: bool = False, progress: str = "auto", allow_world_size_change: bool = False) -> Dict:
     """Train ``model`` with SGD + cosine schedule + smoothed cross-entropy; evaluate, checkpoint, log.
 
     Args:
@@ -361,6 +383,9 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
             folder, in any process, is refused (RunFolderBusy) instead of mixing the two runs.
         progress: ``auto``, ``bar``, ``line`` or ``none`` (:mod:`pointcoc.engine.progress`): bars during an
             epoch and/or one line per epoch on stdout.
+        allow_world_size_change: resume a checkpoint written by another number of processes (checkpoints
+            record ``world_size`` and ``per_process_batch``); without it such a resume raises CheckpointError
+            saying what would change.
 
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, training uses a
     DistributedSampler (``config.batch_size`` is global), evaluation metrics are reduced over processes
@@ -378,7 +403,7 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
     run = _Run(Path(output_dir), progress=resolve_progress(progress))
     try:
         return _fit(run, model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
-                    stop_after_epoch, overwrite)
+                    stop_after_epoch, overwrite, allow_world_size_change)
     except KeyboardInterrupt:
         raise run.interrupted() from None
     finally:
@@ -387,13 +412,13 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
 
 
 def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
-         stop_after_epoch, overwrite) -> Dict:
+         stop_after_epoch, overwrite, allow_world_size_change=False) -> Dict:
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"class_names must name at least 2 classes; got {list(class_names)}")
     collate_fn = collate_fn or collate_point_dicts
     device = resolve_device(config.device)
-    info = init_distributed(device)
+    info = init_distributed(device, config.dist_timeout_s)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
@@ -413,6 +438,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     if resume is not None:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
         check_resume_config(state["config"], config.to_dict())
+        _check_world_size(state, info.world_size, per_proc_batch, allow_world_size_change)
         if not isinstance(resume, dict):
             run.checkpoint, run.saved_epoch = Path(resume), int(state["epoch"])
     output_dir = run.dir
@@ -532,6 +558,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
             "epoch": epoch + 1, "rng": capture_rng_state(loader_gen), "config": config.to_dict(),
             "metrics": {"record": record, "test": _compact(test), "val": _compact(val)},
             "selection": selection, "class_names": list(class_names),
+            "world_size": info.world_size, "per_process_batch": per_proc_batch,
         }
         if info.is_main:
             save_checkpoint(state, output_dir / "last.pt")

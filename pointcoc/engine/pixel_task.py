@@ -175,5 +175,6 @@ def _train(args: argparse.Namespace) -> int:
         train_ds, val_ds = split_validation(train_ds, config.val_fraction, config.seed)
     fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_pixel_sets, val_dataset=val_ds,
         resume=args.resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
-        progress=args.progress)
+        progress=args.progress,
+        allow_world_size_change=getattr(args, "allow_world_size_change", False))
     return 0

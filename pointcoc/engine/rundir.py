@@ -37,8 +37,9 @@ SAVED_MARKERS = ("last.pt", "best.pt", "results.json")
 LOCK_NAME = ".pointcoc.lock"
 # What ``overwrite`` removes before a new run (the others are rewritten anyway).
 RUN_OUTPUTS = RUN_MARKERS
-# TrainConfig fields a resumed run may change: they do not change what is trained (compile: the same function, compiled).
-RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size", "compile")
+# TrainConfig fields a resumed run may change: they do not change what is trained (compile: the same function,
+# compiled; workers: augmentation is seeded per sample, see loop.SeededItems).
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size", "compile", "dist_timeout_s")
 
 
 def writable_folder(folder, flag: str = "--output") -> Path:
