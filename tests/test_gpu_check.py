@@ -100,3 +100,23 @@ def test_a_failing_section_is_recorded_and_the_others_run(tmp_path, monkeypatch)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             gpu_check.run_gpu_check(tmp_path, device="cuda")
+
+
+@pytest.mark.parametrize("target, budget, message", [
+    ("{file}", "300", r"--out .*/file is a file, not a folder"),
+    ("{file}/sub", "300", r"--out .*/file/sub lies below .*/file, which is a file, not a folder"),
+    ("{dir}", "nan", r"--budget-s must be finite and > 0; got nan"),
+    ("{dir}", "inf", r"--budget-s must be finite and > 0; got inf"),
+])
+def test_bad_out_folders_and_budgets_exit_2_with_a_message(tmp_path, capsys, target, budget, message):
+    import re
+
+    (tmp_path / "file").write_text("a file")
+    out = target.format(file=tmp_path / "file", dir=tmp_path / "out")
+    with pytest.raises(SystemExit) as exited:
+        MAIN(["--out", out, "--device", "cpu", "--sizes", "tiny", "--budget-s", budget])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="--budget-s must be finite and > 0"):
+        gpu_check.run_gpu_check(tmp_path / "out2", device="cpu", sizes="tiny", budget_s=float("nan"))
