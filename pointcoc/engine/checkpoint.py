@@ -63,6 +63,9 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     Raises FileNotFoundError for a missing file, CheckpointError for anything else that is wrong.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; give a file such as "
+                              f"{path / 'last.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

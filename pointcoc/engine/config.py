@@ -84,6 +84,11 @@ class TrainConfig:
         for name in ("eval_batch_size", "limit_train_batches", "limit_val_batches"):
             if getattr(self, name) is not None:
                 positive(name)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed (--seed / --seeds) must be an int in [0, 2**63 - 1]; got {self.seed!r}")
+        if self.val_fraction > 0 and self.select_on_test:
+            raise ValueError("--val-fraction and --select-on-test exclude each other: a validation split selects "
+                             "best.pt by validation OA, --select-on-test by test OA (the paper protocol); give one")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be an int >= 0; got {self.workers!r}")
         for name, ok, text in (("lr", lambda v: v > 0, "> 0"), ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),

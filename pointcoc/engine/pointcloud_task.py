@@ -88,6 +88,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume or args.stop_after_epoch:
         raise ValueError("--seeds cannot be combined with --resume or --stop-after-epoch; resume one run "
                          "(OUTPUT/seed<s>) with --seed s instead")
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--seeds must name each seed once; {repeated} given more than once (a seed gives the same "
+                         "run every time)")
+    for seed in args.seeds:  # every seed checked before the first run trains
+        config_from_args(argparse.Namespace(**{**vars(args), "seed": seed}),
+                         model_kwargs={"num_classes": 2, **args.model_kwargs})
     runs = []
     for seed in args.seeds:
         out = str(Path(args.output) / f"seed{seed}")
