@@ -5,7 +5,11 @@ Thin wrapper over `pointcoc gpu-check` (pointcoc/commands/gpu_check.py); `--help
 """
 import sys
 
-from pointcoc.commands import main
+try:
+    from pointcoc.commands import main
+except KeyboardInterrupt:  # Ctrl-C while torch is imported: one line, exit 130, as the command itself
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main(["gpu-check", *sys.argv[1:]]))

@@ -9,7 +9,11 @@ Exit code 2 (and a message, no traceback) when data, checkpoint or arguments are
 """
 import sys
 
-from pointcoc.commands import main
+try:
+    from pointcoc.commands import main
+except KeyboardInterrupt:  # Ctrl-C while torch is imported: one line, exit 130, as the command itself
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -443,3 +443,77 @@ def test_stale_temp_files_are_removed_and_checkpoints_get_the_mode_of_other_outp
     assert not list(tmp_path.glob(".*.tmp"))
     mode = {p.name: os.stat(p).st_mode & 0o777 for p in tmp_path.iterdir()}
     assert mode["last.pt"] == mode["config.json"] == mode["results.json"], mode
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_run_for_any_number_of_workers(tmp_path):
+    # augmentation is seeded per sample from (seed, epoch, index): who loads a sample does not matter, and
+    # the model's dropout (main process) draws the same numbers whether or not the main process loads data
+    train, test = datasets()
+    runs = {}
+    for workers in (0, 1, 2):
+        torch.manual_seed(0)
+        model = TinyPointNet()
+        torch.manual_seed(workers)  # nor does the state of the process before fit
+        fit(model, train, test, config(epochs=2, workers=workers), tmp_path / f"w{workers}", NAMES)
+        runs[workers] = records(tmp_path / f"w{workers}" / "metrics.jsonl"), _weights(tmp_path / f"w{workers}" / "last.pt")
+    for workers in (1, 2):
+        assert runs[workers][0] == runs[0][0], workers
+        for k, v in runs[0][1].items():
+            assert torch.equal(runs[workers][1][k], v), (workers, k)
+
+
+def test_each_sample_is_augmented_from_seed_epoch_and_index_only():
+    from pointcoc.engine.loop import SeededItems, item_seed
+
+    train, _ = datasets()
+    items = SeededItems(train, seed=5, epoch=3)
+    torch.manual_seed(0)
+    a = items[7]["xyz"]
+    state = torch.get_rng_state()
+    torch.manual_seed(99)
+    assert torch.equal(items[7]["xyz"], a)  # whatever the global state
+    torch.manual_seed(0)
+    assert torch.equal(torch.get_rng_state(), state)  # and the global state is restored
+    assert not torch.equal(items[6]["xyz"], a)
+    items.epoch = 4
+    assert not torch.equal(items[7]["xyz"], a)
+    assert len({item_seed(s, e, i) for s in range(3) for e in range(3) for i in range(50)}) == 450
+
+
+def _checkpoints_to_dev_full(monkeypatch, from_call=1):
+    """Make atomic_write's temp file of the ``from_call``-th save and later ones write to /dev/full (ENOSPC on
+    every write), so the real torch.save meets a full disk."""
+    import pointcoc.engine.checkpoint as ckpt
+
+    real_fdopen, calls = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        calls.append(1)
+        if len(calls) < from_call:
+            return real_fdopen(fd, *args, **kwargs)
+        os.close(fd)
+        return open("/dev/full", "wb")
+
+    monkeypatch.setattr(ckpt.os, "fdopen", fdopen)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_inside_torch_save_is_found_in_the_exception_chain(tmp_path, monkeypatch):
+    # torch's zip writer turns the OSError (ENOSPC) into "RuntimeError: [enforce fail at inline_container.cc ...]"
+    from pointcoc.engine.errors import DiskFullError
+
+    with pytest.raises(RuntimeError) as raised:
+        torch.save({"w": torch.zeros(10000)}, open("/dev/full", "wb"))
+    assert not isinstance(raised.value, OSError) and raised.value.__context__.errno == 28
+    _checkpoints_to_dev_full(monkeypatch, from_call=2)
+    train, test = datasets()
+    with pytest.raises(DiskFullError, match=r"the disk is full: could not write .*last.pt \(No space left on device\); "
+                                            r"the previous last.pt is intact"):
+        fit(TinyPointNet(), train, test, config(epochs=3), tmp_path, NAMES)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,16 +1,12 @@
 """scripts/gpu_check.py in its dry mode (CPU, tiny sizes): both files written, every section run, numbers consistent."""
 import json
-import runpy
 
 import pytest
 import torch
 
 from pointcoc.bench import gpu_check
+from pointcoc.commands.gpu_check import main as MAIN  # scripts/gpu_check.py wraps it
 from pointcoc.ops import available_backends
-
-from script_checks import ROOT
-
-MAIN = runpy.run_path(str(ROOT / "scripts" / "gpu_check.py"))["main"]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +96,23 @@ def test_a_failing_section_is_recorded_and_the_others_run(tmp_path, monkeypatch)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             gpu_check.run_gpu_check(tmp_path, device="cuda")
+
+
+@pytest.mark.parametrize("target, budget, message", [
+    ("{file}", "300", r"--out .*/file is a file, not a folder"),
+    ("{file}/sub", "300", r"--out .*/file/sub lies below .*/file, which is a file, not a folder"),
+    ("{dir}", "nan", r"--budget-s must be finite and > 0; got nan"),
+    ("{dir}", "inf", r"--budget-s must be finite and > 0; got inf"),
+])
+def test_bad_out_folders_and_budgets_exit_2_with_a_message(tmp_path, capsys, target, budget, message):
+    import re
+
+    (tmp_path / "file").write_text("a file")
+    out = target.format(file=tmp_path / "file", dir=tmp_path / "out")
+    with pytest.raises(SystemExit) as exited:
+        MAIN(["--out", out, "--device", "cpu", "--sizes", "tiny", "--budget-s", budget])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="--budget-s must be finite and > 0"):
+        gpu_check.run_gpu_check(tmp_path / "out2", device="cpu", sizes="tiny", budget_s=float("nan"))

@@ -265,7 +265,10 @@ def test_existing_runs_and_contradicting_resumes_are_refused(trained, h5_root, t
     from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
 
     out = trained[0]
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    def files():  # the lock file holds the pid of the last process that checked the folder
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".pointcoc.lock"}
+
+    before = files()
     argv = ["--data-root", h5_root, "--epochs", "2", "--seed", "1", *FAST]
     assert run_cli(train_main, build_train_parser(), [str(a) for a in [*argv, "--output", out]]) == 2
     assert f"--output {out} already holds a run" in capsys.readouterr().err
@@ -273,7 +276,7 @@ def test_existing_runs_and_contradicting_resumes_are_refused(trained, h5_root, t
     code = run_cli(train_main, build_train_parser(),
                    [str(a) for a in [*argv, "--output", tmp_path, "--resume", out / "last.pt"]])
     assert code == 2 and "lr: checkpoint 0.05, now 0.5" in capsys.readouterr().err
-    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+    assert before == files()
 
 
 def test_a_damaged_compressed_chunk_exits_2_naming_the_file(tmp_path, capsys):
@@ -329,3 +332,48 @@ def test_torchrun_run_repeats_itself_and_resumes_exactly(h5_root, tmp_path):
     assert strip(lines(tmp_path / "a" / "metrics.jsonl")) == strip(lines(tmp_path / "b" / "metrics.jsonl"))
     wa, wb = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_the_script_gives_the_same_run_with_and_without_workers(h5_root, tmp_path):
+    # issue 20, item 1: --workers 0 and --workers 2 used to end with different weights
+    weights = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        args = list(FAST)
+        args[args.index("--workers") + 1] = workers
+        proc = run([TRAIN, "--data-root", h5_root, "--epochs", "1", "--output", out, "--threads", "1", *args])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[workers] = load_checkpoint(out / "last.pt")["model"]
+    for k, v in weights["0"].items():
+        assert torch.equal(weights["2"][k], v), k
+
+
+# Runs SCRIPT ARGS... with the N-th and later checkpoint writes going to /dev/full: the real torch.save meets ENOSPC.
+_FULL_DISK_FROM_SAVE = """
+import os, runpy, sys
+n, calls, real_fdopen = int(sys.argv[1]), [], os.fdopen
+def fdopen(fd, *args, **kwargs):
+    calls.append(1)
+    if len(calls) < n:
+        return real_fdopen(fd, *args, **kwargs)
+    os.close(fd)
+    return open("/dev/full", "wb")
+import pointcoc.engine.checkpoint
+pointcoc.engine.checkpoint.os.fdopen = fdopen
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_inside_torch_save_exits_2_with_one_line(h5_root, tmp_path):
+    # issue 20, item 4: torch's zip writer raised "RuntimeError: [enforce fail at inline_container.cc ...]"
+    proc = run(["-c", _FULL_DISK_FROM_SAVE, 2, TRAIN, "--data-root", h5_root, "--epochs", "3", "--output", tmp_path,
+                *FAST])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc.stderr) == (f"error: the disk is full: could not write {tmp_path / 'last.pt'} (No space left "
+                                      "on device); the previous last.pt is intact. Free some space and resume")
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and not list(tmp_path.glob(".*.tmp"))

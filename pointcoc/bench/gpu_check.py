@@ -357,7 +357,16 @@ def run_gpu_check(out_dir, device: Optional[str] = None, sizes: Optional[str] = 
 
     Returns:
         The JSON document as a dict.
+
+    Raises:
+        ValueError: ``budget_s`` not finite and > 0, ``out_dir`` a file, below a file or not writable, an
+            unknown device, sizes or section.
     """
+    from ..engine.rundir import create_output_dir
+
+    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or not math.isfinite(budget_s) \
+            or budget_s <= 0:
+        raise ValueError(f"--budget-s must be finite and > 0; got {budget_s!r}")
     start = time.monotonic()
     budget = _Budget(budget_s)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -370,8 +379,7 @@ def run_gpu_check(out_dir, device: Optional[str] = None, sizes: Optional[str] = 
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise ValueError(f"only must name sections from {list(SECTIONS)}; got {unknown}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = create_output_dir(out_dir, "--out")  # the training scripts' rules: a file, below a file, not writable
     doc = {"format": FORMAT, "mode": "cuda" if dev.type == "cuda" else "cpu dry run", "device": str(dev),
            "sizes": asdict(SIZES[chosen]), "budget_s": budget_s, "command": command,
            "threads": SIZES[chosen].threads or torch.get_num_threads(),

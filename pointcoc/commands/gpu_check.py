@@ -24,8 +24,8 @@ def main(argv=None, prog=None) -> int:
                              "running may overrun it by a minute (default: %(default)s)")
     parser.add_argument("--only", help=f"comma-separated sections from {list(gpu_check.SECTIONS)}")
     args = parser.parse_args(argv)
-    if args.budget_s <= 0:
-        parser.error(f"--budget-s must be > 0; got {args.budget_s}")
+    if not args.budget_s > 0 or args.budget_s == float("inf"):  # nan and inf too
+        parser.error(f"--budget-s must be finite and > 0; got {args.budget_s}")
     command = "pointcoc gpu-check " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         doc = gpu_check.run_gpu_check(args.out, device=args.device, sizes=args.sizes, budget_s=args.budget_s,

@@ -2,7 +2,8 @@
 
 Every function takes one point cloud ``points`` as a tensor of shape (N, D) and an
 optional ``torch.Generator``; without a generator torch's global RNG is used, which
-DataLoader workers seed per worker from the loader's generator (reproducible runs).
+:func:`pointcoc.engine.fit` seeds from (seed, epoch, index) for each training sample it loads
+(reproducible runs, the same for any number of DataLoader workers).
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..ops.validation import coordinate_bound
 from .locations import download_candidates, shipped_set_dir
 
 __all__ = [
@@ -109,6 +110,10 @@ def read_h5_split(path, num_classes: int, min_points: int = 1) -> Tuple[np.ndarr
             raise DataFormatError(f"{path} must hold datasets 'data' (n, P, 3) and 'label' (n,); "
                              f"missing {missing}, found {sorted(f.keys())}")
         data, label = f["data"], f["label"]
+        groups = [k for k, v in (("data", data), ("label", label)) if not isinstance(v, h5py.Dataset)]
+        if groups:
+            raise DataFormatError(f"{path}: {' and '.join(repr(k) for k in groups)} must be HDF5 datasets (arrays); "
+                                  f"got a {type(f[groups[0]]).__name__} (a group holds named members, not data)")
         if data.ndim != 3 or data.shape[2] != 3:
             raise DataFormatError(f"{path}: dataset 'data' must have shape (n, P, 3); got {data.shape}")
         if label.ndim == 2 and label.shape[1] == 1:
@@ -139,6 +144,11 @@ def read_h5_split(path, num_classes: int, min_points: int = 1) -> Tuple[np.ndarr
         raise DataFormatError(f"{path}: labels must lie in 0..{num_classes - 1}; found {np.unique(labels[bad]).tolist()}")
     if not np.isfinite(points).all():
         raise DataFormatError(f"{path}: dataset 'data' contains NaN or inf")
+    biggest = float(np.abs(points).max())
+    limit = coordinate_bound(torch.float32, points.shape[2]) / 2  # room for the training scale (up to 1.5)
+    if biggest > limit:
+        raise DataFormatError(f"{path}: dataset 'data' holds coordinates up to {biggest:.3g} in magnitude; float32 "
+                              f"squared distances overflow above about {2 * limit:.3g}: rescale the clouds")
     return points, labels
 
 

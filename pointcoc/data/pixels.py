@@ -301,8 +301,8 @@ class PixelSetDataset(Dataset):
             same in every epoch, in every DataLoader worker and after resume (masks are NOT re-drawn per
             epoch; use another seed for another draw).
         redraw: instead draw a new mask at every access from torch's global generator (training-time
-            augmentation). :func:`pointcoc.engine.fit` re-seeds that generator (and each DataLoader
-            worker's) from (seed, epoch) at every epoch, so runs stay reproducible and resumable.
+            augmentation). :func:`pointcoc.engine.fit` seeds that generator from (seed, epoch, index) for
+            every training item it loads, in whichever process, so runs stay reproducible and resumable.
         depth: float (n, H, W); required by ``rgbd`` (ignored by the other formats).
         class_names: optional, one name per class.
 

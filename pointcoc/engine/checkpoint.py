@@ -1,7 +1,6 @@
 """Checkpoints written atomically (temp file in the same folder + ``os.replace``) and loaded with checks."""
 from __future__ import annotations
 
-import errno
 import os
 import random
 import uuid
@@ -11,7 +10,7 @@ from typing import Any, BinaryIO, Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .errors import DiskFullError
+from .errors import DiskFullError, disk_full_cause
 
 __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "capture_rng_state",
            "restore_rng_state", "CHECKPOINT_FORMAT"]
@@ -44,9 +43,10 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     except BaseException as err:
         if tmp.exists():
             tmp.unlink()
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = disk_full_cause(err)  # torch.save raises a RuntimeError with the OSError as its context
+        if full is not None:
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-            raise DiskFullError(f"the disk is full: could not write {path} ({err.strerror}); {kept}. "
+            raise DiskFullError(f"the disk is full: could not write {path} ({full.strerror}); {kept}. "
                                 "Free some space and resume") from None
         raise
     return path
@@ -63,6 +63,9 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     Raises FileNotFoundError for a missing file, CheckpointError for anything else that is wrong.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; give a file such as "
+                              f"{path / 'last.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

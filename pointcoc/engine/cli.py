@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import RunStopped
+from .errors import RunStopped, disk_full_cause
 from .recipes import parse_with_recipe
 from .rundir import writable_folder
 
@@ -70,16 +70,18 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
     Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130.
     """
     command = getattr(parser, "recipe_command", None)
-    args = parse_with_recipe(parser, argv, command) if command else parser.parse_args(argv)
     try:
+        args = parse_with_recipe(parser, argv, command) if command else parser.parse_args(argv)
         return main(args)
     except USAGE_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not getattr(err, "quiet", False):  # quiet: another torchrun rank printed the message
+            print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as err:
-        if err.errno not in DISK_FULL:
+    except Exception as err:  # noqa: BLE001 - a full disk anywhere in the chain is one line; the rest re-raised
+        full = disk_full_cause(err)
+        if full is None:
             raise
-        print(f"error: the disk is full ({err})", file=sys.stderr)
+        print(f"error: the disk is full ({full})", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as err:
         print(str(err) or "interrupted", file=sys.stderr)

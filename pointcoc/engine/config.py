@@ -69,6 +69,7 @@ class TrainConfig:
     limit_val_batches: Optional[int] = None
     select_on_test: bool = False
     val_fraction: float = 0.0
+    dist_timeout_s: float = 600.0
     recipe: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -86,16 +87,23 @@ class TrainConfig:
         for name in ("eval_batch_size", "limit_train_batches", "limit_val_batches"):
             if getattr(self, name) is not None:
                 positive(name)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed (--seed / --seeds) must be an int in [0, 2**63 - 1]; got {self.seed!r}")
+        if self.val_fraction > 0 and self.select_on_test:
+            raise ValueError("--val-fraction and --select-on-test exclude each other: a validation split selects "
+                             "best.pt by validation OA, --select-on-test by test OA (the paper protocol); give one")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers must be an int >= 0; got {self.workers!r}")
         for name, ok, text in (("lr", lambda v: v > 0, "> 0"), ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
                                ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
                                ("weight_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
                                ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-                               ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)")):
+                               ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("dist_timeout_s", lambda v: v > 0, "> 0")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be finite and {text}; got {v!r}")
+                flag = "--dist-timeout" if name == "dist_timeout_s" else f"--{name.replace('_', '-')}"
+                raise ValueError(f"{name} ({flag}) must be finite and {text}; got {v!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,6 +192,16 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                         "best.pt; 0 = no validation, the final epoch is the result (default: %(default)s)")
     g.add_argument("--select-on-test", action="store_true",
                    help="PAPER PROTOCOL (optimistic): pick best.pt by test accuracy; results are labelled as such")
+    d_ = parser.add_argument_group("several processes (torchrun)")
+    d_.add_argument("--dist-timeout", dest="dist_timeout_s", type=float, default=d.dist_timeout_s, metavar="SECONDS",
+                    help="how long a process waits for the others to join the group (init_process_group) and in "
+                         "any collective before it stops with an error; a process whose torchrun died stops at "
+                         "once (default: %(default)s; raise it when one rank may lag far behind, e.g. --compile "
+                         "on a slow CPU)")
+    d_.add_argument("--allow-world-size-change", action="store_true",
+                    help="with --resume: accept a checkpoint written by another number of processes (the data "
+                         "order, per-process batch and BatchNorm statistics then change, so the resumed run is "
+                         "not the run the checkpoint started); refused with exit 2 without this flag")
     add_progress_arg(g)
     return parser
 

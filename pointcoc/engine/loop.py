@@ -4,13 +4,18 @@ A model is called as ``model(xyz, features, lengths) -> logits (B, num_classes)`
 ``{"xyz": (B, N, D), "label": (B,), optional "features": (B, N, C), "lengths": (B,)}``.
 
 Reproducibility: at the start of every epoch the global RNGs (torch, numpy, python) and the training
-DataLoader's generator are re-seeded from ``(seed, epoch, rank)``, so the data order and the augmentation
-of an epoch depend only on the seed and the epoch number -- with any number of DataLoader workers
-(each worker is seeded from the loader's generator) -- and a resumed run repeats an uninterrupted one
-exactly. The RNG states are also stored in every checkpoint.
+DataLoader's generator are re-seeded from ``(seed, epoch, rank)``; the loader's generator draws the data
+order. Each training sample is loaded with the global RNGs seeded from ``(seed, epoch, index)`` alone
+(:func:`item_seed`) and restored afterwards, so its augmentation is the same whichever process loads it:
+the main process or any of ``workers`` DataLoader workers. The data order and the augmentation of an epoch
+therefore depend only on the seed and the epoch number, the same seed gives the same run for any
+``workers``, and a resumed run repeats an uninterrupted one exactly. The RNG states are also stored in every
+checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import random
@@ -29,14 +34,15 @@ from ..viz.curves import plot_curves, read_metrics
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, decide_on_rank0, init_distributed
 from .errors import TrainingDiverged, TrainingInterrupted
 from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
 from .progress import format_epoch, progress_bar, resolve_progress
-from .rundir import check_resume_config, prepare_output_dir, rewind_metrics
+from .rundir import RunFolderLock, check_resume_config, create_output_dir, prepare_output_dir, rewind_metrics
 
 __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
-           "seed_everything", "stratified_split", "build_model_from_checkpoint", "random_scale_votes"]
+           "seed_everything", "stratified_split", "build_model_from_checkpoint", "random_scale_votes", "item_seed",
+           "SeededItems"]
 
 
 def seed_everything(seed: int) -> None:
@@ -48,6 +54,50 @@ def seed_everything(seed: int) -> None:
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 9_973 + rank * 101) % 2**63
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed (in [0, 2**63)) of training sample ``index`` in ``epoch`` (0-based) of a run with ``seed``.
+
+    A hash of the three numbers: the same for every process that loads the sample.
+    """
+    digest = hashlib.blake2b(f"pointcoc-item {seed} {epoch} {index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@contextlib.contextmanager
+def _seeded_global_rngs(seed: int):
+    """Seed torch's CPU, numpy's and python's global RNGs from ``seed`` inside the block; restore them after."""
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF])
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+
+
+class SeededItems(Dataset):
+    """A map-style ``dataset`` whose item ``i`` is loaded with the global RNGs seeded from
+    ``item_seed(seed, epoch, i)`` (torch CPU, numpy, python; restored afterwards).
+
+    Random augmentation drawn from the global RNGs (:class:`pointcoc.data.PointCloudAugment`, pixel masks
+    drawn with ``redraw``) then depends on (seed, epoch, index) only: not on which process or DataLoader
+    worker loads the item, nor on what the main process drew before. Set ``epoch`` before each epoch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        with _seeded_global_rngs(item_seed(self.seed, self.epoch, int(index))):
+            return self.dataset[index]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -230,6 +280,28 @@ def _per_process_batch(batch_size: int, world_size: int) -> int:
     return per_proc
 
 
+def _check_world_size(state: Dict, world_size: int, per_proc_batch: int, allow: bool) -> None:
+    """Refuse (CheckpointError) to resume a checkpoint of ``state["world_size"]`` processes in ``world_size``
+    unless ``allow``; then warn. Checkpoints written before they recorded it (no key) are not checked."""
+    old = state.get("world_size")
+    if old is None or int(old) == world_size:
+        return
+
+    def procs(n):
+        return f"{n} process{'es' if n > 1 else ''}"
+
+    old_batch = state.get("per_process_batch", "?")
+    what = (f"the checkpoint was written by {procs(int(old))} ({old_batch} samples each per step); this run has "
+            f"{procs(world_size)} ({per_proc_batch} samples each). Continuing with another number of processes "
+            "changes which samples form each step (the DistributedSampler's shards), the per-process batch that "
+            "BatchNorm normalises (unless --sync-bn) and the random streams of each rank, so the resumed run is "
+            "not the run the checkpoint started")
+    if not allow:
+        raise CheckpointError(f"--resume: {what}. Resume with {procs(int(old))} (torchrun --nproc_per_node "
+                              f"{old}), or pass --allow-world-size-change to accept the change")
+    warnings.warn(f"--allow-world-size-change: {what}", stacklevel=3)
+
+
 class _Run:
     """Bookkeeping of one ``fit`` call (files, where training is: ``epoch`` and ``step``, both 1-based)."""
 
@@ -241,6 +313,7 @@ class _Run:
         self.step = 0
         self.checkpoint: Optional[Path] = None  # the newest complete checkpoint of the run (last.pt once saved)
         self.saved_epoch: Optional[int] = None  # its epoch
+        self.lock: Optional[RunFolderLock] = None  # the output folder's lock (rank 0), released when fit returns
 
     def saved(self, epoch: int) -> None:
         self.checkpoint, self.saved_epoch = self.dir / "last.pt", epoch
@@ -285,7 +358,7 @@ def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, s
 def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config: TrainConfig, output_dir,
         class_names: Sequence[str], collate_fn: Optional[Callable] = None, val_dataset: Optional[Dataset] = None,
         resume: Union[None, str, Path, Dict] = None, stop_after_epoch: Optional[int] = None,
-        overwrite: bool = False, progress: str = "auto") -> Dict:
+        overwrite: bool = False, progress: str = "auto", allow_world_size_change: bool = False) -> Dict:
     """Train ``model`` with SGD + cosine schedule + smoothed cross-entropy; evaluate, checkpoint, log.
 
     Args:
@@ -299,13 +372,20 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         collate_fn: batches samples into dicts; default ``collate_point_dicts``.
         resume: a checkpoint path (or loaded dict) to continue from; ``config.epochs`` is the total. Its
             config must equal ``config`` except for ``rundir.RESUMABLE_CHANGES`` (CheckpointError otherwise);
-            ``output_dir/metrics.jsonl`` is brought back to the checkpoint's epoch.
+            ``output_dir/metrics.jsonl`` is brought back to the checkpoint's epoch. A path must lie in
+            ``output_dir`` unless ``output_dir`` holds no run (ValueError: that would mix two runs); a loaded
+            dict is taken to be of ``output_dir``'s run.
         stop_after_epoch: stop once this epoch is done, as if interrupted (time-boxed jobs, tests);
             results are then those of the last epoch trained.
         overwrite: replace the run in ``output_dir``; without it (and without ``resume``) a folder that
-            holds a run is refused with a ValueError.
+            holds a run is refused with a ValueError. While ``fit`` runs it holds an exclusive lock on
+            ``output_dir`` (:class:`~pointcoc.engine.rundir.RunFolderLock`): a second ``fit`` into the same
+            folder, in any process, is refused (RunFolderBusy) instead of mixing the two runs.
         progress: ``auto``, ``bar``, ``line`` or ``none`` (:mod:`pointcoc.engine.progress`): bars during an
             epoch and/or one line per epoch on stdout.
+        allow_world_size_change: resume a checkpoint written by another number of processes (checkpoints
+            record ``world_size`` and ``per_process_batch``); without it such a resume raises CheckpointError
+            saying what would change.
 
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, training uses a
     DistributedSampler (``config.batch_size`` is global), evaluation metrics are reduced over processes
@@ -323,19 +403,22 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
     run = _Run(Path(output_dir), progress=resolve_progress(progress))
     try:
         return _fit(run, model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
-                    stop_after_epoch, overwrite)
+                    stop_after_epoch, overwrite, allow_world_size_change)
     except KeyboardInterrupt:
         raise run.interrupted() from None
+    finally:
+        if run.lock is not None:
+            run.lock.release()
 
 
 def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
-         stop_after_epoch, overwrite) -> Dict:
+         stop_after_epoch, overwrite, allow_world_size_change=False) -> Dict:
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"class_names must name at least 2 classes; got {list(class_names)}")
     collate_fn = collate_fn or collate_point_dicts
     device = resolve_device(config.device)
-    info = init_distributed(device)
+    info = init_distributed(device, config.dist_timeout_s)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
@@ -355,14 +438,21 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     if resume is not None:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
         check_resume_config(state["config"], config.to_dict())
+        _check_world_size(state, info.world_size, per_proc_batch, allow_world_size_change)
         if not isinstance(resume, dict):
             run.checkpoint, run.saved_epoch = Path(resume), int(state["epoch"])
     output_dir = run.dir
-    if info.is_main:
-        prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite)
+    resume_from = None if resume is None or isinstance(resume, dict) else Path(resume)
+
+    def take_output_dir():  # rank 0 (the only rank that writes files); every rank learns its verdict
+        create_output_dir(output_dir)
+        run.lock = RunFolderLock(output_dir)  # held until fit returns: a second run into the folder is refused
+        prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite, resume_from=resume_from)
         config.save_json(output_dir / "config.json")
         if state is not None:
             rewind_metrics(output_dir / "metrics.jsonl", int(state["epoch"]), state["metrics"]["record"])
+
+    decide_on_rank0(info, take_output_dir)
     run.info = info
 
     model = model.to(device)
@@ -407,11 +497,12 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         net = torch.compile(net)
         eval_net = torch.compile(model) if info.enabled else net
 
+    train_items = SeededItems(train_dataset, config.seed)  # augmentation from (seed, epoch, index) only
     sampler = None
     if info.enabled:
-        sampler = DistributedSampler(train_dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+        sampler = DistributedSampler(train_items, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                      seed=config.seed, drop_last=True)
-    train_loader = _make_loader(train_dataset, per_proc_batch, True, config.workers, collate_fn, loader_gen,
+    train_loader = _make_loader(train_items, per_proc_batch, True, config.workers, collate_fn, loader_gen,
                                 sampler=sampler, drop_last=True)
 
     def eval_loader(ds):
@@ -433,6 +524,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         seed = _epoch_seed(config.seed, epoch, info.rank)
         seed_everything(seed)
         loader_gen.manual_seed(seed ^ 0x5EED)  # data order and worker seeds: a stream apart from the globals
+        train_items.epoch = epoch  # read by the workers the loader starts for this epoch (not persistent)
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0 = time.perf_counter()
@@ -466,6 +558,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
             "epoch": epoch + 1, "rng": capture_rng_state(loader_gen), "config": config.to_dict(),
             "metrics": {"record": record, "test": _compact(test), "val": _compact(val)},
             "selection": selection, "class_names": list(class_names),
+            "world_size": info.world_size, "per_process_batch": per_proc_batch,
         }
         if info.is_main:
             save_checkpoint(state, output_dir / "last.pt")

@@ -163,7 +163,8 @@ def _train(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # an unavailable device stops the run before the data is read
     keep = _resolve_keep(args.fmt, args.keep)
     model_name = default_model(args.dataset) if args.model == "auto" else args.model
-    resume = load_checkpoint(args.resume) if args.resume else None
+    if args.resume:
+        load_checkpoint(args.resume)  # a missing or foreign checkpoint stops the run before the data is read
     train_ds, test_ds, names = pixel_datasets(args.dataset, args.fmt, keep, args.mask_seed, args.data_root,
                                               redraw=args.redraw_masks)
     model_kwargs = {"num_classes": len(names), "in_channels": train_ds.feature_dim,
@@ -180,6 +181,7 @@ def _train(args: argparse.Namespace) -> int:
     if config.val_fraction > 0:
         train_ds, val_ds = split_validation(train_ds, config.val_fraction, config.seed)
     fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_pixel_sets, val_dataset=val_ds,
-        resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
-        progress=args.progress)
+        resume=args.resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
+        progress=args.progress,
+        allow_world_size_change=getattr(args, "allow_world_size_change", False))
     return 0

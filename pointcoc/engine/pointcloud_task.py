@@ -93,6 +93,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume or args.stop_after_epoch:
         raise ValueError("--seeds cannot be combined with --resume or --stop-after-epoch; resume one run "
                          "(OUTPUT/seed<s>) with --seed s instead")
+    repeated = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"--seeds must name each seed once; {repeated} given more than once (a seed gives the same "
+                         "run every time)")
+    for seed in args.seeds:  # every seed checked before the first run trains
+        config_from_args(argparse.Namespace(**{**vars(args), "seed": seed}),
+                         model_kwargs={"num_classes": 2, **args.model_kwargs})
     runs = []
     for seed in args.seeds:
         out = str(Path(args.output) / f"seed{seed}")
@@ -113,7 +120,8 @@ def _train_run(args: argparse.Namespace) -> dict:
     from pointcoc.models import create_model
 
     resolve_device(args.device)  # an unavailable device stops the run before the data is read
-    resume = load_checkpoint(args.resume) if args.resume else None
+    if args.resume:
+        load_checkpoint(args.resume)  # a missing or foreign checkpoint stops the run before the data is read
     train_ds, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points,
                                                     augment=PointCloudAugment())
     model_kwargs = {"num_classes": len(names), "in_channels": 0, "coord_dim": 3, **args.model_kwargs}
@@ -128,8 +136,9 @@ def _train_run(args: argparse.Namespace) -> dict:
     seed_everything(config.seed)
     model = create_model(config.model, **model_kwargs)
     return fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts,
-               val_dataset=val_ds, resume=resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
-               progress=args.progress)
+               val_dataset=val_ds, resume=args.resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
+               progress=args.progress,
+               allow_world_size_change=getattr(args, "allow_world_size_change", False))
 
 
 def build_eval_parser() -> argparse.ArgumentParser:

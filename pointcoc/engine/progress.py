@@ -10,7 +10,10 @@ import argparse
 import sys
 from typing import Dict, Iterable, Optional, Union
 
-from tqdm.auto import tqdm
+# tqdm.std, not tqdm.auto: auto's (asyncio) tqdm calls iter() on the iterable when it is created, which for a
+# DataLoader is an extra iterator per epoch: it starts the workers once more for nothing and, with workers, draws
+# the data order from the loader's generator, so the order depended on the number of workers.
+from tqdm.std import tqdm
 
 __all__ = ["PROGRESS_MODES", "resolve_progress", "add_progress_arg", "progress_bar", "format_epoch"]
 

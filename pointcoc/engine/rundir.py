@@ -6,6 +6,8 @@
 * :func:`rewind_metrics` brings ``metrics.jsonl`` back to a checkpoint's epoch on resume, so the file always
   equals an uninterrupted run's (a crash between logging an epoch and saving its checkpoint repeats that epoch).
 * :func:`check_resume_config` refuses a resume whose settings contradict the checkpoint's.
+* :class:`RunFolderLock` holds an exclusive OS lock on the folder for a run's lifetime, so a second run into
+  the same folder is refused while the first lives (the lock dies with its process: no stale locks).
 """
 from __future__ import annotations
 
@@ -17,18 +19,29 @@ from pathlib import Path
 from typing import Dict, Iterable
 
 from .checkpoint import CheckpointError, atomic_write
-from .errors import DiskFullError
+from .errors import DiskFullError, RunFolderBusy
 
-__all__ = ["RUN_MARKERS", "RUN_OUTPUTS", "RESUMABLE_CHANGES", "writable_folder", "prepare_output_dir",
-           "rewind_metrics", "check_resume_config"]
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): runs are not locked
+    fcntl = None
+
+__all__ = ["RUN_MARKERS", "RUN_OUTPUTS", "RESUMABLE_CHANGES", "LOCK_NAME", "writable_folder", "create_output_dir",
+           "prepare_output_dir", "rewind_metrics", "check_resume_config", "RunFolderLock"]
 
 # Files whose presence means the folder holds a run (config.json alone does not: nothing was trained yet).
 RUN_MARKERS = ("metrics.jsonl", "last.pt", "best.pt", "results.json")
+# Of those, the ones a run leaves once it has saved something to continue from (or finished). metrics.jsonl
+# without any of them holds epochs of a run stopped before its first checkpoint: nothing can resume it.
+SAVED_MARKERS = ("last.pt", "best.pt", "results.json")
+LOCK_NAME = ".pointcoc.lock"
 # What ``overwrite`` removes before a new run (the others are rewritten anyway).
 RUN_OUTPUTS = RUN_MARKERS
-# TrainConfig fields a resumed run may change: they do not change what is trained (compile: the same function, compiled).
-# recipe: only the name of the file the values came from; the values themselves are compared.
-RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size", "compile", "recipe")
+# TrainConfig fields a resumed run may change: they do not change what is trained (compile: the same function,
+# compiled; workers: augmentation is seeded per sample, see loop.SeededItems; recipe: only the name of the file
+# the values came from, the values themselves are compared).
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "data_root", "eval_batch_size", "compile", "dist_timeout_s",
+                     "recipe")
 
 
 def writable_folder(folder, flag: str = "--output") -> Path:
@@ -48,14 +61,10 @@ def writable_folder(folder, flag: str = "--output") -> Path:
     return folder
 
 
-def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag: str = "--output") -> Path:
-    """Create ``output_dir`` and make it ready for a run; returns it as a Path.
+def create_output_dir(output_dir, flag: str = "--output") -> Path:
+    """Create the folder ``output_dir`` (and its parents) and check that files can be written in it.
 
-    Removes ``.*.tmp`` files left by saves that were killed. A folder holding a run (any of RUN_MARKERS) is
-    refused unless ``resuming`` (its metrics are then rewound by :func:`rewind_metrics`) or ``overwrite``
-    (its RUN_OUTPUTS are deleted first).
-
-    Raises ValueError: ``output_dir`` is a file, lies below a file, is not writable, or holds a run.
+    Raises ValueError (naming ``flag``): it is a file, lies below a file, cannot be created or is not writable.
     """
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -69,10 +78,42 @@ def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"{flag} {out} cannot be created ({err.strerror})") from None
-    writable_folder(out, flag)
+    return writable_folder(out, flag)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag: str = "--output",
+                       resume_from=None) -> Path:
+    """Create ``output_dir`` and make it ready for a run; returns it as a Path.
+
+    Removes ``.*.tmp`` files left by saves that were killed (call it while holding the folder's
+    :class:`RunFolderLock`, or a live run's temp file may go). A folder holding a run (any of RUN_MARKERS) is
+    refused unless ``resuming`` (its metrics are then rewound by :func:`rewind_metrics`) or ``overwrite``
+    (its RUN_OUTPUTS are deleted first). ``resume_from``, the checkpoint a resumed run continues, must then lie
+    in ``output_dir`` unless ``output_dir`` holds no run: resuming A/last.pt into a folder B that holds
+    another run would mix the two runs. A ``metrics.jsonl`` without a checkpoint or results (a run stopped in
+    its first epoch, after logging it) is not a run to keep: it is removed and the folder reused.
+
+    Raises ValueError: ``output_dir`` is a file, lies below a file, is not writable, holds a run, or holds
+    another run than the one resumed.
+    """
+    out = create_output_dir(output_dir, flag)
     for tmp in out.glob(".*.pt.*.tmp"):
         tmp.unlink(missing_ok=True)
     found = [name for name in RUN_MARKERS if (out / name).exists()]
+    if found and not any(name in found for name in SAVED_MARKERS):
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # nothing to resume: the epochs are trained again
+        found = []
+    if found and resuming and resume_from is not None and not _same_folder(Path(resume_from).parent, out):
+        raise ValueError(f"--resume {resume_from} continues the run in {Path(resume_from).parent}, but {flag} {out} "
+                         f"holds another run ({', '.join(found)}); resuming there would mix the two runs. Resume "
+                         f"into the run's own folder ({flag} {Path(resume_from).parent}) or into an empty folder")
     if found and not resuming:
         if not overwrite:
             raise ValueError(f"{flag} {out} already holds a run ({', '.join(found)}); continue it with "
@@ -80,6 +121,49 @@ def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag
         for name in RUN_OUTPUTS:
             (out / name).unlink(missing_ok=True)
     return out
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder (``fcntl.flock`` on ``FOLDER/.pointcoc.lock``) while a run writes it.
+
+    The OS drops the lock when its process ends, however it ends (kill -9 included), so a lock is never left
+    stale; the file itself stays (it holds the pid of the last holder). Without fcntl (not POSIX) nothing is
+    locked. Use as a context manager or call :meth:`release`.
+
+    Raises RunFolderBusy (exit code 2 from the scripts) naming the holder's pid when another process holds it.
+    """
+
+    def __init__(self, folder, flag: str = "--output"):
+        self.path = Path(folder) / LOCK_NAME
+        self._fd = None
+        if fcntl is None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise RunFolderBusy(f"{flag} {Path(folder)} is in use by another run ({who}, which holds "
+                                f"{self.path}); wait for it to end, stop it, or choose another {flag}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunFolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def rewind_metrics(path, epoch: int, record: Dict) -> None:

@@ -40,18 +40,28 @@ def authors_state_dict(checkpoint) -> dict:
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         path = Path(checkpoint)
+        if path.is_dir():
+            raise ValueError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. best_checkpoint.pth)")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for foreign or damaged files
             raise ValueError(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from None
+    if isinstance(checkpoint, Mapping) and str(checkpoint.get("format", "")).startswith("pointcoc-checkpoint"):
+        raise ValueError("this is a pointcoc checkpoint (written by train_scanobjectnn.py / train_pixels.py), not one "
+                         "of the authors' scripts: evaluate it with `pointcoc evaluate PATH` (without "
+                         "--authors-checkpoint) or load it with pointcoc.engine.load_checkpoint")
     state = checkpoint.get("net") if isinstance(checkpoint, Mapping) and "net" in checkpoint else checkpoint
     if not isinstance(state, Mapping) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ValueError("checkpoint must be a path, the dict of the authors' save_model ({'net': state_dict, "
                          f"'epoch': ..., ...}}) or a state dict of tensors; got {type(checkpoint).__name__}"
                          + (f" with keys {list(checkpoint)[:5]}" if isinstance(checkpoint, Mapping) else ""))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"checkpoint holds NaN or inf values in {len(bad)} tensor(s), e.g. {bad[:3]}: the run that "
+                         "wrote it diverged or the file is damaged")
     if all(k.startswith(_PREFIX) for k in state):
         state = {k[len(_PREFIX):]: v for k, v in state.items()}
     return dict(state)

@@ -21,7 +21,7 @@ from ..layers import (ContextCluster, GroupIndex, GroupTransfer, LocalGrouper, P
                       get_activation, masked_max, recompute)
 from ..layers.mlp import none_if_all
 from ..ops import gather
-from ..ops.validation import check_lengths, check_points, check_positive_int
+from ..ops.validation import check_coordinates, check_lengths, check_points, check_positive_int
 from .classifier import PointSetClassifier
 
 __all__ = ["PointMLP", "PointMLPElite", "PointMLPCoC", "PointMLPStage"]
@@ -205,6 +205,10 @@ class PointMLP(PointSetClassifier):
                  cluster_k: int = 8, cluster_regions: int = 1, random_start: bool = False,
                  fps_skip_near_origin: bool = False, memory_efficient: bool = False):
         super().__init__()
+        for name, value in (("bias", bias), ("use_xyz", use_xyz), ("random_start", random_start),
+                            ("fps_skip_near_origin", fps_skip_near_origin), ("memory_efficient", memory_efficient)):
+            if not isinstance(value, bool):  # "no" or 0.0 would silently count as True / False
+                raise ValueError(f"{name} must be a bool (True or False); got {value!r}")
         if coord_dim not in (2, 3):
             raise ValueError(f"coord_dim must be 2 or 3; got {coord_dim!r}")
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 0:
@@ -247,12 +251,16 @@ class PointMLP(PointSetClassifier):
     @torch.compiler.disable  # it reads values (finite, lengths): under torch.compile it runs before the graph
     def _check(self, xyz, features, lengths):
         """Validate the inputs; returns (features or None, lengths or None when every set has N points)."""
-        check_points("xyz", xyz, dims=(self.coord_dim,))
+        check_points("xyz", xyz, dims=(self.coord_dim,), finite=False)
+        check_coordinates("xyz", xyz)  # finite, and small enough for float squared distances
         weight = self.embedding.linear.weight
         if xyz.dtype != weight.dtype or xyz.device != weight.device:
             raise ValueError(f"xyz must be {weight.dtype} on {weight.device} like the model's parameters; "
                              f"got {xyz.dtype} on {xyz.device}")
         batch, n, _ = xyz.shape
+        if self.training and batch == 1:
+            raise ValueError("a batch of 1 set cannot be trained: the classifier's BatchNorm needs at least 2 sets "
+                             "per batch in training mode; use a batch of >= 2, or model.eval() for inference")
         if self.in_channels == 0:
             if features is not None and features.shape[-1] != 0:
                 raise ValueError(f"features must be None for a model built with in_channels=0; "

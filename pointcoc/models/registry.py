@@ -53,6 +53,9 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"model {name!r} has no argument {', '.join(map(repr, unknown))}.{hint} "
                          f"Its arguments: {', '.join(known)}")
+    for key, value in overrides.items():  # a bool option given "no", 1 or 0.0 would count by its truth value
+        if key in _bool_arguments(name) and not isinstance(value, bool):
+            raise ValueError(f"model {name!r}: {key} must be a bool (true or false); got {value!r}")
     if pretrained is False or pretrained is None:
         return _MODELS[name](**overrides)
     from .pretrained import load_pretrained, resolve_pretrained
@@ -69,6 +72,27 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
     cfg.update(info)
     model.pretrained_cfg = cfg
     return model
+
+
+def _bool_arguments(name: str) -> set:
+    """Arguments of the registered model ``name`` whose default is a bool (so the value must be one)."""
+    for fn in (_MODELS[name], *_init_functions(name)):
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        found = {p.name for p in params if isinstance(p.default, bool)}
+        if found:
+            return found
+    return set()
+
+
+def _init_functions(name: str) -> list:
+    try:
+        cls = typing.get_type_hints(_MODELS[name]).get("return")
+    except (NameError, TypeError):
+        return []
+    return [klass.__init__ for klass in cls.__mro__ if "__init__" in vars(klass)] if inspect.isclass(cls) else []
 
 
 def model_arguments(name: str) -> Optional[List[str]]:

@@ -131,6 +131,11 @@ def _select(op: str, device: torch.device, backend: Optional[str]):
         chosen = table.get(wanted)
         if chosen is not None and device.type in chosen.devices + chosen.forced_devices:
             return chosen, wanted, []
+        if backend is not None and chosen is not None:  # asked for in this call: it must run, or say why not
+            hint = (" (Triton runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before triton is "
+                    "first imported)" if wanted == "triton" and device.type == "cpu" else "")
+            raise ValueError(f"backend {wanted!r} of {op} cannot run on {device.type} tensors{hint}; backends "
+                             f"there: {available_backends(op, device)}")
     candidates: List[Backend] = sorted(
         (b for b in table.values() if device.type in b.devices), key=lambda b: -b.priority
     )

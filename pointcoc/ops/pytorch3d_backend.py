@@ -52,10 +52,11 @@ def knn_pytorch3d(
     and re-sorted, and a query is accepted only when its k-th exact distance is
     at most pytorch3d's last distance shrunk by that error
     (:func:`pointcoc.ops.knn.exact_among_candidates`), otherwise the reference
-    answers it. float16 / bfloat16 go to the reference. dist2 is not differentiable
-    (:func:`pointcoc.ops.knn` recomputes it when autograd needs it).
+    answers it. float16 / bfloat16, and float64 on the CPU (pytorch3d's CPU kernel rejects it), go to the
+    reference. dist2 is not differentiable (:func:`pointcoc.ops.knn` recomputes it when autograd needs it).
     """
-    if query.dtype not in (torch.float32, torch.float64):
+    if query.dtype not in (torch.float32, torch.float64) or (query.dtype == torch.float64
+                                                             and query.device.type == "cpu"):
         return knn_torch(query, points, k, query_lengths, point_lengths)
     n = points.shape[1]
     kk = min(k, n)

@@ -122,11 +122,18 @@ def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
 def plot_runs(run_dirs: Sequence, path, labels: Optional[Sequence[str]] = None, title: str = "") -> Path:
     """Overlay the curves of several run folders (each with a metrics.jsonl) in one PNG; returns the path.
 
-    ``labels`` default to the folder paths as given. Raises ValueError when the number of labels differs.
+    ``labels`` default to the folder paths as given; ``.png`` is appended to a ``path`` without it (the
+    returned path is the file written). Raises ValueError when the number of labels differs or ``path`` is a
+    folder.
     """
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"labels must name each run: {len(run_dirs)} runs, {len(labels)} labels")
     names = [str(d) for d in run_dirs] if labels is None else list(labels)
     if len(set(names)) != len(names):
         raise ValueError(f"runs and labels must be distinct; got {names}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder; give a PNG file name, e.g. {path / 'runs.png'}")
+    if path.suffix.lower() != ".png":  # savefig would append .png to a name without it: say what is written
+        path = path.with_name(path.name + ".png")
     return plot_curves({n: read_metrics(d) for n, d in zip(names, run_dirs)}, path, title)
