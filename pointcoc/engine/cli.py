@@ -16,7 +16,8 @@ from .errors import RunStopped, disk_full_cause
 from .recipes import parse_with_recipe
 from .rundir import writable_folder
 
-__all__ = ["HelpFormatter", "USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "run_cli", "json_dict", "check_output_file"]
+__all__ = ["HelpFormatter", "USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "run_cli", "json_dict",
+           "check_output_file"]
 
 # Errors that mean "fix your input" or "the run stopped for a reason you can act on": exit code 2.
 USAGE_ERRORS = (FileNotFoundError, ValueError, RunStopped)

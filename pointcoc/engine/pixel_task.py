@@ -62,7 +62,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="digits (sklearn 8x8), mnist5k (28x28, shipped), lfw_faces (skimage 25x25, face vs "
                         "non-face), modelnet_depth (28x28 renderings of the shipped modelnet40_mini with depth) "
                         "(default: %(default)s)")
-    g.add_argument("--data-root", default=None, help="folder of the data set's files (default: the copy shipped in the package, or the one "
+    g.add_argument("--data-root", default=None,
+                   help="folder of the data set's files (default: the copy shipped in the package, or the one "
                         "scikit-learn / scikit-image bundle)")
     g.add_argument("--format", dest="fmt", choices=PIXEL_FORMATS, default="regular",
                    help="regular: every pixel; discrete: a random --keep fraction; masked: random blocks removed "

@@ -17,6 +17,7 @@ import platform
 import torch
 from torch.utils.data import DataLoader
 
+from .. import __version__ as pointcoc_version
 from ..models.pretrained import cache_dir, write_pretrained
 from .checkpoint import load_checkpoint
 from .cli import HelpFormatter, run_cli
@@ -91,7 +92,7 @@ def model_card(state: dict, metrics: dict, names, full_tag: str) -> dict:
         "metrics": {"oa": metrics["oa"], "macc": metrics["macc"], "loss": metrics["loss"]},
         "protocol": PROTOCOL,
         "evaluate_command": f"pointcoc evaluate --pretrained {full_tag}",
-        "measured_with": {"torch": torch.__version__, "python": platform.python_version(),
+        "measured_with": {"pointcoc": pointcoc_version, "torch": torch.__version__, "python": platform.python_version(),
                           "threads": torch.get_num_threads(),
                           "machine": platform.machine(),
                           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")},
