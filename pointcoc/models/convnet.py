@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..ops.validation import check_lengths, check_points, check_positive_int
-from .classifier import PointSetClassifier
+from .classifier import PointSetClassifier, StageFeatures
 from .registry import register_model
 
 __all__ = ["ConvNetPixels", "pixel_cells", "rasterize_pixel_sets", "convnet_pixels_small", "convnet_pixels"]
@@ -153,6 +153,11 @@ class ConvNetPixels(PointSetClassifier):
             cin = cout
         self.body = nn.Sequential(*layers)
         self.num_features = cin
+        # body[self._stage_ends[s]] is the last layer of stage s (before its pooling)
+        self._stage_ends = [i for i, layer in enumerate(layers)
+                            if i + 1 == len(layers) or isinstance(layers[i + 1], nn.MaxPool2d)]
+        self.feature_info = [dict(num_chs=c, reduction=2 ** s, module=f"body.{i}")
+                             for s, (c, i) in enumerate(zip(widths, self._stage_ends))]
         head = []
         for width in classifier_dims:
             head += [nn.Linear(cin, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
@@ -176,6 +181,40 @@ class ConvNetPixels(PointSetClassifier):
                          lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """xyz (B, N, D), features (B, N, C), lengths (B,) or None -> pooled embedding (B, num_features)."""
         return self.body(self.rasterize(xyz, features, lengths)).mean(dim=(2, 3))
+
+    def cell_positions(self, stage: int) -> torch.Tensor:
+        """(h_s * w_s, coord_dim) position of each cell of stage ``stage``'s grid, row-major: the mean of the
+        pixel coordinates ``(i / w - 0.5, j / h - 0.5)`` of the pixels it pools (2^s x 2^s, fewer at a ceil-mode
+        edge); a third coordinate is 0 (the ConvNet ignores depth)."""
+        h, w = self.image_size
+        r = 2 ** stage
+        weight = self.body[0][0].weight
+
+        def axis(size):
+            lo = torch.arange(0, size, r, dtype=torch.float64)
+            hi = torch.clamp(lo + r, max=size) - 1
+            return (lo + hi) / 2 / size - 0.5
+
+        rows, cols = axis(h), axis(w)
+        pos = torch.zeros(rows.numel(), cols.numel(), self.coord_dim, dtype=torch.float64)
+        pos[..., 0], pos[..., 1] = cols[None, :], rows[:, None]
+        return pos.reshape(-1, self.coord_dim).to(weight.device, weight.dtype)
+
+    def _intermediates(self, xyz, features, lengths, last):
+        """Intermediate s is the feature map of stage s (after its second conv, before pooling) as a set of
+        its h_s * w_s cells, row-major: xyz (B, h_s * w_s, D) from :meth:`cell_positions`, features
+        (B, h_s * w_s, widths[s]) (``features.transpose(1, 2).reshape(B, C, h_s, w_s)`` is the map), lengths
+        None (every cell is present; cells without pixels hold what the zeros of missing pixels give)."""
+        h = self.rasterize(xyz, features, lengths)
+        kept, start = [], 0
+        for s in range(last + 1):
+            end = self._stage_ends[s] + 1
+            for layer in self.body[start:end]:
+                h = layer(h)
+            start = end
+            cells = h.flatten(2).transpose(1, 2)
+            kept.append(StageFeatures(self.cell_positions(s).expand(h.shape[0], -1, -1), cells, None))
+        return kept, h.mean(dim=(2, 3))
 
 
 @register_model

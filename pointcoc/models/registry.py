@@ -9,6 +9,8 @@ from typing import Callable, Dict, List, Optional
 
 from torch import nn
 
+from .model_cfg import default_pretrained_cfg
+
 __all__ = ["register_model", "create_model", "list_models"]
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
@@ -27,7 +29,7 @@ def create_model(name: str, **overrides) -> nn.Module:
     """Build the registered model ``name``; keyword arguments override its configuration.
 
     Raises ValueError for an unknown name, listing close names, and for an argument the model does not take,
-    listing the ones it does.
+    listing the ones it does. The model gets ``model.pretrained_cfg`` (:mod:`pointcoc.models.model_cfg`).
     """
     if name not in _MODELS:
         close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
@@ -40,7 +42,9 @@ def create_model(name: str, **overrides) -> nn.Module:
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"model {name!r} has no argument {', '.join(map(repr, unknown))}.{hint} "
                          f"Its arguments: {', '.join(known)}")
-    return _MODELS[name](**overrides)
+    model = _MODELS[name](**overrides)
+    model.pretrained_cfg = default_pretrained_cfg(name, model)
+    return model
 
 
 def model_arguments(name: str) -> Optional[List[str]]:
