@@ -54,20 +54,38 @@ def pixel_cells(xyz: torch.Tensor, image_size: Tuple[int, int], lengths: Optiona
     off_grid = ((col - i).abs() > GRID_TOLERANCE) | ((row - j).abs() > GRID_TOLERANCE)
     outside = (i < 0) | (i >= w) | (j < 0) | (j >= h)
     bad = (off_grid | outside) & valid
+    cell = torch.where(valid, (j * w + i).long(), -1)  # padding: no cell
+    if torch.compiler.is_exporting():  # no value checks in the graph: the op pixel_grid_check_op runs them
+        return cell
     if bool(bad.any()):
         b, p = (int(t) for t in torch.nonzero(bad)[0])
         x, y = xyz[b, p, 0].item(), xyz[b, p, 1].item()
         raise ValueError(f"xyz must hold pixel coordinates (i / {w} - 0.5, j / {h} - 0.5) of a {h}x{w} image "
                          f"(image_size={tuple(image_size)}); point {p} of set {b} is at ({x:.6g}, {y:.6g}), "
                          f"i.e. column {col[b, p].item():.4g}, row {row[b, p].item():.4g}")
-    cell = (j * w + i).long()
-    cell = torch.where(valid, cell, -1)  # padding: no cell
     ordered, _ = cell.sort(dim=1)
     repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
     if bool(repeated.any()):
         b = int(torch.nonzero(repeated)[0, 0])
         raise ValueError(f"xyz must hold each pixel at most once per set; set {b} has two points on one pixel")
     return cell
+
+
+@torch.library.custom_op("pointcoc::check_pixel_grid", mutates_args=())
+def pixel_grid_check_op(xyz: torch.Tensor, features: torch.Tensor, lengths: Optional[torch.Tensor], height: int,
+                        width: int) -> torch.Tensor:
+    """The value checks of :class:`ConvNetPixels`'s input (finite values, lengths in range, every point on the
+    grid, no pixel twice) as one op of a ``torch.export`` program: xyz (B, N, D), features (B, N, C),
+    lengths (B,) or None -> a copy of xyz (used downstream, so never dropped); raises as eager mode."""
+    check_points("xyz", xyz, dims=(2, 3))
+    check_points("features", features, dims=None)
+    pixel_cells(xyz, (height, width), lengths)
+    return xyz.clone()
+
+
+@pixel_grid_check_op.register_fake
+def _pixel_grid_check_fake(xyz, features, lengths, height, width):
+    return torch.empty_like(xyz)
 
 
 def rasterize_pixel_sets(xyz: torch.Tensor, features: torch.Tensor, image_size: Tuple[int, int],
@@ -175,6 +193,8 @@ class ConvNetPixels(PointSetClassifier):
         weight = self.body[0][0].weight
         if features.device != weight.device:
             raise ValueError(f"features must be on {weight.device} like the model's parameters; got {features.device}")
+        if torch.compiler.is_exporting():
+            xyz = pixel_grid_check_op(xyz, features, lengths, *self.image_size)
         return rasterize_pixel_sets(xyz, features.to(weight.dtype), self.image_size, lengths)
 
     def forward_features(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
