@@ -31,7 +31,7 @@ __all__ = ["export_onnx", "onnx_translations"]
 
 def _ops():
     try:
-        from onnxscript import opset18
+        from onnxscript import opset18  # its dependencies include numpy
     except ImportError as err:  # optional dependency
         raise ImportError("ONNX export needs the packages onnx and onnxscript (pip install \"pointcoc[export]\")") \
             from err
@@ -66,6 +66,8 @@ def onnx_translations(coord_dim: int = 3) -> dict:
     traced with unknown shapes, and the distances are summed coordinate by coordinate).
     """
     op = _ops()
+    import numpy as np
+    import onnx_ir as ir
 
     def knn(query, points, k: int, query_lengths, point_lengths, backend: Optional[str] = None):
         d2 = _dist2(op, op.Unsqueeze(query, _ints(op, [2])), op.Unsqueeze(points, _ints(op, [1])), coord_dim)
@@ -89,7 +91,7 @@ def onnx_translations(coord_dim: int = 3) -> dict:
         zero = op.CastLike(op.Constant(value_float=0.0), xyz)
         if skip_near_origin:
             norm2 = op.Cast(_dist2(op, xyz, zero, coord_dim), to=11)  # compared in float64, as the torch backend
-            excluded = op.Or(excluded, op.LessOrEqual(norm2, op.Constant(value_double=1e-3)))
+            excluded = op.Or(excluded, op.LessOrEqual(norm2, op.Constant(value=ir.tensor(np.array(1e-3, dtype=np.float64)))))
         start = op.CastLike(op.Constant(value_float=1e10 if skip_near_origin else math.inf), xyz)
         min_d2 = op.Where(excluded, op.CastLike(op.Constant(value_float=-1.0), xyz),
                           op.Expand(start, op.Shape(excluded)))
