@@ -254,12 +254,10 @@ class PointMLP(PointSetClassifier):
     def _check(self, xyz, features, lengths):
         """Validate the inputs; returns (xyz, features or None, lengths or None when every set has N points).
 
-        Under ``torch.export`` the checks that read values run inside the exported program, in the custom op
-        ``pointcoc::check_point_inputs`` (same errors), and ``lengths``, when given, is kept even where every
-        set is full: the exported program cannot branch on values.
+        Under ``torch.export`` the checks that read values (skipped here while it traces) run inside the
+        exported program, in the custom op ``pointcoc::check_point_inputs`` (same errors), and ``lengths``,
+        when given, is kept even where every set is full: the exported program cannot branch on values.
         """
-        if torch.compiler.is_exporting():
-            return self._check_exporting(xyz, features, lengths)
         check_points("xyz", xyz, dims=(self.coord_dim,))
         weight = self.embedding.linear.weight
         if xyz.dtype != weight.dtype or xyz.device != weight.device:
@@ -279,35 +277,19 @@ class PointMLP(PointSetClassifier):
             if features.shape[:2] != xyz.shape[:2]:
                 raise ValueError(f"features must have shape (B, N, C) = ({batch}, {n}, {self.in_channels}) as xyz; "
                                  f"got {tuple(features.shape)}")
+        if torch.compiler.is_exporting():
+            if lengths is None and n < self.min_points:
+                raise ValueError(f"every set needs at least k_neighbors[0] = {self.min_points} points; "
+                                 f"got a set of {n}")
+            if lengths is not None:
+                lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device, values=False)
+            return check_point_inputs_op(xyz, features, lengths, self.min_points), features, lengths
         lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device)
         smallest = int(lengths.min())
         if smallest < self.min_points:
             raise ValueError(f"every set needs at least k_neighbors[0] = {self.min_points} points; "
                              f"got a set of {smallest}")
         return xyz, features, (None if smallest == n else lengths)
-
-    def _check_exporting(self, xyz, features, lengths):
-        """:meth:`_check` while torch.export traces: shapes here, values in the op at run time."""
-        check_points("xyz", xyz, dims=(self.coord_dim,), finite=False)
-        if self.in_channels == 0:
-            if features is not None and features.shape[-1] != 0:
-                raise ValueError(f"features must be None for a model built with in_channels=0; "
-                                 f"got shape {tuple(features.shape)}")
-            features = None
-        else:
-            if features is None:
-                raise ValueError(f"features (B, N, {self.in_channels}) are required (in_channels={self.in_channels}); "
-                                 "got None")
-            check_points("features", features, dims=(self.in_channels,), finite=False)
-            if features.shape[:2] != xyz.shape[:2]:
-                raise ValueError(f"features must have shape (B, N, C) = ({xyz.shape[0]}, {xyz.shape[1]}, "
-                                 f"{self.in_channels}) as xyz; got {tuple(features.shape)}")
-        batch, n, _ = xyz.shape
-        if lengths is None and n < self.min_points:
-            raise ValueError(f"every set needs at least k_neighbors[0] = {self.min_points} points; got a set of {n}")
-        if lengths is not None:
-            lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device, values=False)
-        return check_point_inputs_op(xyz, features, lengths, self.min_points), features, lengths
 
     def _run(self, xyz, features, lengths, last: int, keep: bool):
         """Embedding (intermediate 0), then stages 1..``last``: ([StageFeatures] if ``keep``, pooled (B, C))."""
@@ -333,9 +315,10 @@ class PointMLP(PointSetClassifier):
         return self._run(xyz, features, lengths, len(self.stages), keep=False)[1]
 
     def _intermediates(self, xyz, features, lengths, last):
-        """Intermediate 0 is the embedding (the N input points, embed_dim channels); intermediate i >= 1 is
-        stage i's anchors: S_i = max(lengths[b] // prod(reducers[:i]), 1) per set (by FPS), their positions and
-        features (``feature_info[i]["num_chs"]`` channels), anchor lengths (B,) or None."""
+        """Intermediate 0 is the embedding (the N input points, embed_dim channels, the input lengths);
+        intermediate i >= 1 is stage i's anchors (by FPS, ``max(S_{i-1} // reducers[i - 1], 1)`` per set):
+        positions, features after the pos-extraction blocks (``feature_info[i]["num_chs"]`` channels) and
+        anchor counts (B,), or None when every set is full."""
         return self._run(xyz, features, lengths, last, keep=True)
 
 
