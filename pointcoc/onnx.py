@@ -91,7 +91,8 @@ def onnx_translations(coord_dim: int = 3) -> dict:
         zero = op.CastLike(op.Constant(value_float=0.0), xyz)
         if skip_near_origin:
             norm2 = op.Cast(_dist2(op, xyz, zero, coord_dim), to=11)  # compared in float64, as the torch backend
-            excluded = op.Or(excluded, op.LessOrEqual(norm2, op.Constant(value=ir.tensor(np.array(1e-3, dtype=np.float64)))))
+            threshold = op.Constant(value=ir.tensor(np.array(1e-3, dtype=np.float64)))
+            excluded = op.Or(excluded, op.LessOrEqual(norm2, threshold))
         start = op.CastLike(op.Constant(value_float=1e10 if skip_near_origin else math.inf), xyz)
         min_d2 = op.Where(excluded, op.CastLike(op.Constant(value_float=-1.0), xyz),
                           op.Expand(start, op.Shape(excluded)))

@@ -45,7 +45,8 @@ def take_indices(count: int, indices: Union[int, Sequence[int], None]) -> List[i
     taken = []
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
-            raise ValueError(f"indices must be ints in [-{count}, {count - 1}] ({count} intermediates); got {indices!r}")
+            raise ValueError(f"indices must be ints in [-{count}, {count - 1}] ({count} intermediates); "
+                             f"got {indices!r}")
         taken.append(i % count)
     if not taken:
         raise ValueError("indices must name at least one intermediate; got []")
@@ -150,7 +151,8 @@ class PointSetClassifier(nn.Module):
         the point models, mean for the ConvNet), so anything but None raises a ValueError.
         """
         if global_pool is not None:
-            raise ValueError(f"global_pool cannot be changed (pointcoc models pool in a fixed way); got {global_pool!r}")
+            raise ValueError(f"global_pool cannot be changed (pointcoc models pool in a fixed way); "
+                             f"got {global_pool!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, pre-logits out); got {num_classes!r}")
         width = self.head_hidden_size
