@@ -10,9 +10,9 @@ What the program takes: the example's form (as many arguments, None where it has
 ``lengths`` (recommended; pass ``torch.full((B,), N)`` for full sets), it takes any batch of sets padded to
 the example's N points, each of ``lengths[b]`` points, and gives each set's logits as eager mode does;
 exported without, it takes full sets of N points only (``lengths`` must then be None). N is fixed at export
-(FPS, kNN and the context cluster size their outputs from it); pad to the largest set you need. The input checks that read values (finite
-coordinates, lengths in range, sets of at least ``min_points`` points, pixels on the grid) run inside the
-program and raise the ValueErrors of eager mode.
+(FPS, kNN and the context cluster size their outputs from it); pad to the largest set you need. The input
+checks that read values (finite coordinates, lengths in range, sets of at least ``min_points`` points, pixels
+on the grid) run inside the program and raise the ValueErrors of eager mode.
 """
 from __future__ import annotations
 
