@@ -3,6 +3,7 @@ __version__ = "0.2.0"
 
 from . import functional, layers, models, ops  # noqa: F401
 from .env import env_report
+from .export import export_model, load_exported
 from .models import (PointMLP, PointMLPCoC, PointMLPElite, create_model, list_models, load_authors_checkpoint,
                      register_model)
 
@@ -19,5 +20,7 @@ __all__ = [
     "register_model",
     "env_report",
     "load_authors_checkpoint",
+    "export_model",
+    "load_exported",
     "__version__",
 ]

@@ -90,7 +90,8 @@ def _cosine_best(point_sim, center_sim, center_valid):
     if m == 1 and center_valid is None:
         assign = torch.zeros((batch, n), dtype=torch.long, device=ps.device)
         return (ps * cs).sum(-1), assign
-    chunk = max(1, _SIM_CHUNK_ELEMENTS // max(1, batch * m))
+    # under torch.export the chunk must not depend on the batch size, which may be a dynamic dimension
+    chunk = max(1, _SIM_CHUNK_ELEMENTS // max(1, m if torch.compiler.is_exporting() else batch * m))
     parts = []
     with torch.no_grad():
         cs_t = cs.transpose(1, 2)

@@ -132,7 +132,9 @@ class LocalGrouper(nn.Module):
             n_anchors, s = None, max(n // self.reducer, 1)
         else:
             n_anchors = torch.clamp(lengths // self.reducer, min=1)
-            s = int(n_anchors.max())
+            # torch.export cannot size a tensor by a value: there every set gets N // reducer slots (the
+            # surplus masked), which changes no result of a real anchor
+            s = max(n // self.reducer, 1) if torch.compiler.is_exporting() else int(n_anchors.max())
         anchor_idx = farthest_point_sample(xyz.detach(), s, lengths, random_start=self.random_start and self.training,
                                            skip_near_origin=self.skip_near_origin)
         if n_anchors is not None:

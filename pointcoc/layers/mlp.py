@@ -17,8 +17,11 @@ __all__ = ["MaskedBatchNorm", "PointwiseLayer", "ResidualPointBlock", "get_activ
 
 
 def none_if_all(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """``mask``, or None when it is None or all True (the layers then skip the masked paths)."""
-    return None if mask is None or bool(mask.all()) else mask
+    """``mask``, or None when it is None or all True (the layers then skip the masked paths). Under torch.export,
+    which cannot branch on values, ``mask`` itself (the masked paths give the same results)."""
+    if mask is None or torch.compiler.is_exporting():
+        return mask
+    return None if bool(mask.all()) else mask
 
 
 def get_activation(name: str, inplace: bool = False) -> nn.Module:

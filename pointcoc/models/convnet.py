@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..ops.validation import check_lengths, check_points, check_positive_int
-from .classifier import PointSetClassifier
+from .classifier import PointSetClassifier, StageFeatures
 from .registry import register_model
 
 __all__ = ["ConvNetPixels", "pixel_cells", "rasterize_pixel_sets", "convnet_pixels_small", "convnet_pixels"]
@@ -54,20 +54,38 @@ def pixel_cells(xyz: torch.Tensor, image_size: Tuple[int, int], lengths: Optiona
     off_grid = ((col - i).abs() > GRID_TOLERANCE) | ((row - j).abs() > GRID_TOLERANCE)
     outside = (i < 0) | (i >= w) | (j < 0) | (j >= h)
     bad = (off_grid | outside) & valid
+    cell = torch.where(valid, (j * w + i).long(), -1)  # padding: no cell
+    if torch.compiler.is_exporting():  # no value checks in the graph: the op pixel_grid_check_op runs them
+        return cell
     if bool(bad.any()):
         b, p = (int(t) for t in torch.nonzero(bad)[0])
         x, y = xyz[b, p, 0].item(), xyz[b, p, 1].item()
         raise ValueError(f"xyz must hold pixel coordinates (i / {w} - 0.5, j / {h} - 0.5) of a {h}x{w} image "
                          f"(image_size={tuple(image_size)}); point {p} of set {b} is at ({x:.6g}, {y:.6g}), "
                          f"i.e. column {col[b, p].item():.4g}, row {row[b, p].item():.4g}")
-    cell = (j * w + i).long()
-    cell = torch.where(valid, cell, -1)  # padding: no cell
     ordered, _ = cell.sort(dim=1)
     repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
     if bool(repeated.any()):
         b = int(torch.nonzero(repeated)[0, 0])
         raise ValueError(f"xyz must hold each pixel at most once per set; set {b} has two points on one pixel")
     return cell
+
+
+@torch.library.custom_op("pointcoc::check_pixel_grid", mutates_args=())
+def pixel_grid_check_op(xyz: torch.Tensor, features: torch.Tensor, lengths: Optional[torch.Tensor], height: int,
+                        width: int) -> torch.Tensor:
+    """The value checks of :class:`ConvNetPixels`'s input (finite values, lengths in range, every point on the
+    grid, no pixel twice) as one op of a ``torch.export`` program: xyz (B, N, D), features (B, N, C),
+    lengths (B,) or None -> a copy of xyz (used downstream, so never dropped); raises as eager mode."""
+    check_points("xyz", xyz, dims=(2, 3))
+    check_points("features", features, dims=None)
+    pixel_cells(xyz, (height, width), lengths)
+    return xyz.clone()
+
+
+@pixel_grid_check_op.register_fake
+def _pixel_grid_check_fake(xyz, features, lengths, height, width):
+    return torch.empty_like(xyz)
 
 
 def rasterize_pixel_sets(xyz: torch.Tensor, features: torch.Tensor, image_size: Tuple[int, int],
@@ -153,6 +171,11 @@ class ConvNetPixels(PointSetClassifier):
             cin = cout
         self.body = nn.Sequential(*layers)
         self.num_features = cin
+        # body[self._stage_ends[s]] is the last layer of stage s (before its pooling)
+        self._stage_ends = [i for i, layer in enumerate(layers)
+                            if i + 1 == len(layers) or isinstance(layers[i + 1], nn.MaxPool2d)]
+        self.feature_info = [dict(num_chs=c, reduction=2 ** s, module=f"body.{i}")
+                             for s, (c, i) in enumerate(zip(widths, self._stage_ends))]
         head = []
         for width in classifier_dims:
             head += [nn.Linear(cin, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
@@ -170,12 +193,48 @@ class ConvNetPixels(PointSetClassifier):
         weight = self.body[0][0].weight
         if features.device != weight.device:
             raise ValueError(f"features must be on {weight.device} like the model's parameters; got {features.device}")
+        if torch.compiler.is_exporting():
+            xyz = pixel_grid_check_op(xyz, features, lengths, *self.image_size)
         return rasterize_pixel_sets(xyz, features.to(weight.dtype), self.image_size, lengths)
 
     def forward_features(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
                          lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """xyz (B, N, D), features (B, N, C), lengths (B,) or None -> pooled embedding (B, num_features)."""
         return self.body(self.rasterize(xyz, features, lengths)).mean(dim=(2, 3))
+
+    def cell_positions(self, stage: int) -> torch.Tensor:
+        """(h_s * w_s, coord_dim) position of each cell of stage ``stage``'s grid, row-major: the mean of the
+        pixel coordinates ``(i / w - 0.5, j / h - 0.5)`` of the pixels it pools (2^s x 2^s, fewer at a ceil-mode
+        edge); a third coordinate is 0 (the ConvNet ignores depth)."""
+        h, w = self.image_size
+        r = 2 ** stage
+        weight = self.body[0][0].weight
+
+        def axis(size):
+            lo = torch.arange(0, size, r, dtype=torch.float64)
+            hi = torch.clamp(lo + r, max=size) - 1
+            return (lo + hi) / 2 / size - 0.5
+
+        rows, cols = axis(h), axis(w)
+        pos = torch.zeros(rows.numel(), cols.numel(), self.coord_dim, dtype=torch.float64)
+        pos[..., 0], pos[..., 1] = cols[None, :], rows[:, None]
+        return pos.reshape(-1, self.coord_dim).to(weight.device, weight.dtype)
+
+    def _intermediates(self, xyz, features, lengths, last):
+        """Intermediate s is the feature map of stage s (after its second conv, before pooling) as a set of
+        its h_s * w_s cells, row-major: xyz (B, h_s * w_s, D) from :meth:`cell_positions`, features
+        (B, h_s * w_s, widths[s]) (``features.transpose(1, 2).reshape(B, C, h_s, w_s)`` is the map), lengths
+        None (every cell is present; cells without pixels hold what the zeros of missing pixels give)."""
+        h = self.rasterize(xyz, features, lengths)
+        kept, start = [], 0
+        for s in range(last + 1):
+            end = self._stage_ends[s] + 1
+            for layer in self.body[start:end]:
+                h = layer(h)
+            start = end
+            cells = h.flatten(2).transpose(1, 2)
+            kept.append(StageFeatures(self.cell_positions(s).expand(h.shape[0], -1, -1), cells, None))
+        return kept, h.mean(dim=(2, 3))
 
 
 @register_model

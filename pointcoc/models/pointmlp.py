@@ -21,8 +21,9 @@ from ..layers import (ContextCluster, GroupIndex, GroupTransfer, LocalGrouper, P
                       get_activation, masked_max, recompute)
 from ..layers.mlp import none_if_all
 from ..ops import gather
+from ..ops.library import check_point_inputs_op
 from ..ops.validation import check_coordinates, check_lengths, check_points, check_positive_int
-from .classifier import PointSetClassifier
+from .classifier import PointSetClassifier, StageFeatures
 
 __all__ = ["PointMLP", "PointMLPElite", "PointMLPCoC", "PointMLPStage"]
 
@@ -241,6 +242,11 @@ class PointMLP(PointSetClassifier):
             channels = out
         self.stages = nn.ModuleList(blocks)
         self.num_features = channels
+        reduction, self.feature_info = 1, [dict(num_chs=embed_dim, reduction=1, module="embedding")]
+        for i, stage in enumerate(blocks):
+            reduction *= reducers[i]
+            self.feature_info.append(dict(num_chs=stage.transfer.neighbour.out_features, reduction=reduction,
+                                          module=f"stages.{i}"))
         head = []
         for width in classifier_dims:
             head += [nn.Linear(channels, width), nn.BatchNorm1d(width), get_activation(activation), nn.Dropout(dropout)]
@@ -250,7 +256,12 @@ class PointMLP(PointSetClassifier):
 
     @torch.compiler.disable  # it reads values (finite, lengths): under torch.compile it runs before the graph
     def _check(self, xyz, features, lengths):
-        """Validate the inputs; returns (features or None, lengths or None when every set has N points)."""
+        """Validate the inputs; returns (xyz, features or None, lengths or None when every set has N points).
+
+        Under ``torch.export`` the checks that read values (skipped here while it traces) run inside the
+        exported program, in the custom op ``pointcoc::check_point_inputs`` (same errors), and ``lengths``,
+        when given, is kept even where every set is full: the exported program cannot branch on values.
+        """
         check_points("xyz", xyz, dims=(self.coord_dim,), finite=False)
         check_coordinates("xyz", xyz)  # finite, and small enough for float squared distances
         weight = self.embedding.linear.weight
@@ -274,24 +285,49 @@ class PointMLP(PointSetClassifier):
             if features.shape[:2] != xyz.shape[:2]:
                 raise ValueError(f"features must have shape (B, N, C) = ({batch}, {n}, {self.in_channels}) as xyz; "
                                  f"got {tuple(features.shape)}")
+        if torch.compiler.is_exporting():
+            if lengths is None and n < self.min_points:
+                raise ValueError(f"every set needs at least k_neighbors[0] = {self.min_points} points; "
+                                 f"got a set of {n}")
+            if lengths is not None:
+                lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device, values=False)
+            return check_point_inputs_op(xyz, features, lengths, self.min_points), features, lengths
         lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device)
         smallest = int(lengths.min())
         if smallest < self.min_points:
             raise ValueError(f"every set needs at least k_neighbors[0] = {self.min_points} points; "
                              f"got a set of {smallest}")
-        return features, (None if smallest == n else lengths)
+        return xyz, features, (None if smallest == n else lengths)
 
-    def forward_features(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
-                         lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """xyz (B, N, D), features (B, N, C) or None, lengths (B,) or None -> pooled embedding (B, num_features)."""
-        features, lengths = self._check(xyz, features, lengths)
+    def _run(self, xyz, features, lengths, last: int, keep: bool):
+        """Embedding (intermediate 0), then stages 1..``last``: ([StageFeatures] if ``keep``, pooled (B, C))."""
+        xyz, features, lengths = self._check(xyz, features, lengths)
         n = xyz.shape[1]
         x = xyz if features is None else torch.cat([xyz, features.to(xyz.dtype)], dim=-1)
         mask = None if lengths is None else torch.arange(n, device=xyz.device)[None, :] < lengths[:, None]
         h = self.embedding(x, mask)
-        for stage in self.stages:
-            xyz, h, lengths, mask = stage(xyz, h, lengths)
-        return masked_max(h, mask, dim=1)
+        kept = []
+        for i in range(last + 1):
+            if i:
+                xyz, h, lengths, mask = self.stages[i - 1](xyz, h, lengths)
+            if keep:
+                pad = None if mask is None else ~mask[..., None]
+                kept.append(StageFeatures(xyz if pad is None else xyz.masked_fill(pad, 0),
+                                          h if pad is None else h.masked_fill(pad, 0), lengths))
+        return kept, masked_max(h, mask, dim=1)
+
+    def forward_features(self, xyz: torch.Tensor, features: Optional[torch.Tensor] = None,
+                         lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """xyz (B, N, D), features (B, N, C) or None, lengths (B,) or None -> pooled embedding (B, num_features)
+        (masked max over each set's points after the last stage)."""
+        return self._run(xyz, features, lengths, len(self.stages), keep=False)[1]
+
+    def _intermediates(self, xyz, features, lengths, last):
+        """Intermediate 0 is the embedding (the N input points, embed_dim channels, the input lengths);
+        intermediate i >= 1 is stage i's anchors (by FPS, ``max(S_{i-1} // reducers[i - 1], 1)`` per set):
+        positions, features after the pos-extraction blocks (``feature_info[i]["num_chs"]`` channels) and
+        anchor counts (B,), or None when every set is full."""
+        return self._run(xyz, features, lengths, last, keep=True)
 
 
 class PointMLPElite(PointMLP):

@@ -10,6 +10,8 @@ from typing import Callable, Dict, List, Optional, Union
 
 from torch import nn
 
+from .model_cfg import default_pretrained_cfg
+
 __all__ = ["register_model", "create_model", "list_models"]
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
@@ -35,6 +37,8 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
 
     Raises ValueError for an unknown name, listing close names, for an argument the model does not take,
     listing the ones it does, and for weights that are missing, damaged or of another model.
+    Every model gets ``model.pretrained_cfg`` (:mod:`pointcoc.models.model_cfg`; with the weights' tag, file,
+    SHA-256 and card when ``pretrained`` is given).
     """
     if name not in _MODELS and "." in str(name):
         name, tag = str(name).split(".", 1)
@@ -57,7 +61,9 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
         if key in _bool_arguments(name) and not isinstance(value, bool):
             raise ValueError(f"model {name!r}: {key} must be a bool (true or false); got {value!r}")
     if pretrained is False or pretrained is None:
-        return _MODELS[name](**overrides)
+        model = _MODELS[name](**overrides)
+        model.pretrained_cfg = default_pretrained_cfg(name, model)
+        return model
     from .pretrained import load_pretrained, resolve_pretrained
 
     state, kwargs, info = resolve_pretrained(name, pretrained)
@@ -68,9 +74,7 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
         if not hasattr(model, "reset_classifier"):
             raise ValueError(f"model {name!r} cannot change num_classes after loading weights")
         model.reset_classifier(num_classes)
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    cfg.update(info)
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = {**default_pretrained_cfg(name, model), **info}
     return model
 
 

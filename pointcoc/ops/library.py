@@ -19,6 +19,12 @@ Ops: ``torch.ops.pointcoc.farthest_point_sample(xyz, n_samples, lengths,
 random_start, backend, skip_near_origin) -> idx`` and ``torch.ops.pointcoc.knn(query, points,
 k, query_lengths, point_lengths, backend) -> (dist2, idx)``; arguments as the
 public functions, lengths already given as LongTensors (B,).
+
+``torch.ops.pointcoc.check_point_inputs(xyz, features, lengths, min_points) -> xyz`` (a copy) runs the
+value checks of a point model's input (finite coordinates and features, lengths in [1, N], every set at
+least ``min_points`` points) where they cannot run in Python: inside a program made by ``torch.export``,
+whose graph holds this op (the model uses its output, so the op is never dropped as dead code). It raises
+the ValueErrors of eager mode.
 """
 from __future__ import annotations
 
@@ -27,9 +33,9 @@ from typing import Optional, Tuple
 import torch
 
 from . import backends
-from .validation import check_finite, check_length_values
+from .validation import check_coordinates, check_finite, check_length_values
 
-__all__ = ["fps_op", "knn_op"]
+__all__ = ["fps_op", "knn_op", "check_point_inputs_op"]
 
 
 @torch.library.custom_op("pointcoc::farthest_point_sample", mutates_args=())
@@ -69,3 +75,25 @@ def knn_op(query: torch.Tensor, points: torch.Tensor, k: int, query_lengths: tor
 def _knn_fake(query, points, k, query_lengths, point_lengths, backend):
     batch, m, _ = query.shape
     return query.new_empty((batch, m, k)), query.new_empty((batch, m, k), dtype=torch.long)
+
+
+@torch.library.custom_op("pointcoc::check_point_inputs", mutates_args=())
+def check_point_inputs_op(xyz: torch.Tensor, features: Optional[torch.Tensor], lengths: Optional[torch.Tensor],
+                          min_points: int) -> torch.Tensor:
+    """Value checks of a point model's input ``xyz`` (B, N, D), ``features`` (B, N, C) or None, ``lengths`` (B,)
+    or None -> a copy of ``xyz``; raises the ValueErrors of the model's eager checks."""
+    check_coordinates("xyz", xyz)
+    if features is not None:
+        check_finite("features", features)
+    n = xyz.shape[1]
+    if lengths is not None:
+        check_length_values("lengths", lengths, n)
+    smallest = n if lengths is None else int(lengths.min())
+    if smallest < min_points:
+        raise ValueError(f"every set needs at least k_neighbors[0] = {min_points} points; got a set of {smallest}")
+    return xyz.clone()
+
+
+@check_point_inputs_op.register_fake
+def _check_point_inputs_fake(xyz, features, lengths, min_points):
+    return torch.empty_like(xyz)
