@@ -170,8 +170,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                    help="under torchrun, BatchNorm statistics over the global batch instead of each process's share "
                         "(CUDA only); see docs/training.md for what a multi-process run equals")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model for training and evaluation: the first steps compile (minutes on a "
-                        "CPU, which needs a C++ compiler); checkpoints hold the plain model's weights")
+                   help="torch.compile the model for training and evaluation: the same results, but on a CPU (which "
+                        "needs a C++ compiler) the first epoch compiles for minutes (322 s for a 64-point "
+                        "PointMLP-elite epoch on 2 cores) and recompiles for the last, smaller batch and for "
+                        "evaluation, for no measured speed-up (docs/benchmarks.md); inductor/dynamo may log "
+                        "warnings meanwhile (docs/training.md). Worth it on a GPU. Checkpoints hold the plain "
+                        "model's weights")
     g.add_argument("--limit-train-batches", type=_positive_int, default=d.limit_train_batches,
                    help="train on at most this many batches per epoch (smoke runs)")
     g.add_argument("--limit-val-batches", type=_positive_int, default=d.limit_val_batches,
