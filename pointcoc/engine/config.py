@@ -155,7 +155,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
                    help="label smoothing eps of the cross-entropy, authors' form: true class 1-eps, "
                         "others eps/(C-1) (default: %(default)s)")
-    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=d.workers,
+                   help="DataLoader worker processes; the run is the same for any number (augmentation is seeded "
+                        "per sample), so it may also change on --resume (default: %(default)s)")
     g.add_argument("--device", default=d.device,
                    help="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same run (default: %(default)s)")
