@@ -70,9 +70,9 @@ def test_every_rank_stops_with_one_message_when_the_output_folder_is_refused(tmp
     (held / "last.pt").write_bytes(b"a run")
     for out, message in ((tmp_path / "file", f"error: --output {tmp_path / 'file'} is a file, not a folder"),
                          (held, f"error: --output {held} already holds a run")):
-        # torchrun looks at its ranks every 3 s (default 0.1 s), so rank 1 ends by itself before torchrun would
+        # torchrun looks at its ranks every 10 s (default 0.1 s), so rank 1 ends by itself before torchrun would
         # stop it: it used to run on into DDP and die there with a gloo "Connection closed by peer" traceback
-        proc = torchrun("--epochs", "1", "--output", out, launcher=("--monitor-interval", "3"))
+        proc = torchrun("--epochs", "1", "--output", out, launcher=("--monitor-interval", "10"))
         assert proc.returncode != 0
         err = proc.stderr
         assert err.count("error: ") == 1 and message in err, err[-3000:]
