@@ -460,7 +460,8 @@ def test_the_same_seed_gives_the_same_run_for_any_number_of_workers(tmp_path):
         model = TinyPointNet()
         torch.manual_seed(workers)  # nor does the state of the process before fit
         fit(model, train, test, config(epochs=2, workers=workers), tmp_path / f"w{workers}", NAMES)
-        runs[workers] = records(tmp_path / f"w{workers}" / "metrics.jsonl"), _weights(tmp_path / f"w{workers}" / "last.pt")
+        out = tmp_path / f"w{workers}"
+        runs[workers] = records(out / "metrics.jsonl"), _weights(out / "last.pt")
     for workers in (1, 2):
         assert runs[workers][0] == runs[0][0], workers
         for k, v in runs[0][1].items():

@@ -133,3 +133,17 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path):
         assert proc.returncode == 130, (delay, err[-2000:])
         assert "Traceback" not in err, (delay, err[-2000:])
         assert err.strip().splitlines()[-1].startswith("interrupted"), err
+
+
+def test_a_resume_keeps_its_own_log_copied_to_a_new_folder_but_not_another_runs(tmp_path):
+    train, test = datasets()
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    fit(TinyPointNet(), train, test, config(epochs=2), a, NAMES, stop_after_epoch=1)
+    fit(TinyPointNet(), train, test, config(epochs=2, seed=4), c, NAMES, stop_after_epoch=1)
+    b.mkdir()
+    (b / "metrics.jsonl").write_bytes((c / "metrics.jsonl").read_bytes())  # another run's epoch-1 log only
+    with pytest.raises(ValueError, match=r"holds another run \(metrics.jsonl\)"):
+        fit(TinyPointNet(), train, test, config(epochs=2), b, NAMES, resume=a / "last.pt")
+    (b / "metrics.jsonl").write_bytes((a / "metrics.jsonl").read_bytes())  # the resumed run's own log
+    fit(TinyPointNet(), train, test, config(epochs=2), b, NAMES, resume=a / "last.pt")
+    assert [r["epoch"] for r in records(b / "metrics.jsonl")] == [1, 2]

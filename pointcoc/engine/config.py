@@ -166,7 +166,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
                    help="label smoothing eps of the cross-entropy, authors' form: true class 1-eps, "
                         "others eps/(C-1) (default: %(default)s)")
-    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=d.workers,
+                   help="DataLoader worker processes; the run is the same for any number (augmentation is seeded "
+                        "per sample), so it may also change on --resume (default: %(default)s)")
     g.add_argument("--device", default=d.device,
                    help="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same run (default: %(default)s)")
@@ -181,8 +183,12 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                    help="under torchrun, BatchNorm statistics over the global batch instead of each process's share "
                         "(CUDA only); see docs/training.md for what a multi-process run equals")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model for training and evaluation: the first steps compile (minutes on a "
-                        "CPU, which needs a C++ compiler); checkpoints hold the plain model's weights")
+                   help="torch.compile the model for training and evaluation: the same results, but on a CPU (which "
+                        "needs a C++ compiler) the first epoch compiles for minutes (322 s for a 64-point "
+                        "PointMLP-elite epoch on 2 cores) and recompiles for the last, smaller batch and for "
+                        "evaluation, for no measured speed-up (docs/benchmarks.md); inductor/dynamo may log "
+                        "warnings meanwhile (docs/training.md). Worth it on a GPU. Checkpoints hold the plain "
+                        "model's weights")
     g.add_argument("--limit-train-batches", type=_positive_int, default=d.limit_train_batches,
                    help="train on at most this many batches per epoch (smoke runs)")
     g.add_argument("--limit-val-batches", type=_positive_int, default=d.limit_val_batches,

@@ -447,7 +447,8 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     def take_output_dir():  # rank 0 (the only rank that writes files); every rank learns its verdict
         create_output_dir(output_dir)
         run.lock = RunFolderLock(output_dir)  # held until fit returns: a second run into the folder is refused
-        prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite, resume_from=resume_from)
+        prepare_output_dir(output_dir, resuming=state is not None, overwrite=overwrite, resume_from=resume_from,
+                           resume_record=None if state is None else state["metrics"]["record"])
         config.save_json(output_dir / "config.json")
         if state is not None:
             rewind_metrics(output_dir / "metrics.jsonl", int(state["epoch"]), state["metrics"]["record"])

@@ -16,7 +16,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 from .checkpoint import CheckpointError, atomic_write
 from .errors import DiskFullError, RunFolderBusy
@@ -88,8 +88,20 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
+def _logs_record(metrics: Path, record: Dict) -> bool:
+    """Whether the metrics file logs ``record`` (the line of its epoch equals it): the file is of its run."""
+    for line in metrics.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("epoch") == record.get("epoch"):
+            return rec == json.loads(json.dumps(record))
+    return False
+
+
 def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag: str = "--output",
-                       resume_from=None) -> Path:
+                       resume_from=None, resume_record: Optional[Dict] = None) -> Path:
     """Create ``output_dir`` and make it ready for a run; returns it as a Path.
 
     Removes ``.*.tmp`` files left by saves that were killed (call it while holding the folder's
@@ -98,7 +110,8 @@ def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag
     (its RUN_OUTPUTS are deleted first). ``resume_from``, the checkpoint a resumed run continues, must then lie
     in ``output_dir`` unless ``output_dir`` holds no run: resuming A/last.pt into a folder B that holds
     another run would mix the two runs. A ``metrics.jsonl`` without a checkpoint or results (a run stopped in
-    its first epoch, after logging it) is not a run to keep: it is removed and the folder reused.
+    its first epoch, after logging it) is not a run to keep: a new run removes it and reuses the folder; a
+    resume keeps it when it logs ``resume_record`` (the checkpoint's own metrics line), else it is another run.
 
     Raises ValueError: ``output_dir`` is a file, lies below a file, is not writable, holds a run, or holds
     another run than the one resumed.
@@ -107,9 +120,12 @@ def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag
     for tmp in out.glob(".*.pt.*.tmp"):
         tmp.unlink(missing_ok=True)
     found = [name for name in RUN_MARKERS if (out / name).exists()]
-    if found and not any(name in found for name in SAVED_MARKERS):
-        (out / "metrics.jsonl").unlink(missing_ok=True)  # nothing to resume: the epochs are trained again
-        found = []
+    if found and not any(name in found for name in SAVED_MARKERS):  # only a metrics.jsonl: no checkpoint
+        if not resuming:
+            (out / "metrics.jsonl").unlink(missing_ok=True)  # nothing to resume: the epochs are trained again
+            found = []
+        elif resume_record is None or _logs_record(out / "metrics.jsonl", resume_record):
+            found = []  # the resumed run's own log (e.g. copied here with the checkpoint's folder's config)
     if found and resuming and resume_from is not None and not _same_folder(Path(resume_from).parent, out):
         raise ValueError(f"--resume {resume_from} continues the run in {Path(resume_from).parent}, but {flag} {out} "
                          f"holds another run ({', '.join(found)}); resuming there would mix the two runs. Resume "
