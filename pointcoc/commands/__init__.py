@@ -152,6 +152,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return SUBCOMMANDS[name][1](rest, f"pointcoc {name}")
+    except KeyboardInterrupt:  # Ctrl-C while a subcommand imports its modules: one line, as run_cli does later
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the output went to a pipe that closed early (`pointcoc recipes | head -1`)
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
