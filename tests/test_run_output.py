@@ -1,7 +1,6 @@
 """What a training run shows while it runs (progress modes) and draws (curves.png)."""
 import io
 import json
-import runpy
 
 import pytest
 from PIL import Image
@@ -109,7 +108,7 @@ def test_plot_runs_script_overlays_runs_and_rejects_bad_input(tmp_path, capsys):
     proc = run_python([script, tmp_path / "s0", tmp_path / "s1", "--labels", "seed 0", "seed 1", "--output", out])
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size[0] > Image.open(out).size[1]
-    main = runpy.run_path(str(script))["main"]  # the error paths in this process
+    from pointcoc.commands.plot_runs import main  # the error paths in this process (the script wraps it)
     (tmp_path / "s1" / "metrics.jsonl").write_text("{broken\n")
     for argv, message in (([tmp_path / "s0", tmp_path / "nope"], "no metrics.jsonl at"),
                           ([tmp_path / "s0", "--labels", "a", "b"], "labels must name each run"),
