@@ -10,8 +10,33 @@ from ..ops import backends
 from ..ops.fps import fps_torch
 from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
-__all__ = ["bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+__all__ = ["pixel_set_batch", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
            "bench_context_cluster"]
+
+
+def pixel_set_batch(fmt: str, height: int, width: int, batch: int, keep: float = 1.0, seed: int = 0):
+    """A batch of pixel sets as the data sets make them, for benchmarks and tests.
+
+    Args:
+        fmt: a pixel format of :data:`pointcoc.data.pixels.PIXEL_FORMATS` without depth
+            ("regular", "discrete", "masked", "irregular").
+        height, width: image size; batch: number of sets; keep: fraction of pixels kept.
+
+    Returns:
+        (xyz FloatTensor (B, N, 2) of pixel coordinates ``(i / w - 0.5, j / h - 0.5)``, the kept
+        pixels of each set first in raster order and padding (zeros) after; lengths LongTensor (B,)),
+        with N the largest set.
+    """
+    from ..data.pixels import keep_mask, pixel_coordinates
+
+    grid = pixel_coordinates(height, width).reshape(-1, 2)
+    g = torch.Generator().manual_seed(seed)
+    sets = [grid[keep_mask(fmt, height, width, keep, generator=g).reshape(-1)] for _ in range(batch)]
+    lengths = torch.tensor([len(s) for s in sets])
+    xyz = torch.zeros(batch, int(lengths.max()), 2)
+    for b, s in enumerate(sets):
+        xyz[b, : len(s)] = s
+    return xyz, lengths
 
 
 def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048))) -> List[Row]:

@@ -12,6 +12,7 @@ reference's own. Kernels are compiled once per dtype and cached on disk
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,9 +20,10 @@ import torch
 
 from . import backends
 from .fps import fps_torch, initial_min_dist2
+from .cells import build_cells, cell_order, cell_steps, distance_margin
 from .knn import KNNResult, knn_torch
 
-__all__ = ["WITH_NUMBA", "fps_numba", "knn_numba"]
+__all__ = ["WITH_NUMBA", "fps_numba", "knn_numba", "knn_cells", "CELLS_CROSSOVER", "CELLS_PER_CELL"]
 
 try:  # numba is optional: without it the torch backends do the work.
     import numba
@@ -32,6 +34,11 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     WITH_NUMBA = False
 
 _DTYPES = (torch.float32, torch.float64)
+# knn_numba searches a cell list (knn_cells) for sets of at least this many points, by coordinate
+# dimension; below, brute force is as fast (docs/benchmarks.md, "kNN at large N").
+CELLS_CROSSOVER = {2: 1024, 3: 1024}
+# Average points per cell of that list, by coordinate dimension (measured, docs/benchmarks.md).
+CELLS_PER_CELL = {2: 2.0, 3: 3.0}
 
 if WITH_NUMBA:
 
@@ -112,6 +119,99 @@ if WITH_NUMBA:
                     best_i[pos] = j
                     worst = best_d[k - 1]
 
+    @numba.njit(cache=True, nogil=True)
+    def _knn_cells(query, order, query_lengths, origin, inv, dims, offset, starts, coords, index, steps, step_gap,
+                   shrink, floor, out_d, out_i, first, stop):
+        """kNN of the queries order[first:stop] (flat t = b * M + i) through the cells of
+        :func:`pointcoc.ops.cells.build_cells`.
+
+        ``steps`` (S, 3) are cell offsets sorted by ``step_gap`` (S + 1,), a lower bound in cells
+        on the gap between a query and any cell that far from its own (the last entry bounds every
+        offset past the table). A cell is searched unless a lower bound on its points' distances
+        exceeds the k-th distance found; the search stops at the first offset whose bound does; a
+        query the table does not settle scans its whole set. Candidates are kept in (distance,
+        index) order, so the result is the brute-force kernel's, ties included.
+        out_d must hold inf and out_i -1.
+        """
+        m, dim = query.shape[1], query.shape[2]
+        k = out_d.shape[2]
+        n_steps = steps.shape[0]
+        for u in range(first, stop):
+            t = order[u]
+            b = t // m
+            i = t - b * m
+            if i >= query_lengths[b]:
+                continue
+            best_d = out_d[b, i]
+            best_i = out_i[b, i]
+            scale = inv[b]
+            nx, ny, nz = dims[b, 0], dims[b, 1], dims[b, 2]
+            tx = (np.float64(query[b, i, 0]) - origin[b, 0]) * scale
+            ty = (np.float64(query[b, i, 1]) - origin[b, 1]) * scale
+            tz = (np.float64(query[b, i, 2]) - origin[b, 2]) * scale if dim == 3 else 0.5
+            # The query's cell, clamped into the grid: offsets from it still bound the gaps from below.
+            cx = min(max(int(np.floor(tx)), 0), nx - 1)
+            cy = min(max(int(np.floor(ty)), 0), ny - 1)
+            cz = min(max(int(np.floor(tz)), 0), nz - 1)
+            base = offset[b]
+            limit = np.inf  # the k-th distance in squared cells, widened by the rounding margin
+            settled = False
+            for s in range(n_steps + 1):
+                if step_gap[s] > limit:
+                    settled = True
+                    break
+                if s == n_steps:
+                    break
+                gx, gy, gz = cx + steps[s, 0], cy + steps[s, 1], cz + steps[s, 2]
+                if gx < 0 or gx >= nx or gy < 0 or gy >= ny or gz < 0 or gz >= nz:
+                    continue
+                cell = base + (gx * ny + gy) * nz + gz
+                lo, hi = starts[cell], starts[cell + 1]
+                if lo == hi:
+                    continue
+                if limit < np.inf:
+                    ex = max(gx - tx, tx - gx - 1.0, 0.0)
+                    ey = max(gy - ty, ty - gy - 1.0, 0.0)
+                    ez = max(gz - tz, tz - gz - 1.0, 0.0)
+                    ex, ey, ez = max(ex - 1e-7, 0.0), max(ey - 1e-7, 0.0), max(ez - 1e-7, 0.0)
+                    if ex * ex + ey * ey + ez * ez > limit:
+                        continue
+                for p in range(lo, hi):
+                    diff = query[b, i, 0] - coords[p, 0]
+                    d = diff * diff
+                    for c in range(1, dim):  # summed x, then y, then z, as the reference
+                        diff = query[b, i, c] - coords[p, c]
+                        d = d + diff * diff
+                    j = index[p]
+                    if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_i[k - 1]):
+                        pos = k - 1
+                        while pos > 0 and (best_d[pos - 1] > d or (best_d[pos - 1] == d and best_i[pos - 1] > j)):
+                            best_d[pos] = best_d[pos - 1]
+                            best_i[pos] = best_i[pos - 1]
+                            pos -= 1
+                        best_d[pos] = d
+                        best_i[pos] = j
+                        if best_i[k - 1] >= 0:
+                            limit = (np.float64(best_d[k - 1]) + floor) / shrink * scale * scale
+            if not settled:  # the table ran out: every point of the set, from scratch
+                best_d[:] = np.inf
+                best_i[:] = -1
+                for p in range(starts[base], starts[base + nx * ny * nz]):
+                    diff = query[b, i, 0] - coords[p, 0]
+                    d = diff * diff
+                    for c in range(1, dim):
+                        diff = query[b, i, c] - coords[p, c]
+                        d = d + diff * diff
+                    j = index[p]
+                    if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_i[k - 1]):
+                        pos = k - 1
+                        while pos > 0 and (best_d[pos - 1] > d or (best_d[pos - 1] == d and best_i[pos - 1] > j)):
+                            best_d[pos] = best_d[pos - 1]
+                            best_i[pos] = best_i[pos - 1]
+                            pos -= 1
+                        best_d[pos] = d
+                        best_i[pos] = j
+
 
 _POOLS = {}  # one thread pool per process id: a forked child never uses its parent's threads
 
@@ -175,6 +275,8 @@ def knn_numba(
     """
     if query.dtype not in _DTYPES:
         return knn_torch(query, points, k, query_lengths, point_lengths)
+    if points.shape[1] >= CELLS_CROSSOVER[query.shape[-1]]:
+        return knn_cells(query, points, k, query_lengths, point_lengths)
     batch, m, _ = query.shape
     dist2 = torch.full((batch, m, k), float("inf"), dtype=query.dtype)
     idx = torch.full((batch, m, k), -1, dtype=torch.long)
@@ -184,9 +286,49 @@ def knn_numba(
     return KNNResult(dist2, idx)
 
 
+def knn_cells(
+    query: torch.Tensor,
+    points: torch.Tensor,
+    k: int,
+    query_lengths: torch.Tensor,
+    point_lengths: torch.Tensor,
+) -> KNNResult:
+    """Exact kNN through a uniform cell list (:mod:`pointcoc.ops.cells`): O(N log N) for N spread-out points.
+
+    Same signature and the same results as the brute-force :func:`knn_numba`
+    (distances bit for bit, ties to the lowest indices): only the order in
+    which points are visited changes, and a query stops only when no unvisited
+    point can come first. On sets far from uniform (clusters far apart) a cell
+    may hold many points, so it degrades towards brute force, never to a wrong
+    answer. :func:`knn_numba` calls it for sets of at least
+    ``CELLS_CROSSOVER[D]`` points.
+    """
+    if query.dtype not in _DTYPES:
+        return knn_torch(query, points, k, query_lengths, point_lengths)
+    batch, m, _ = query.shape
+    dist2 = torch.full((batch, m, k), float("inf"), dtype=query.dtype)
+    idx = torch.full((batch, m, k), -1, dtype=torch.long)
+    dim = query.shape[-1]
+    per_cell = CELLS_PER_CELL[dim]
+    grid = build_cells(points, point_lengths, per_cell)
+    order = cell_order(query, query_lengths, grid)
+    # Search offsets out to a few cells past the radius that holds k points on average.
+    reach = (k / (per_cell * (math.pi if dim == 2 else 4 * math.pi / 3))) ** (1 / dim)
+    steps, step_gap = cell_steps(dim, int(math.ceil(reach)) + 2)
+    shrink, floor = distance_margin(query.dtype)
+    _run_split(_knn_cells, batch * m, query.detach().contiguous().numpy(), order.numpy(), query_lengths.numpy(),
+               grid.origin.numpy(), grid.inv.numpy(), grid.dims.numpy(), grid.offset.numpy(), grid.starts.numpy(),
+               grid.coords.numpy(), grid.index.numpy(), steps.numpy(), step_gap.numpy(), shrink, floor,
+               dist2.numpy(), idx.numpy())
+    return KNNResult(dist2, idx)
+
+
 if WITH_NUMBA:
     backends.register("fps", "numba", fps_numba, devices=("cpu",), priority=10)
     backends.register("knn", "numba", knn_numba, devices=("cpu",), priority=10)
+    # The cell list at every size: forced only (tests, benchmarks); knn_numba uses it above the crossover.
+    backends.register("knn", "cells", knn_cells, devices=(), priority=9, forced_devices=("cpu",))
 else:  # pragma: no cover - exercised only where numba is missing
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "numba", "not importable")
+    backends.note_unavailable("knn", "cells", "needs numba (not importable)")
