@@ -10,7 +10,7 @@ from ..ops import backends
 from ..ops.fps import fps_torch
 from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
-__all__ = ["pixel_set_batch", "bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+__all__ = ["pixel_set_batch", "bench_fps", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
            "bench_context_cluster"]
 
 
@@ -100,6 +100,101 @@ def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8
             p3d = lambda: ops.knn(query, points, k, backend="pytorch3d")  # noqa: E731
             t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
             rows.append(Row("kNN", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+def _uniform_sets(batch, n, dim, seed):
+    return random_tensor((batch, n, dim), "cpu", seed), torch.full((batch,), n, dtype=torch.long)
+
+
+def _brute_numba():
+    """A callable (query, points, k, ql, pl) -> KNNResult running today's brute-force numba kernel at any size."""
+    from ..ops import numba_backend
+
+    def run(query, points, k, ql, pl):
+        saved = dict(numba_backend.CELLS_CROSSOVER)
+        numba_backend.CELLS_CROSSOVER.update({2: 1 << 62, 3: 1 << 62})
+        try:
+            return ops.knn(query, points, k, ql, pl, backend="numba")
+        finally:
+            numba_backend.CELLS_CROSSOVER.update(saved)
+
+    return run
+
+
+KNN_LARGE_CASES = (("uniform 3-D", 50_000, 1.0), ("pixels regular", 224, 1.0), ("pixels discrete", 224, 0.5),
+                   ("pixels masked", 224, 0.5), ("pixels irregular", 224, 0.5))
+
+
+def bench_knn_large(device="cpu", quick=False, k=16, cases=KNN_LARGE_CASES, brute=True) -> List[Row]:
+    """Self-kNN of one image-sized set: the default CPU backend vs scipy's cKDTree (and today's brute force).
+
+    ``cases``: (kind, size, keep): "uniform 3-D" with ``size`` uniform random points, or "pixels FMT"
+    for a ``size`` x ``size`` pixel set of format FMT keeping ``keep`` of the pixels. cKDTree is built
+    and queried on each call (``workers`` = torch's thread count), as a kNN of a fresh set needs.
+    ``brute``: also time the brute-force numba kernel (seconds per call at these sizes).
+    """
+    if torch.device(device).type != "cpu":
+        raise SectionUnavailable("knn_large compares CPU backends")
+    ckdtree = import_or_skip("scipy.spatial", "cKDTree")
+    repeat = 3 if quick else 7
+    workers = torch.get_num_threads()
+    rows = []
+    for kind, size, keep in cases:
+        if kind.startswith("pixels"):
+            xyz, lengths = pixel_set_batch(kind.split()[1], size, size, batch=1, keep=keep, seed=0)
+            case = f"{size}x{size} pixels, {kind.split()[1]}" + (f" {keep:.0%}" if keep < 1 else "")
+        else:
+            xyz, lengths = _uniform_sets(1, size, 3, 7)
+            case = f"{size:,} uniform 3-D points"
+        case += f" ({int(lengths[0]):,} points), k={k}"
+        ours_name = backends.resolve("knn", xyz.device).name
+        ours = lambda: ops.knn(xyz, xyz, k, lengths, lengths)  # noqa: E731
+        pts = xyz[0, : int(lengths[0])].numpy()
+        tree = lambda: ckdtree(pts).query(pts, k, workers=workers)  # noqa: E731
+        out, (tree_d, _) = ours(), tree()
+        # cKDTree computes in float64: compare in float64 against the float32 reference's distances.
+        same = torch.allclose(out.dist2[0].double(), torch.from_numpy(tree_d) ** 2, rtol=1e-5, atol=1e-9)
+        exact = torch.equal(out.dist2, ops.knn(xyz, xyz, k, lengths, lengths, backend="torch").dist2) \
+            if int(lengths[0]) <= 4096 else None
+        note = "same distances as cKDTree (float64, rtol 1e-5)" if same else "DISTANCES DIFFER from cKDTree"
+        t_ours, t_tree = time_pair(ours, tree, device, repeat=repeat)
+        rows.append(Row("kNN large", case, ours_name, f"cKDTree (workers={workers})", t_ours, t_tree,
+                        note=note if exact is None else note + ("; = torch reference" if exact else "; DIFFERS")))
+        if brute:
+            slow = lambda: _brute_numba()(xyz, xyz, k, lengths, lengths)  # noqa: E731
+            same_brute = torch.equal(slow().idx, out.idx)
+            t_ours, t_slow = time_pair(ours, slow, device, repeat=1 if not quick else 1, warmup=0)
+            rows.append(Row("kNN large", case, ours_name, "numba brute force (before)", t_ours, t_slow,
+                            note="same indices" if same_brute else "INDICES DIFFER"))
+    return rows
+
+
+def bench_knn_crossover(device="cpu", quick=False, k=24, sizes=(256, 512, 1024, 2048, 4096), batch=32) -> List[Row]:
+    """The cell list vs the brute-force numba kernel at the models' sizes: where the automatic switch goes.
+
+    Per size N: B=``batch`` sets of N points, queries the first N / 2 of them (the models' kNN of FPS
+    centres), in 3-D (uniform random) and 2-D (a sqrt(N) x sqrt(N)-ish pixel set with 50 % discrete).
+    """
+    if torch.device(device).type != "cpu":
+        raise SectionUnavailable("knn_crossover compares CPU backends")
+    import_or_skip("pointcoc.ops.numba_backend", "knn_cells")
+    repeat = 3 if quick else 5
+    brute = _brute_numba()
+    rows = []
+    for n in (sizes[:2] if quick else sizes):
+        side = max(2, int(round((2 * n) ** 0.5)))
+        for label, (xyz, lengths) in (("3-D uniform", _uniform_sets(batch, n, 3, 3)),
+                                      (f"2-D {side}x{side} pixels, discrete 50 %",
+                                       pixel_set_batch("discrete", side, side, batch, keep=0.5, seed=1))):
+            query, ql = xyz[:, : xyz.shape[1] // 2].contiguous(), (lengths // 2).clamp_min(1)
+            cells = lambda: ops.knn(query, xyz, k, ql, lengths, backend="cells")  # noqa: E731
+            slow = lambda: brute(query, xyz, k, ql, lengths)  # noqa: E731
+            same = torch.equal(cells().idx, slow().idx) and torch.equal(cells().dist2, slow().dist2)
+            t_cells, t_brute = time_pair(cells, slow, device, repeat=repeat)
+            case = f"B={batch}, N={int(lengths.max())}, M=N/2, k={k}, {label}"
+            rows.append(Row("kNN crossover", case, "cells", "numba brute force", t_cells, t_brute,
+                            note="same distances and indices" if same else "RESULTS DIFFER"))
     return rows
 
 

@@ -20,7 +20,7 @@ import torch
 
 from . import backends
 from .fps import fps_torch, initial_min_dist2
-from .cells import build_cells, cell_order, cell_steps, distance_margin
+from .cells import cell_steps, distance_margin
 from .knn import KNNResult, knn_torch
 
 __all__ = ["WITH_NUMBA", "fps_numba", "knn_numba", "knn_cells", "CELLS_CROSSOVER", "CELLS_PER_CELL"]
@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 _DTYPES = (torch.float32, torch.float64)
 # knn_numba searches a cell list (knn_cells) for sets of at least this many points, by coordinate
 # dimension; below, brute force is as fast (docs/benchmarks.md, "kNN at large N").
-CELLS_CROSSOVER = {2: 1024, 3: 1024}
+CELLS_CROSSOVER = {2: 256, 3: 256}
 # Average points per cell of that list, by coordinate dimension (measured, docs/benchmarks.md).
 CELLS_PER_CELL = {2: 2.0, 3: 3.0}
 
@@ -118,6 +118,101 @@ if WITH_NUMBA:
                     best_d[pos] = d
                     best_i[pos] = j
                     worst = best_d[k - 1]
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _cell_of(point, dim, origin, inv, dims):
+        """Flat cell (within its set) of one point, clamped into the grid: as :func:`pointcoc.ops.cells.build_cells`."""
+        flat = 0
+        for d in range(3):
+            c = 0
+            if d < dim:
+                c = int(np.floor((np.float64(point[d]) - origin[d]) * inv))
+                c = min(max(c, 0), dims[d] - 1)
+            flat = flat * dims[d] + c
+        return flat
+
+    @numba.njit(cache=True, nogil=True)
+    def _cell_params(points, lengths, per_cell, origin, inv, dims, first, stop):
+        """Grid of sets first..stop-1 into origin (B, 3), inv (B,), dims (B, 3): the rule of
+        :func:`pointcoc.ops.cells.build_cells`, in float64."""
+        dim = points.shape[2]
+        lo = np.empty(3)
+        extent = np.empty(3)
+        active = np.zeros(3, dtype=np.bool_)
+        for b in range(first, stop):
+            n = lengths[b]
+            for d in range(dim):
+                low, high = np.inf, -np.inf
+                for j in range(n):
+                    v = np.float64(points[b, j, d])
+                    low, high = min(low, v), max(high, v)
+                lo[d], extent[d] = low, high - low
+                active[d] = extent[d] > 0
+            target = max(n / per_cell, 1.0)
+            side = 1.0
+            for _ in range(dim):
+                count, log_volume = 0, 0.0
+                for d in range(dim):
+                    if active[d]:
+                        count += 1
+                        log_volume += np.log(max(extent[d], 1e-300))
+                if count > 0:
+                    side = np.exp((log_volume - np.log(target)) / count)
+                for d in range(dim):
+                    active[d] = active[d] and extent[d] >= side
+            inv[b] = 1.0 / side
+            for d in range(3):
+                if d >= dim:
+                    origin[b, d], dims[b, d] = 0.0, 1
+                elif active[d]:
+                    origin[b, d] = lo[d] - 0.5 * side
+                    dims[b, d] = int(np.floor(extent[d] * inv[b] + 0.5)) + 1
+                else:
+                    origin[b, d], dims[b, d] = lo[d], 1
+
+    @numba.njit(cache=True, nogil=True)
+    def _cell_sort(points, lengths, origin, inv, dims, offset, first_point, starts, coords, index, first, stop):
+        """Counting sort of the valid points of sets first..stop-1 by cell (stable: index order within a cell)."""
+        dim = points.shape[2]
+        for b in range(first, stop):
+            n = lengths[b]
+            cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
+            keys = np.empty(n, dtype=np.int64)
+            count = np.zeros(cells + 1, dtype=np.int64)
+            for j in range(n):
+                keys[j] = _cell_of(points[b, j], dim, origin[b], inv[b], dims[b])
+                count[keys[j] + 1] += 1
+            for c in range(cells):
+                count[c + 1] += count[c]
+            base = first_point[b]
+            for c in range(cells):
+                starts[offset[b] + c] = base + count[c]
+            for j in range(n):
+                pos = base + count[keys[j]]
+                count[keys[j]] += 1
+                for d in range(dim):
+                    coords[pos, d] = points[b, j, d]
+                index[pos] = j
+
+    @numba.njit(cache=True, nogil=True)
+    def _query_order(query, query_lengths, origin, inv, dims, order, first, stop):
+        """order[b * M:(b + 1) * M] = set b's flat query indices, valid ones by cell, padding after."""
+        m, dim = query.shape[1], query.shape[2]
+        for b in range(first, stop):
+            n = query_lengths[b]
+            cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
+            keys = np.empty(n, dtype=np.int64)
+            count = np.zeros(cells + 1, dtype=np.int64)
+            for i in range(n):
+                keys[i] = _cell_of(query[b, i], dim, origin[b], inv[b], dims[b])
+                count[keys[i] + 1] += 1
+            for c in range(cells):
+                count[c + 1] += count[c]
+            for i in range(n):
+                order[b * m + count[keys[i]]] = b * m + i
+                count[keys[i]] += 1
+            for i in range(n, m):
+                order[b * m + i] = b * m + i
 
     @numba.njit(cache=True, nogil=True)
     def _knn_cells(query, order, query_lengths, origin, inv, dims, offset, starts, coords, index, steps, step_gap,
@@ -278,12 +373,11 @@ def knn_numba(
     if points.shape[1] >= CELLS_CROSSOVER[query.shape[-1]]:
         return knn_cells(query, points, k, query_lengths, point_lengths)
     batch, m, _ = query.shape
-    dist2 = torch.full((batch, m, k), float("inf"), dtype=query.dtype)
-    idx = torch.full((batch, m, k), -1, dtype=torch.long)
     q, p = query.detach().contiguous().numpy(), points.detach().contiguous().numpy()
-    _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(),
-               dist2.numpy(), idx.numpy())
-    return KNNResult(dist2, idx)
+    dist2 = np.full((batch, m, k), np.inf, dtype=q.dtype)  # numpy: see knn_cells
+    idx = np.full((batch, m, k), -1, dtype=np.int64)
+    _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(), dist2, idx)
+    return KNNResult(torch.from_numpy(dist2), torch.from_numpy(idx))
 
 
 def knn_cells(
@@ -305,22 +399,41 @@ def knn_cells(
     """
     if query.dtype not in _DTYPES:
         return knn_torch(query, points, k, query_lengths, point_lengths)
-    batch, m, _ = query.shape
-    dist2 = torch.full((batch, m, k), float("inf"), dtype=query.dtype)
-    idx = torch.full((batch, m, k), -1, dtype=torch.long)
-    dim = query.shape[-1]
+    batch, m, dim = query.shape
     per_cell = CELLS_PER_CELL[dim]
-    grid = build_cells(points, point_lengths, per_cell)
-    order = cell_order(query, query_lengths, grid)
+    q = query.detach().contiguous().numpy()
+    origin, inv, dims, offset, starts, coords, index = _build_cells(points.detach().contiguous().numpy(),
+                                                                    point_lengths.numpy(), per_cell)
+    order = np.empty(batch * m, dtype=np.int64)
+    _run_split(_query_order, batch, q, query_lengths.numpy(), origin, inv, dims, order)
     # Search offsets out to a few cells past the radius that holds k points on average.
     reach = (k / (per_cell * (math.pi if dim == 2 else 4 * math.pi / 3))) ** (1 / dim)
     steps, step_gap = cell_steps(dim, int(math.ceil(reach)) + 2)
     shrink, floor = distance_margin(query.dtype)
-    _run_split(_knn_cells, batch * m, query.detach().contiguous().numpy(), order.numpy(), query_lengths.numpy(),
-               grid.origin.numpy(), grid.inv.numpy(), grid.dims.numpy(), grid.offset.numpy(), grid.starts.numpy(),
-               grid.coords.numpy(), grid.index.numpy(), steps.numpy(), step_gap.numpy(), shrink, floor,
-               dist2.numpy(), idx.numpy())
-    return KNNResult(dist2, idx)
+    # numpy, not torch, allocates: a parallel torch fill would leave OpenMP threads spinning beside numba's.
+    dist2 = np.full((batch, m, k), np.inf, dtype=q.dtype)
+    idx = np.full((batch, m, k), -1, dtype=np.int64)
+    _run_split(_knn_cells, batch * m, q, order, query_lengths.numpy(), origin, inv, dims, offset, starts, coords, index,
+               steps.numpy(), step_gap.numpy(), shrink, floor, dist2, idx)
+    return KNNResult(torch.from_numpy(dist2), torch.from_numpy(idx))
+
+
+def _build_cells(points: "np.ndarray", lengths: "np.ndarray", per_cell: float):
+    """numba's :func:`pointcoc.ops.cells.build_cells` (the same grid; no torch ops): numpy arrays
+    (origin, inv, dims, offset, starts, coords, index) as the fields of :class:`pointcoc.ops.cells.CellGrid`."""
+    batch = points.shape[0]
+    origin, inv, dims = np.empty((batch, 3)), np.empty(batch), np.empty((batch, 3), dtype=np.int64)
+    _run_split(_cell_params, batch, points, lengths, float(per_cell), origin, inv, dims)
+    cells = dims.prod(1)
+    offset = np.cumsum(cells) - cells
+    first_point = np.cumsum(lengths) - lengths
+    total, n_valid = int(cells.sum()), int(lengths.sum())
+    starts = np.empty(total + 1, dtype=np.int64)
+    starts[total] = n_valid
+    coords = np.empty((n_valid, points.shape[2]), dtype=points.dtype)
+    index = np.empty(n_valid, dtype=np.int64)
+    _run_split(_cell_sort, batch, points, lengths, origin, inv, dims, offset, first_point, starts, coords, index)
+    return origin, inv, dims, offset, starts, coords, index
 
 
 if WITH_NUMBA:
