@@ -144,3 +144,18 @@ def test_full_size_pixel_sets(fmt, brute):
     query, ql = xyz[:, ::49].contiguous(), (lengths + 48) // 49
     out = knn(query, xyz, 24, ql, lengths, backend="cells")
     _same(out, brute(query, xyz, 24, ql, lengths))
+
+
+@pytest.mark.parametrize("case", ["pixels", "uniform 3-D", "flat 3-D"])
+def test_numba_grid_is_the_torch_grid(case):
+    """The numba build (CPU backend) and the torch build (Triton backend) make the same cells."""
+    if case == "pixels":
+        xyz, lengths = pixel_set_batch("irregular", 20, 30, batch=3, keep=0.5, seed=4)
+    else:
+        xyz, lengths = torch.rand(3, 500, 3), torch.tensor([500, 77, 1])
+        if case == "flat 3-D":
+            xyz[..., 1] = 0.5
+    want = build_cells(xyz, lengths, 2.0)
+    got = nb._build_cells(xyz.numpy(), lengths.numpy(), 2.0)
+    for name, value in zip(want._fields, got):
+        assert torch.equal(torch.from_numpy(value), getattr(want, name)), name
