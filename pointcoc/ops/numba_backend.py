@@ -23,7 +23,7 @@ from .fps import fps_torch, initial_min_dist2
 from .cells import cell_steps, distance_margin
 from .knn import KNNResult, knn_torch
 
-__all__ = ["WITH_NUMBA", "fps_numba", "knn_numba", "knn_cells", "CELLS_CROSSOVER", "CELLS_PER_CELL"]
+__all__ = ["WITH_NUMBA", "fps_numba", "fps_cells", "knn_numba", "knn_cells", "CELLS_CROSSOVER", "CELLS_PER_CELL"]
 
 try:  # numba is optional: without it the torch backends do the work.
     import numba
@@ -38,6 +38,11 @@ _DTYPES = (torch.float32, torch.float64)
 # dimension; below, brute force is as fast (docs/benchmarks.md, "kNN at large N").
 CELLS_CROSSOVER = {2: 256, 3: 256}
 # Average points per cell of that list, by coordinate dimension (measured, docs/benchmarks.md).
+# fps_numba uses the cell list (fps_cells) for sets of at least this many points and picks (measured), with
+# this many points per cell.
+FPS_CELLS_CROSSOVER = 2048
+FPS_CELLS_MIN_SAMPLES = 64
+FPS_PER_CELL = 256.0
 CELLS_PER_CELL = {2: 2.0, 3: 3.0}
 
 if WITH_NUMBA:
@@ -215,6 +220,75 @@ if WITH_NUMBA:
                 order[b * m + i] = b * m + i
 
     @numba.njit(cache=True, nogil=True)
+    def _fps_cells_sets(points, init, lengths, start, n_samples, origin, inv, dims, offset, starts, coords, index,
+                        shrink, floor, out, first, stop):
+        """Exact FPS of sets first..stop-1 through the cells of :func:`_build_cells`; writes out (B, n_samples).
+
+        The picks are :func:`_fps_sets`'s: the same distances (x, then y, then z) and running minimum,
+        the first maximum (lowest index). A pick only lowers the minimum of points nearer to it than
+        their current minimum, so a cell whose box is, by a rounding-safe lower bound, farther from
+        the pick than its largest minimum is left as it is; each cell keeps its largest minimum and
+        the lowest index holding it, and the next pick is the best over cells.
+        """
+        dim = points.shape[2]
+        for b in range(first, stop):
+            n_valid = lengths[b]
+            cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
+            lo_p = starts[offset[b]]
+            mins = np.empty(n_valid, dtype=points.dtype)  # by sorted position
+            for p in range(n_valid):
+                mins[p] = init[b, index[lo_p + p]]
+            cell_max = np.empty(cells, dtype=points.dtype)
+            cell_at = np.empty(cells, dtype=np.int64)
+            for c in range(cells):
+                best, at = -2.0, n_valid
+                for p in range(starts[offset[b] + c] - lo_p, starts[offset[b] + c + 1] - lo_p):
+                    if mins[p] > best or (mins[p] == best and index[lo_p + p] < at):
+                        best, at = mins[p], index[lo_p + p]
+                cell_max[c], cell_at[c] = best, at
+            scale = inv[b]
+            ny, nz = dims[b, 1], dims[b, 2]
+            farthest = start[b]
+            for i in range(n_samples):
+                if i >= n_valid:
+                    out[b, i] = -1
+                    continue
+                out[b, i] = farthest
+                tx = (np.float64(points[b, farthest, 0]) - origin[b, 0]) * scale
+                ty = (np.float64(points[b, farthest, 1]) - origin[b, 1]) * scale
+                tz = (np.float64(points[b, farthest, 2]) - origin[b, 2]) * scale if dim == 3 else 0.5
+                for c in range(cells):
+                    if cell_max[c] < 0:  # empty, or every point excluded (-1 stays -1)
+                        continue
+                    gz = c % nz
+                    gy = (c // nz) % ny
+                    gx = c // (nz * ny)
+                    ex = max(max(gx - tx, tx - gx - 1.0) - 1e-7, 0.0)
+                    ey = max(max(gy - ty, ty - gy - 1.0) - 1e-7, 0.0)
+                    ez = max(max(gz - tz, tz - gz - 1.0) - 1e-7, 0.0)
+                    bound = (ex * ex + ey * ey + ez * ez) / (scale * scale) * shrink - floor
+                    if bound >= cell_max[c]:
+                        continue  # every point of the cell is at least as far as its own minimum
+                    best, at = -2.0, n_valid
+                    for p in range(starts[offset[b] + c] - lo_p, starts[offset[b] + c + 1] - lo_p):
+                        diff = coords[lo_p + p, 0] - points[b, farthest, 0]
+                        d = diff * diff
+                        for a in range(1, dim):  # summed x, then y, then z, as the reference
+                            diff = coords[lo_p + p, a] - points[b, farthest, a]
+                            d = d + diff * diff
+                        nearest = min(mins[p], d)
+                        mins[p] = nearest
+                        if nearest > best or (nearest == best and index[lo_p + p] < at):
+                            best, at = nearest, index[lo_p + p]
+                    cell_max[c], cell_at[c] = best, at
+                best, farthest = -1.0, -1
+                for c in range(cells):
+                    if cell_max[c] > best or (cell_max[c] == best and best >= 0 and cell_at[c] < farthest):
+                        best, farthest = cell_max[c], cell_at[c]
+                if best < 0:
+                    farthest = 0  # no candidate left (all -1): index 0, as the reference
+
+    @numba.njit(cache=True, nogil=True)
     def _knn_cells(query, order, query_lengths, origin, inv, dims, offset, starts, coords, index, steps, step_gap,
                    shrink, floor, out_d, out_i, first, stop):
         """kNN of the queries order[first:stop] (flat t = b * M + i) through the cells of
@@ -347,12 +421,39 @@ def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: t
     """
     if xyz.dtype not in _DTYPES:
         return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
+    if xyz.shape[1] >= FPS_CELLS_CROSSOVER and n_samples >= FPS_CELLS_MIN_SAMPLES:
+        return fps_cells(xyz, n_samples, lengths, start, skip_near_origin)
     batch = xyz.shape[0]
     xyz = xyz.detach()
     out = np.empty((batch, n_samples), dtype=np.int64)
     coords = xyz.transpose(1, 2).contiguous().numpy()
     init = initial_min_dist2(xyz, lengths, skip_near_origin).numpy()
     _run_split(_fps_sets, batch, coords, init, lengths.numpy(), start.numpy(), n_samples, out)
+    return torch.from_numpy(out)
+
+
+def fps_cells(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
+              skip_near_origin: bool) -> torch.Tensor:
+    """Exact FPS through a uniform cell list: :func:`fps_numba`'s indices, less work once picks are dense.
+
+    Each pick updates only the cells that may hold a point nearer to it than that point's
+    running minimum (most of them once the picks are dense), and the next pick is the best of
+    the cells' maxima; see ``_fps_cells_sets``. Same signature and results as :func:`fps_numba`
+    (ties to the lowest index, -1 past the lengths, ``skip_near_origin`` as the reference).
+    :func:`fps_numba` calls it for sets of at least ``FPS_CELLS_CROSSOVER`` points and at least
+    ``FPS_CELLS_MIN_SAMPLES`` picks.
+    """
+    if xyz.dtype not in _DTYPES:
+        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
+    batch = xyz.shape[0]
+    xyz = xyz.detach()
+    points = xyz.contiguous().numpy()
+    init = initial_min_dist2(xyz, lengths, skip_near_origin).numpy()
+    origin, inv, dims, offset, starts, coords, index = _build_cells(points, lengths.numpy(), FPS_PER_CELL)
+    shrink, floor = distance_margin(xyz.dtype)
+    out = np.empty((batch, n_samples), dtype=np.int64)
+    _run_split(_fps_cells_sets, batch, points, init, lengths.numpy(), start.numpy(), n_samples, origin, inv, dims,
+               offset, starts, coords, index, shrink, floor, out)
     return torch.from_numpy(out)
 
 
@@ -441,6 +542,7 @@ if WITH_NUMBA:
     backends.register("knn", "numba", knn_numba, devices=("cpu",), priority=10)
     # The cell list at every size: forced only (tests, benchmarks); knn_numba uses it above the crossover.
     backends.register("knn", "cells", knn_cells, devices=(), priority=9, forced_devices=("cpu",))
+    backends.register("fps", "cells", fps_cells, devices=(), priority=9, forced_devices=("cpu",))
 else:  # pragma: no cover - exercised only where numba is missing
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "numba", "not importable")
