@@ -10,7 +10,7 @@ from ..ops import backends
 from ..ops.fps import fps_torch
 from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
-__all__ = ["pixel_set_batch", "bench_fps", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+__all__ = ["pixel_set_batch", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
            "bench_context_cluster"]
 
 
@@ -62,6 +62,64 @@ def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048)
             p3d = lambda: ops.farthest_point_sample(xyz, n_samples, backend="pytorch3d")  # noqa: E731
             t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
             rows.append(Row("FPS", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+FPS_LARGE_CASES = (("uniform 3-D", 100_000, 4096), ("pixels regular", 224, 224 * 224 // 4),
+                   ("pixels discrete", 224, 224 * 224 // 8))
+
+
+def bench_fps_large(device="cpu", quick=False, cases=FPS_LARGE_CASES, brute=True) -> List[Row]:
+    """FPS of one large set: the default CPU backend vs fpsample (exact ``fps_sampling`` and the inexact
+    bucketed ``bucket_fps_kdline_sampling``, h=7), and today's brute force.
+
+    ``cases``: (kind, size, samples) with kind "uniform 3-D" (``size`` random points) or "pixels FMT"
+    (a ``size`` x ``size`` pixel set, 50 % kept unless regular); the pixel rows pick as many points as
+    ``pointmlp_coc_pixels``' first stage (a quarter of the set). fpsample starts at index 0, as ours.
+    """
+    if torch.device(device).type != "cpu":
+        raise SectionUnavailable("fps_large compares CPU implementations")
+    fps_sampling = import_or_skip("fpsample", "fps_sampling")
+    bucket_fps = import_or_skip("fpsample", "bucket_fps_kdline_sampling")
+    repeat = 3 if quick else 5
+    rows = []
+    for kind, size, samples in cases:
+        if kind.startswith("pixels"):
+            fmt = kind.split()[1]
+            xyz, lengths = pixel_set_batch(fmt, size, size, batch=1, keep=0.5, seed=0)
+            case = f"{size}x{size} pixels, {fmt}" + ("" if fmt == "regular" else " 50%")
+        else:
+            xyz, lengths = _uniform_sets(1, size, 3, 5)
+            case = f"{size:,} uniform 3-D points"
+        samples = min(samples, int(lengths[0]))
+        case += f" ({int(lengths[0]):,}) -> {samples:,}"
+        ours_name = backends.resolve("fps", xyz.device).name
+        ours = lambda: ops.farthest_point_sample(xyz, samples, lengths)  # noqa: E731
+        pts = xyz[0, : int(lengths[0])].numpy()
+        exact = lambda: fps_sampling(pts, samples, start_idx=0)  # noqa: E731
+        bucket = lambda: bucket_fps(pts, samples, h=7, start_idx=0)  # noqa: E731
+        picked = ours()[0]
+        same = torch.equal(picked, torch.from_numpy(exact().astype("int64")))
+        t_ours, t_ref = time_pair(ours, exact, device, repeat=repeat)
+        rows.append(Row("FPS large", case, ours_name, "fpsample fps_sampling (exact)", t_ours, t_ref,
+                        note="same indices" if same else "indices differ (ties broken otherwise)"))
+        t_ours, t_ref = time_pair(ours, bucket, device, repeat=repeat)
+        rows.append(Row("FPS large", case, ours_name, "fpsample bucket kd-line h=7 (not exact)", t_ours, t_ref))
+        if brute:
+            from ..ops import numba_backend
+
+            def slow():
+                saved = numba_backend.FPS_CELLS_CROSSOVER
+                numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
+                try:
+                    return ops.farthest_point_sample(xyz, samples, lengths, backend="numba")
+                finally:
+                    numba_backend.FPS_CELLS_CROSSOVER = saved
+
+            same = torch.equal(slow(), ours())
+            t_ours, t_slow = time_pair(ours, slow, device, repeat=1, warmup=0)
+            rows.append(Row("FPS large", case, ours_name, "numba brute force (before)", t_ours, t_slow,
+                            note="same indices" if same else "INDICES DIFFER"))
     return rows
 
 
