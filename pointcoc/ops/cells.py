@@ -19,9 +19,10 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["CellGrid", "build_cells", "cell_order", "cell_steps", "distance_margin", "distance_bound"]
+__all__ = ["CellGrid", "build_cells", "cell_order", "cell_steps", "distance_margin"]
 
-# Rounding of the cell coordinates t (float64, |t| < 2**22): far below this many cells.
+# Rounding of the cell coordinates t (float64, |t| < 2**22): far below this many cells. Every gap in
+# cells is shrunk by it (here, and as the literal 1e-7 in the numba and Triton kernels).
 GAP_MARGIN = 1e-7
 
 
@@ -144,13 +145,3 @@ def distance_margin(dtype: torch.dtype):
     """
     info = torch.finfo(dtype)
     return 1.0 - 64 * info.eps, 64 * info.tiny
-
-
-def distance_bound(gap_cells: torch.Tensor, inv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Lower bound on the computed squared distance of a point ``gap_cells`` cells away (float64, any shape).
-
-    ``inv``: cells per unit length, broadcastable to ``gap_cells``. Infinite gaps stay infinite.
-    """
-    shrink, floor = distance_margin(dtype)
-    gap = (gap_cells - GAP_MARGIN).clamp_min(0) / inv
-    return gap * gap * shrink - floor

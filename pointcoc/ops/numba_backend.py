@@ -1,5 +1,9 @@
 """Fast CPU kernels compiled with numba, run on torch's number of threads over sets (FPS) or queries (kNN).
 
+Brute-force kernels for small sets; above measured sizes (``CELLS_CROSSOVER``, ``FPS_CELLS_CROSSOVER``)
+kNN and FPS search a uniform cell list instead (:mod:`pointcoc.ops.cells`; :func:`knn_cells`,
+:func:`fps_cells`, also forced as backend ``"cells"``), with the very same results.
+
 Both return exactly what the torch references return: the same float
 operations in the same order (squared distances summed x, then y, then z, in
 the input's own precision), ties going to the lowest index, padding never
