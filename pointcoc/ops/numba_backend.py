@@ -479,10 +479,20 @@ def knn_numba(
         return knn_cells(query, points, k, query_lengths, point_lengths)
     batch, m, _ = query.shape
     q, p = query.detach().contiguous().numpy(), points.detach().contiguous().numpy()
-    dist2 = np.full((batch, m, k), np.inf, dtype=q.dtype)  # numpy: see knn_cells
-    idx = np.full((batch, m, k), -1, dtype=np.int64)
-    _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(), dist2, idx)
-    return KNNResult(torch.from_numpy(dist2), torch.from_numpy(idx))
+    dist2, idx = _empty_result(batch, m, k, query.dtype)
+    _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(), dist2.numpy(),
+               idx.numpy())
+    return KNNResult(dist2, idx)
+
+
+def _empty_result(batch: int, m: int, k: int, dtype: torch.dtype):
+    """(dist2 inf, idx -1) of shape (B, M, k), allocated by torch and filled by numpy: a parallel torch fill
+    would leave torch's OpenMP threads spinning beside the numba kernels' threads."""
+    dist2 = torch.empty((batch, m, k), dtype=dtype)
+    idx = torch.empty((batch, m, k), dtype=torch.long)
+    dist2.numpy().fill(np.inf)
+    idx.numpy().fill(-1)
+    return dist2, idx
 
 
 def knn_cells(
@@ -515,12 +525,10 @@ def knn_cells(
     reach = (k / (per_cell * (math.pi if dim == 2 else 4 * math.pi / 3))) ** (1 / dim)
     steps, step_gap = cell_steps(dim, int(math.ceil(reach)) + 2)
     shrink, floor = distance_margin(query.dtype)
-    # numpy, not torch, allocates: a parallel torch fill would leave OpenMP threads spinning beside numba's.
-    dist2 = np.full((batch, m, k), np.inf, dtype=q.dtype)
-    idx = np.full((batch, m, k), -1, dtype=np.int64)
+    dist2, idx = _empty_result(batch, m, k, query.dtype)
     _run_split(_knn_cells, batch * m, q, order, query_lengths.numpy(), origin, inv, dims, offset, starts, coords, index,
-               steps.numpy(), step_gap.numpy(), shrink, floor, dist2, idx)
-    return KNNResult(torch.from_numpy(dist2), torch.from_numpy(idx))
+               steps.numpy(), step_gap.numpy(), shrink, floor, dist2.numpy(), idx.numpy())
+    return KNNResult(dist2, idx)
 
 
 def _build_cells(points: "np.ndarray", lengths: "np.ndarray", per_cell: float):
