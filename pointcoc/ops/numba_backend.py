@@ -558,4 +558,5 @@ if WITH_NUMBA:
 else:  # pragma: no cover - exercised only where numba is missing
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "numba", "not importable")
-    backends.note_unavailable("knn", "cells", "needs numba (not importable)")
+    for _op in ("fps", "knn"):
+        backends.note_unavailable(_op, "cells", "needs numba (not importable)")
