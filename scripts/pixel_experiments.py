@@ -44,6 +44,12 @@ PLANS: Dict[str, dict] = {
     # the same digits cells with a longer budget (run with --runs runs/pixel_experiments_e30)
     "digits_long": dict(dataset="digits", models=SMALL, seeds=(0,), epochs=30,
                         formats=(("regular", 1.0), ("discrete", 0.5))),
+    # Full-resolution mnist5k (issue 21): every pixel or half of them, 5 epochs, seed 0; PointMLP-CoC and the
+    # ConvNet in two plans so that they can run side by side (runs/pixel_experiments_full)
+    "mnist5k_full_coc": dict(dataset="mnist5k", models=("pointmlp_coc_pixels",), seeds=(0,), epochs=5,
+                             formats=(("regular", 1.0), ("discrete", 0.5), ("masked", 0.5), ("irregular", 0.5))),
+    "mnist5k_full_convnet": dict(dataset="mnist5k", models=("convnet_pixels",), seeds=(0,), epochs=5,
+                                 formats=(("regular", 1.0), ("discrete", 0.5), ("masked", 0.5), ("irregular", 0.5))),
     # 30 epochs with a new training mask every epoch (train_pixels.py's own default; runs/pixel_experiments_redraw)
     "digits_redraw": dict(dataset="digits", models=SMALL, seeds=(0,), epochs=30, formats=(("discrete", 0.5),),
                           train_args=("--redraw-masks",)),

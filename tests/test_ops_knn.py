@@ -12,8 +12,9 @@ from pointcoc.ops import available_backends, knn, use_backend
 
 knn_impl = importlib.import_module("pointcoc.ops.knn")
 BACKENDS = available_backends("knn")
-# pytorch3d runs where installed (its own tests); triton runs on CPU only in its interpreter (tests/test_triton.py).
-CPU_BACKENDS = [b for b in BACKENDS if b not in ("pytorch3d", "triton")]
+# pytorch3d runs where installed (its own tests); triton and triton-cells run on CPU only in its interpreter
+# (tests/test_triton.py).
+CPU_BACKENDS = [b for b in BACKENDS if b not in ("pytorch3d", "triton", "triton-cells")]
 
 
 def _case(seed, batch, m, n, dim, ragged, dtype=torch.float32):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ops_reference import check_against_float64, numpy_fps, random_lengths, spread_case
+from pointcoc.bench.ops_rows import pixel_set_batch
 from pointcoc.ops import farthest_point_sample, knn, triton_backend
 from pointcoc.ops.fps import fps_torch, near_origin
 from script_checks import run_python
@@ -48,13 +49,13 @@ def _interpreted(marker):
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the interpreted run")
 def test_kernels_in_the_interpreter():
-    assert _interpreted("not slow") == 6
+    assert _interpreted("not slow") == 10
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="this is the interpreted run")
 def test_kernels_in_the_interpreter_slow():
-    assert _interpreted("slow") == 13
+    assert _interpreted("slow") == 17
 
 
 @pytest.mark.slow
@@ -73,8 +74,14 @@ def test_kernels_compile_for_cuda_without_fused_multiply_adds(dtype):
             "out_d_ptr": f"*{dtype}", "out_i_ptr": "*i64", "m": "i32", "n": "i32", "k": "i32", "DIM": "constexpr",
             "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "K_PAD": "constexpr"}
     knn_constants = {"DIM": 3, "BLOCK_M": 32, "BLOCK_N": 64, "K_PAD": 32}
+    cells = {"q_ptr": f"*{dtype}", "order_ptr": "*i64", "n_rows": "i32", "m": "i32", "origin_ptr": "*fp64",
+             "inv_ptr": "*fp64", "dims_ptr": "*i64", "offset_ptr": "*i64", "starts_ptr": "*i64",
+             "coords_ptr": f"*{dtype}", "index_ptr": "*i64", "steps_ptr": "*i64", "gap_ptr": "*fp64", "n_steps": "i32",
+             "max_per_cell": "i32", "shrink": "fp64", "floor": "fp64", "out_d_ptr": f"*{dtype}", "out_i_ptr": "*i64",
+             "settled_ptr": "*i8", "k": "i32", "DIM": "constexpr", "BLOCK_M": "constexpr", "K_PAD": "constexpr"}
     for kernel, signature, constants in ((kernels.fps_kernel, fps, {"DIM": 3, "BLOCK": 1024}),
-                                         (kernels.knn_kernel, knn_, knn_constants)):
+                                         (kernels.knn_kernel, knn_, knn_constants),
+                                         (kernels.knn_cells_kernel, cells, {"DIM": 2, "BLOCK_M": 32, "K_PAD": 16})):
         compiled = compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                            options={"num_warps": 4, "enable_fp_fusion": False})
         assert "cubin" in compiled.asm and "fma." not in compiled.asm["ptx"]
@@ -213,3 +220,44 @@ def test_cuda_matches_reference_at_model_sizes(batch, m, n, k):
     assert torch.equal(out.dist2, ref.dist2)
     idx = farthest_point_sample(points.cuda(), m, pl.cuda(), backend="triton")
     assert torch.equal(idx, farthest_point_sample(points.cuda(), m, pl.cuda(), backend="torch"))
+
+
+def test_knn_lowest_indices_among_ties_across_tiles():
+    """Sets longer than the kernel's tile of 64 points: ties across tiles still go to the lowest indices."""
+    points, point_lengths = _points(11, 2, 150, 2, torch.float64, grid=True)
+    query, query_lengths = _points(12, 2, 20, 2, torch.float64, grid=True)
+    out = knn(query.to(DEVICE), points.to(DEVICE), 7, query_lengths.to(DEVICE), point_lengths.to(DEVICE),
+              backend="triton")
+    dist2, idx = _lexicographic_knn(query, points, 7, query_lengths, point_lengths)
+    assert torch.equal(out.dist2.cpu(), dist2) and torch.equal(out.idx.cpu(), idx)
+
+
+def _cells_case(query, points, k, ql, pl):
+    out = knn(query.to(DEVICE), points.to(DEVICE), k, ql.to(DEVICE), pl.to(DEVICE), backend="triton-cells")
+    dist2, idx = _lexicographic_knn(query, points, k, ql, pl)
+    assert torch.equal(out.dist2.cpu(), dist2) and torch.equal(out.idx.cpu(), idx)
+
+
+@pytest.mark.parametrize("fmt", ["discrete", pytest.param("regular", marks=SLOW), pytest.param("masked", marks=SLOW),
+                                 "irregular"])
+def test_knn_cells_pixel_formats(fmt):
+    """The cell-list kernel on small pixel sets: the brute force's distances and indices, ties included."""
+    xyz, lengths = pixel_set_batch(fmt, 10, 10, batch=2, keep=0.5, seed=2)
+    _cells_case(xyz, xyz, 6, lengths, lengths)
+
+
+def test_knn_cells_unsettled_rows_redone():
+    """A query far from its set and k above a set's size: the table does not settle them; brute force does."""
+    points, pl = _points(3, 2, 60, 2)
+    query, ql = _points(4, 2, 9, 2)
+    query[0, 0] = 40.0
+    pl[0] = 4  # k = 6 > 4: -1 / inf past it
+    _cells_case(query, points, 6, ql, pl)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_knn_cells_three_dims(dtype):
+    points, pl = _points(5, 2, 120, 3, dtype, grid=True)
+    query, ql = _points(6, 2, 16, 3, dtype)
+    _cells_case(query, points, 5, ql, pl)

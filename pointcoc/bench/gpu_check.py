@@ -45,6 +45,7 @@ from ..ops.fps import fps_torch
 from ..ops.knn import knn_torch
 from .measure import machine_description, peak_memory, random_tensor, synchronize, time_pair, timed
 from .model_rows import reference_pair, train_step
+from .ops_rows import pixel_set_batch
 
 __all__ = ["CheckSizes", "SIZES", "run_gpu_check", "to_markdown", "FORMAT", "SCANOBJECTNN_TRAIN_OBJECTS"]
 
@@ -59,7 +60,8 @@ class CheckSizes:
     """Problem sizes of one kind of run.
 
     ops_cases: (kind, B, N, D, samples, k) with kind "uniform" (in [-1, 1]^D),
-        "pixels" (a sqrt(N) x sqrt(N) grid of pixel coordinates, D = 2) or
+        "pixels" (a sqrt(N) x sqrt(N) grid of pixel coordinates, D = 2), "discrete pixels"
+        (half the pixels of a sqrt(2N) x sqrt(2N) image, drawn per set, D = 2) or
         "clusters" (two unit cubes 1000 apart); FPS picks ``samples`` points,
         kNN finds the ``k`` nearest of each of them.
     compiled_precisions: the precisions whose training step is also run compiled.
@@ -93,7 +95,9 @@ _TWO_SMALL_STAGES = dict(embed_dim=8, k_neighbors=(4, 4), reducers=(2, 2), dim_e
 SIZES = {
     # One H100: the sizes the issue asks for.
     "full": CheckSizes("full", (("uniform", 32, 1024, 3, 512, 24), ("uniform", 8, 8192, 3, 2048, 24),
-                                ("pixels", 2, 224 * 224, 2, 224 * 224 // 16, 16), ("clusters", 4, 8192, 3, 2048, 24)),
+                                ("pixels", 8, 224 * 224, 2, 224 * 224 // 16, 16),
+                                ("discrete pixels", 8, 224 * 224 // 2, 2, 224 * 224 // 32, 16),
+                                ("clusters", 4, 8192, 3, 2048, 24)),
                        ops_repeat=3, train_batch=32, train_points=1024, train_steps=10),
     # No GPU: the same sections on the CPU, smaller.
     "reduced": CheckSizes("reduced", (("uniform", 8, 1024, 3, 512, 24), ("uniform", 2, 4096, 3, 1024, 24),
@@ -191,12 +195,17 @@ def _case_points(kind: str, batch: int, n: int, dim: int, device: torch.device) 
         i, j = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
         grid = torch.stack([i.reshape(-1) / side - 0.5, j.reshape(-1) / side - 0.5], -1)
         return grid.to(device)[None].expand(batch, -1, -1).contiguous()
+    if kind == "discrete pixels":  # half the pixels of a side x side image, each set its own draw
+        side = math.isqrt(2 * n)
+        if side * side != 2 * n or dim != 2:
+            raise ValueError(f"a discrete pixel case needs N = side**2 / 2 and D = 2; got N={n}, D={dim}")
+        return pixel_set_batch("discrete", side, side, batch, keep=0.5, seed=3)[0].to(device)
     if kind == "clusters":
         x = random_tensor((batch, n, dim), device, 2)
         offset = torch.zeros(dim, device=device)
         offset[0] = 500.0
         return torch.cat([x[:, : n // 2] - offset, x[:, n // 2 :] + offset], 1)
-    raise ValueError(f"kind must be 'uniform', 'pixels' or 'clusters'; got {kind!r}")
+    raise ValueError(f"kind must be 'uniform', 'pixels', 'discrete pixels' or 'clusters'; got {kind!r}")
 
 
 def _ops(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dict:
@@ -218,7 +227,9 @@ def _ops(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Dict:
             rows.append({"op": "fps", "case": f"{case} -> {samples}", "backend": name, "ms": 1e3 * t,
                          "torch_ms": 1e3 * t_ref, "speedup_vs_torch": t_ref / t,
                          "parity": bool(torch.equal(run(), want_idx)), "parity_rule": "same indices"})
-        for name in ops.available_backends("knn", device):
+        # triton-cells (the cell-list kernel) is only forced; knn_triton uses it for large 2-D sets.
+        forced = [n_ for n_ in ("triton-cells",) if n_ in ops.available_backends("knn") and device.type == "cuda"]
+        for name in ops.available_backends("knn", device) + forced:
             run = lambda: ops.knn(query, xyz, k, backend=name)  # noqa: E731
             reference = lambda: ops.knn(query, xyz, k, backend="torch")  # noqa: E731
             t, t_ref = time_pair(run, reference, device, repeat=sizes.ops_repeat)

@@ -10,8 +10,33 @@ from ..ops import backends
 from ..ops.fps import fps_torch
 from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
-__all__ = ["bench_fps", "bench_knn", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+__all__ = ["pixel_set_batch", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
            "bench_context_cluster"]
+
+
+def pixel_set_batch(fmt: str, height: int, width: int, batch: int, keep: float = 1.0, seed: int = 0):
+    """A batch of pixel sets as the data sets make them, for benchmarks and tests.
+
+    Args:
+        fmt: a pixel format of :data:`pointcoc.data.pixels.PIXEL_FORMATS` without depth
+            ("regular", "discrete", "masked", "irregular").
+        height, width: image size; batch: number of sets; keep: fraction of pixels kept.
+
+    Returns:
+        (xyz FloatTensor (B, N, 2) of pixel coordinates ``(i / w - 0.5, j / h - 0.5)``, the kept
+        pixels of each set first in raster order and padding (zeros) after; lengths LongTensor (B,)),
+        with N the largest set.
+    """
+    from ..data.pixels import keep_mask, pixel_coordinates
+
+    grid = pixel_coordinates(height, width).reshape(-1, 2)
+    g = torch.Generator().manual_seed(seed)
+    sets = [grid[keep_mask(fmt, height, width, keep, generator=g).reshape(-1)] for _ in range(batch)]
+    lengths = torch.tensor([len(s) for s in sets])
+    xyz = torch.zeros(batch, int(lengths.max()), 2)
+    for b, s in enumerate(sets):
+        xyz[b, : len(s)] = s
+    return xyz, lengths
 
 
 def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048))) -> List[Row]:
@@ -37,6 +62,64 @@ def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048)
             p3d = lambda: ops.farthest_point_sample(xyz, n_samples, backend="pytorch3d")  # noqa: E731
             t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
             rows.append(Row("FPS", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+FPS_LARGE_CASES = (("uniform 3-D", 100_000, 4096), ("pixels regular", 224, 224 * 224 // 4),
+                   ("pixels discrete", 224, 224 * 224 // 8))
+
+
+def bench_fps_large(device="cpu", quick=False, cases=FPS_LARGE_CASES, brute=True) -> List[Row]:
+    """FPS of one large set: the default CPU backend vs fpsample (exact ``fps_sampling`` and the inexact
+    bucketed ``bucket_fps_kdline_sampling``, h=7), and today's brute force.
+
+    ``cases``: (kind, size, samples) with kind "uniform 3-D" (``size`` random points) or "pixels FMT"
+    (a ``size`` x ``size`` pixel set, 50 % kept unless regular); the pixel rows pick as many points as
+    ``pointmlp_coc_pixels``' first stage (a quarter of the set). fpsample starts at index 0, as ours.
+    """
+    if torch.device(device).type != "cpu":
+        raise SectionUnavailable("fps_large compares CPU implementations")
+    fps_sampling = import_or_skip("fpsample", "fps_sampling")
+    bucket_fps = import_or_skip("fpsample", "bucket_fps_kdline_sampling")
+    repeat = 3 if quick else 5
+    rows = []
+    for kind, size, samples in cases:
+        if kind.startswith("pixels"):
+            fmt = kind.split()[1]
+            xyz, lengths = pixel_set_batch(fmt, size, size, batch=1, keep=0.5, seed=0)
+            case = f"{size}x{size} pixels, {fmt}" + ("" if fmt == "regular" else " 50%")
+        else:
+            xyz, lengths = _uniform_sets(1, size, 3, 5)
+            case = f"{size:,} uniform 3-D points"
+        samples = min(samples, int(lengths[0]))
+        case += f" ({int(lengths[0]):,}) -> {samples:,}"
+        ours_name = backends.resolve("fps", xyz.device).name
+        ours = lambda: ops.farthest_point_sample(xyz, samples, lengths)  # noqa: E731
+        pts = xyz[0, : int(lengths[0])].numpy()
+        exact = lambda: fps_sampling(pts, samples, start_idx=0)  # noqa: E731
+        bucket = lambda: bucket_fps(pts, samples, h=7, start_idx=0)  # noqa: E731
+        picked = ours()[0]
+        same = torch.equal(picked, torch.from_numpy(exact().astype("int64")))
+        t_ours, t_ref = time_pair(ours, exact, device, repeat=repeat)
+        rows.append(Row("FPS large", case, ours_name, "fpsample fps_sampling (exact)", t_ours, t_ref,
+                        note="same indices" if same else "indices differ (ties broken otherwise)"))
+        t_ours, t_ref = time_pair(ours, bucket, device, repeat=repeat)
+        rows.append(Row("FPS large", case, ours_name, "fpsample bucket kd-line h=7 (not exact)", t_ours, t_ref))
+        if brute:
+            from ..ops import numba_backend
+
+            def slow():
+                saved = numba_backend.FPS_CELLS_CROSSOVER
+                numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
+                try:
+                    return ops.farthest_point_sample(xyz, samples, lengths, backend="numba")
+                finally:
+                    numba_backend.FPS_CELLS_CROSSOVER = saved
+
+            same = torch.equal(slow(), ours())
+            t_ours, t_slow = time_pair(ours, slow, device, repeat=1, warmup=0)
+            rows.append(Row("FPS large", case, ours_name, "numba brute force (before)", t_ours, t_slow,
+                            note="same indices" if same else "INDICES DIFFER"))
     return rows
 
 
@@ -75,6 +158,101 @@ def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8
             p3d = lambda: ops.knn(query, points, k, backend="pytorch3d")  # noqa: E731
             t_ours, t_p3d = time_pair(ours, p3d, device, repeat=repeat)
             rows.append(Row("kNN", case, ours_name, "pytorch3d", t_ours, t_p3d))
+    return rows
+
+
+def _uniform_sets(batch, n, dim, seed):
+    return random_tensor((batch, n, dim), "cpu", seed), torch.full((batch,), n, dtype=torch.long)
+
+
+def _brute_numba():
+    """A callable (query, points, k, ql, pl) -> KNNResult running today's brute-force numba kernel at any size."""
+    from ..ops import numba_backend
+
+    def run(query, points, k, ql, pl):
+        saved = dict(numba_backend.CELLS_CROSSOVER)
+        numba_backend.CELLS_CROSSOVER.update({2: 1 << 62, 3: 1 << 62})
+        try:
+            return ops.knn(query, points, k, ql, pl, backend="numba")
+        finally:
+            numba_backend.CELLS_CROSSOVER.update(saved)
+
+    return run
+
+
+KNN_LARGE_CASES = (("uniform 3-D", 50_000, 1.0), ("pixels regular", 224, 1.0), ("pixels discrete", 224, 0.5),
+                   ("pixels masked", 224, 0.5), ("pixels irregular", 224, 0.5))
+
+
+def bench_knn_large(device="cpu", quick=False, k=16, cases=KNN_LARGE_CASES, brute=True) -> List[Row]:
+    """Self-kNN of one image-sized set: the default CPU backend vs scipy's cKDTree (and today's brute force).
+
+    ``cases``: (kind, size, keep): "uniform 3-D" with ``size`` uniform random points, or "pixels FMT"
+    for a ``size`` x ``size`` pixel set of format FMT keeping ``keep`` of the pixels. cKDTree is built
+    and queried on each call (``workers`` = torch's thread count), as a kNN of a fresh set needs.
+    ``brute``: also time the brute-force numba kernel (seconds per call at these sizes).
+    """
+    if torch.device(device).type != "cpu":
+        raise SectionUnavailable("knn_large compares CPU backends")
+    ckdtree = import_or_skip("scipy.spatial", "cKDTree")
+    repeat = 3 if quick else 7
+    workers = torch.get_num_threads()
+    rows = []
+    for kind, size, keep in cases:
+        if kind.startswith("pixels"):
+            xyz, lengths = pixel_set_batch(kind.split()[1], size, size, batch=1, keep=keep, seed=0)
+            case = f"{size}x{size} pixels, {kind.split()[1]}" + (f" {keep:.0%}" if keep < 1 else "")
+        else:
+            xyz, lengths = _uniform_sets(1, size, 3, 7)
+            case = f"{size:,} uniform 3-D points"
+        case += f" ({int(lengths[0]):,} points), k={k}"
+        ours_name = backends.resolve("knn", xyz.device).name
+        ours = lambda: ops.knn(xyz, xyz, k, lengths, lengths)  # noqa: E731
+        pts = xyz[0, : int(lengths[0])].numpy()
+        tree = lambda: ckdtree(pts).query(pts, k, workers=workers)  # noqa: E731
+        out, (tree_d, _) = ours(), tree()
+        # cKDTree computes in float64: compare in float64 against the float32 reference's distances.
+        same = torch.allclose(out.dist2[0].double(), torch.from_numpy(tree_d) ** 2, rtol=1e-5, atol=1e-9)
+        exact = torch.equal(out.dist2, ops.knn(xyz, xyz, k, lengths, lengths, backend="torch").dist2) \
+            if int(lengths[0]) <= 4096 else None
+        note = "same distances as cKDTree (float64, rtol 1e-5)" if same else "DISTANCES DIFFER from cKDTree"
+        t_ours, t_tree = time_pair(ours, tree, device, repeat=repeat)
+        rows.append(Row("kNN large", case, ours_name, f"cKDTree (workers={workers})", t_ours, t_tree,
+                        note=note if exact is None else note + ("; = torch reference" if exact else "; DIFFERS")))
+        if brute:
+            slow = lambda: _brute_numba()(xyz, xyz, k, lengths, lengths)  # noqa: E731
+            same_brute = torch.equal(slow().idx, out.idx)
+            t_ours, t_slow = time_pair(ours, slow, device, repeat=1 if not quick else 1, warmup=0)
+            rows.append(Row("kNN large", case, ours_name, "numba brute force (before)", t_ours, t_slow,
+                            note="same indices" if same_brute else "INDICES DIFFER"))
+    return rows
+
+
+def bench_knn_crossover(device="cpu", quick=False, k=24, sizes=(256, 512, 1024, 2048, 4096), batch=32) -> List[Row]:
+    """The cell list vs the brute-force numba kernel at the models' sizes: where the automatic switch goes.
+
+    Per size N: B=``batch`` sets of N points, queries the first N / 2 of them (the models' kNN of FPS
+    centres), in 3-D (uniform random) and 2-D (a sqrt(N) x sqrt(N)-ish pixel set with 50 % discrete).
+    """
+    if torch.device(device).type != "cpu":
+        raise SectionUnavailable("knn_crossover compares CPU backends")
+    import_or_skip("pointcoc.ops.numba_backend", "knn_cells")
+    repeat = 3 if quick else 5
+    brute = _brute_numba()
+    rows = []
+    for n in (sizes[:2] if quick else sizes):
+        side = max(2, int(round((2 * n) ** 0.5)))
+        for label, (xyz, lengths) in (("3-D uniform", _uniform_sets(batch, n, 3, 3)),
+                                      (f"2-D {side}x{side} pixels, discrete 50 %",
+                                       pixel_set_batch("discrete", side, side, batch, keep=0.5, seed=1))):
+            query, ql = xyz[:, : xyz.shape[1] // 2].contiguous(), (lengths // 2).clamp_min(1)
+            cells = lambda: ops.knn(query, xyz, k, ql, lengths, backend="cells")  # noqa: E731
+            slow = lambda: brute(query, xyz, k, ql, lengths)  # noqa: E731
+            same = torch.equal(cells().idx, slow().idx) and torch.equal(cells().dist2, slow().dist2)
+            t_cells, t_brute = time_pair(cells, slow, device, repeat=repeat)
+            case = f"B={batch}, N={int(lengths.max())}, M=N/2, k={k}, {label}"
+            rows.append(Row("kNN crossover", case, "cells", "numba brute force", t_cells, t_brute,
+                            note="same distances and indices" if same else "RESULTS DIFFER"))
     return rows
 
 

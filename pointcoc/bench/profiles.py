@@ -10,7 +10,7 @@ from .. import ops
 from .measure import import_or_skip, machine_description, synchronize
 from .model_rows import MODEL_LABELS, reference_pair, step_inputs, train_step
 
-__all__ = ["profile_train_step", "profile_model_vs_reference"]
+__all__ = ["profile_train_step", "profile_model_vs_reference", "profile_pixel_step"]
 
 
 def profile_train_step(name: str, batch: int = 16, n_points: int = 1024, device="cpu", backend=None,
@@ -151,3 +151,55 @@ def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classe
         lines.append(events.table(sort_by="self_cpu_time_total", row_limit=row_limit))
         lines.append("")
     return "\n".join(lines)
+
+
+def profile_pixel_step(name: str = "pointmlp_coc_pixels", side: int = 28, batch: int = 32, channels: int = 1,
+                       brute_force_ops: bool = False, steps: int = 2, num_classes: int = 10) -> dict:
+    """One training step of a pixel-set model on full ``side`` x ``side`` images: time and the FPS / kNN share.
+
+    Inputs: every pixel (the "regular" format), ``channels`` random colour channels, B=``batch``.
+    ``brute_force_ops``: run FPS and kNN with the brute-force numba kernels (the state before
+    issue 21's cell lists), for a before/after comparison in one process. One untimed step, then
+    ``steps`` profiled steps.
+
+    Returns:
+        dict with ``step_s`` (mean over the profiled steps), ``fps_s`` and ``knn_s`` (their share, from
+        the profiler's ``pointcoc::`` custom-op events) and ``top`` (the profiler table, 15 rows).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from ..ops import numba_backend
+    from .ops_rows import pixel_set_batch
+
+    create_model = import_or_skip("pointcoc", "create_model")
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, in_channels=channels).train()
+    xyz, lengths = pixel_set_batch("regular", side, side, batch)
+    features = torch.rand(batch, xyz.shape[1], channels)
+    label = torch.arange(batch) % num_classes
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(xyz, features, lengths), label).backward()
+        optimizer.step()
+
+    saved = (dict(numba_backend.CELLS_CROSSOVER), numba_backend.FPS_CELLS_CROSSOVER)
+    if brute_force_ops:
+        numba_backend.CELLS_CROSSOVER.update({2: 1 << 62, 3: 1 << 62})
+        numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
+    try:
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            elapsed = (time.perf_counter() - start) / steps
+    finally:
+        numba_backend.CELLS_CROSSOVER.update(saved[0])
+        numba_backend.FPS_CELLS_CROSSOVER = saved[1]
+    events = {e.key: e.cpu_time_total / 1e6 / steps for e in prof.key_averages()}
+    return {"model": name, "image": f"{side}x{side}", "channels": channels, "batch": batch, "step_s": elapsed,
+            "fps_s": events.get("pointcoc::farthest_point_sample", 0.0), "knn_s": events.get("pointcoc::knn", 0.0),
+            "brute_force_ops": brute_force_ops,
+            "top": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)}

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-__all__ = ["fps_kernel", "knn_kernel"]
+__all__ = ["fps_kernel", "knn_kernel", "knn_cells_kernel"]
 
 
 @triton.jit
@@ -95,7 +95,10 @@ def knn_kernel(q_ptr, p_ptr, qlen_ptr, plen_ptr, out_d_ptr, out_i_ptr, m, n, k,
                 v = tl.min(dist2, axis=1)
                 j = tl.min(tl.where(dist2 == v[:, None], cols[None, :], 2147483647), axis=1)
                 take = v < worst
-                pos = tl.min(tl.where(best_d == worst[:, None], slots[None, :], K_PAD), axis=1)
+                # Evict the worst (distance, index) pair: among slots at the worst distance, the highest index.
+                worst_at = tl.max(tl.where(best_d == worst[:, None], best_i, -1), axis=1)
+                pos = tl.min(tl.where((best_d == worst[:, None]) & (best_i == worst_at[:, None]), slots[None, :],
+                                      K_PAD), axis=1)
                 hit = take[:, None] & (slots[None, :] == pos[:, None])
                 best_d = tl.where(hit, v[:, None], best_d)
                 best_i = tl.where(hit, j[:, None].to(tl.int32), best_i)
@@ -105,3 +108,94 @@ def knn_kernel(q_ptr, p_ptr, qlen_ptr, plen_ptr, out_d_ptr, out_i_ptr, m, n, k,
         keep = row_ok[:, None] & (slots[None, :] < k)
         tl.store(out_d_ptr + at, best_d, mask=keep)
         tl.store(out_i_ptr + at, best_i.to(tl.int64), mask=keep)
+
+
+@triton.jit
+def knn_cells_kernel(q_ptr, order_ptr, n_rows, m, origin_ptr, inv_ptr, dims_ptr, offset_ptr, starts_ptr, coords_ptr,
+                     index_ptr, steps_ptr, gap_ptr, n_steps, max_per_cell, shrink, floor, out_d_ptr, out_i_ptr,
+                     settled_ptr, k, DIM: tl.constexpr, BLOCK_M: tl.constexpr, K_PAD: tl.constexpr):
+    """kNN through the cells of :func:`pointcoc.ops.cells.build_cells`, for queries order[pid * BLOCK_M ...].
+
+    q (B * M, DIM) row-major; order: flat query indices b * M + i, valid ones by cell. Cells are
+    visited in the order of ``steps`` (S, 3) around each query's cell until ``gap`` (S + 1,), a lower
+    bound in squared cells on every later offset, exceeds the k-th distance found; a cell whose own
+    gap does is skipped. Candidates are kept in (distance, index) order. Writes the k nearest
+    (unsorted) into out (B, M, k), which holds inf / -1, and settled[t] = 1 where the offsets
+    settled the query (the caller redoes the others by brute force).
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    t = tl.load(order_ptr + rows, mask=row_ok, other=0)
+    b = t // m
+    scale = tl.load(inv_ptr + b, mask=row_ok, other=1.0)
+    nx = tl.load(dims_ptr + 3 * b, mask=row_ok, other=1)
+    ny = tl.load(dims_ptr + 3 * b + 1, mask=row_ok, other=1)
+    nz = tl.load(dims_ptr + 3 * b + 2, mask=row_ok, other=1)
+    base = tl.load(offset_ptr + b, mask=row_ok, other=0)
+    qx = tl.load(q_ptr + t * DIM, mask=row_ok, other=0.0)
+    qy = tl.load(q_ptr + t * DIM + 1, mask=row_ok, other=0.0)
+    tx = (qx.to(tl.float64) - tl.load(origin_ptr + 3 * b, mask=row_ok, other=0.0)) * scale
+    ty = (qy.to(tl.float64) - tl.load(origin_ptr + 3 * b + 1, mask=row_ok, other=0.0)) * scale
+    qz = qx
+    tz = tx * 0 + 0.5
+    if DIM == 3:
+        qz = tl.load(q_ptr + t * DIM + 2, mask=row_ok, other=0.0)
+        tz = (qz.to(tl.float64) - tl.load(origin_ptr + 3 * b + 2, mask=row_ok, other=0.0)) * scale
+    cx = tl.minimum(tl.maximum(tl.floor(tx).to(tl.int64), 0), nx - 1)
+    cy = tl.minimum(tl.maximum(tl.floor(ty).to(tl.int64), 0), ny - 1)
+    cz = tl.minimum(tl.maximum(tl.floor(tz).to(tl.int64), 0), nz - 1)
+    slots = tl.arange(0, K_PAD)
+    inf = float("inf")
+    # Slots past k hold -inf: never the worst, never replaced, never stored.
+    best_d = tl.where(slots[None, :] < k, inf, -inf) + tl.zeros([BLOCK_M, K_PAD], qx.dtype)
+    best_i = tl.full([BLOCK_M, K_PAD], -1, tl.int64)
+    limit = tl.full([BLOCK_M], inf, tl.float64)  # the k-th distance in squared cells, widened by the margin
+    done = ~row_ok
+    s = 0
+    while s < n_steps:
+        done = done | (tl.load(gap_ptr + s) > limit)
+        if tl.min(done.to(tl.int32)) == 1:
+            s = n_steps + 1  # every row is settled
+        else:
+            gx = cx + tl.load(steps_ptr + 3 * s)
+            gy = cy + tl.load(steps_ptr + 3 * s + 1)
+            gz = cz + tl.load(steps_ptr + 3 * s + 2)
+            ok = ~done & (gx >= 0) & (gx < nx) & (gy >= 0) & (gy < ny) & (gz >= 0) & (gz < nz)
+            ex = tl.maximum(tl.maximum(gx - tx, tx - gx - 1.0), 0.0)
+            ey = tl.maximum(tl.maximum(gy - ty, ty - gy - 1.0), 0.0)
+            ez = tl.maximum(tl.maximum(gz - tz, tz - gz - 1.0), 0.0)
+            ex = tl.maximum(ex - 1e-7, 0.0)
+            ey = tl.maximum(ey - 1e-7, 0.0)
+            ez = tl.maximum(ez - 1e-7, 0.0)
+            ok = ok & (ex * ex + ey * ey + ez * ez <= limit)
+            cell = base + (gx * ny + gy) * nz + gz
+            lo = tl.load(starts_ptr + cell, mask=ok, other=0)
+            count = tl.load(starts_ptr + cell + 1, mask=ok, other=0) - lo
+            for j in range(0, max_per_cell):
+                has = j < count
+                p = lo + j
+                diff = qx - tl.load(coords_ptr + p * DIM, mask=has, other=0.0)
+                d = diff * diff
+                diff = qy - tl.load(coords_ptr + p * DIM + 1, mask=has, other=0.0)
+                d = d + diff * diff
+                if DIM == 3:
+                    diff = qz - tl.load(coords_ptr + p * DIM + 2, mask=has, other=0.0)
+                    d = d + diff * diff
+                at = tl.load(index_ptr + p, mask=has, other=0)
+                worst = tl.max(best_d, axis=1)
+                worst_at = tl.max(tl.where(best_d == worst[:, None], best_i, -1), axis=1)
+                take = has & ((d < worst) | ((d == worst) & (at < worst_at)))
+                pos = tl.min(tl.where((best_d == worst[:, None]) & (best_i == worst_at[:, None]), slots[None, :],
+                                      K_PAD), axis=1)
+                hit = take[:, None] & (slots[None, :] == pos[:, None])
+                best_d = tl.where(hit, d[:, None], best_d)
+                best_i = tl.where(hit, at[:, None], best_i)
+            kth = tl.max(best_d, axis=1)
+            limit = tl.where(kth < inf, (kth.to(tl.float64) + floor) / shrink * scale * scale, limit)
+            s += 1
+    done = done | (tl.load(gap_ptr + n_steps) > limit)
+    out = t[:, None] * k + slots[None, :]
+    keep = row_ok[:, None] & (slots[None, :] < k)
+    tl.store(out_d_ptr + out, best_d, mask=keep)
+    tl.store(out_i_ptr + out, best_i, mask=keep)
+    tl.store(settled_ptr + t, done.to(tl.int8), mask=row_ok)

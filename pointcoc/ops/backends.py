@@ -13,8 +13,12 @@ supports it.
 Backends: ``"torch"`` (reference, CPU and CUDA), ``"numba"`` (compiled CPU
 kernels, FPS and kNN; when numba imports), ``"mm"`` (kNN by chunked matrix
 products that provably keep every true neighbour among their candidates, then
-exact distances, CPU and CUDA), ``"triton"`` (FPS and kNN kernels, CUDA; on
-CPU tensors only when forced, in Triton's interpreter), ``"pytorch3d"`` (FPS and
+exact distances, CPU and CUDA), ``"cells"`` (numba FPS and kNN through a uniform
+cell list, exact; only when forced: ``"numba"`` itself uses them above measured
+sizes), ``"triton"`` (FPS and kNN kernels, CUDA; on
+CPU tensors only when forced, in Triton's interpreter), ``"triton-cells"`` (the
+Triton cell-list kNN; only when forced: ``"triton"`` uses it for large 2-D
+sets), ``"pytorch3d"`` (FPS and
 kNN; when pytorch3d imports; its kNN re-ranked exactly). Every backend returns the reference's FPS
 indices and kNN distances, at any extent of the coordinates; the tests compare
 them. Backends take and return plain (detached) tensors: the public
@@ -164,7 +168,11 @@ def explain(op: str, device, backend: Optional[str] = None) -> str:
         why = [f"priority {chosen.priority}" + "".join(f" > {b.name} {b.priority}" for b in candidates[1:])]
         if wanted is not None:
             why.insert(0, f"{source} ignored: {op} has no such backend on {device.type}")
-    elsewhere = sorted(b.name for b in _REGISTRY[op].values() if device.type not in b.devices)
+    table = _REGISTRY[op].values()
+    forced_only = sorted(b.name for b in table if device.type not in b.devices and device.type in b.forced_devices)
+    elsewhere = sorted(b.name for b in table if device.type not in b.devices + b.forced_devices)
+    if forced_only:
+        why.append(f"only when forced on {device.type}: {', '.join(forced_only)}")
     if elsewhere:
         why.append(f"not on {device.type}: {', '.join(elsewhere)}")
     why += [f"{name} {reason}" for name, reason in sorted(_UNAVAILABLE.get(op, {}).items())

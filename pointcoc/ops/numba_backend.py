@@ -1,5 +1,9 @@
 """Fast CPU kernels compiled with numba, run on torch's number of threads over sets (FPS) or queries (kNN).
 
+Brute-force kernels for small sets; above measured sizes (``CELLS_CROSSOVER``, ``FPS_CELLS_CROSSOVER``)
+kNN and FPS search a uniform cell list instead (:mod:`pointcoc.ops.cells`; :func:`knn_cells`,
+:func:`fps_cells`, also forced as backend ``"cells"``), with the very same results.
+
 Both return exactly what the torch references return: the same float
 operations in the same order (squared distances summed x, then y, then z, in
 the input's own precision), ties going to the lowest index, padding never
@@ -12,6 +16,7 @@ reference's own. Kernels are compiled once per dtype and cached on disk
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,9 +24,10 @@ import torch
 
 from . import backends
 from .fps import fps_torch, initial_min_dist2
+from .cells import cell_steps, distance_margin
 from .knn import KNNResult, knn_torch
 
-__all__ = ["WITH_NUMBA", "fps_numba", "knn_numba"]
+__all__ = ["WITH_NUMBA", "fps_numba", "fps_cells", "knn_numba", "knn_cells", "CELLS_CROSSOVER", "CELLS_PER_CELL"]
 
 try:  # numba is optional: without it the torch backends do the work.
     import numba
@@ -32,6 +38,16 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     WITH_NUMBA = False
 
 _DTYPES = (torch.float32, torch.float64)
+# knn_numba searches a cell list (knn_cells) for sets of at least this many points, by coordinate
+# dimension; below, brute force is as fast (docs/benchmarks.md, "kNN at large N").
+CELLS_CROSSOVER = {2: 256, 3: 256}
+# Average points per cell of that list, by coordinate dimension (measured, docs/benchmarks.md).
+# fps_numba uses the cell list (fps_cells) for sets of at least this many points and picks (measured), with
+# this many points per cell.
+FPS_CELLS_CROSSOVER = 2048
+FPS_CELLS_MIN_SAMPLES = 64
+FPS_PER_CELL = 256.0
+CELLS_PER_CELL = {2: 2.0, 3: 3.0}
 
 if WITH_NUMBA:
 
@@ -112,6 +128,263 @@ if WITH_NUMBA:
                     best_i[pos] = j
                     worst = best_d[k - 1]
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _cell_of(point, dim, origin, inv, dims):
+        """Flat cell (within its set) of one point, clamped into the grid: as :func:`pointcoc.ops.cells.build_cells`."""
+        flat = 0
+        for d in range(3):
+            c = 0
+            if d < dim:
+                c = int(np.floor((np.float64(point[d]) - origin[d]) * inv))
+                c = min(max(c, 0), dims[d] - 1)
+            flat = flat * dims[d] + c
+        return flat
+
+    @numba.njit(cache=True, nogil=True)
+    def _cell_params(points, lengths, per_cell, origin, inv, dims, first, stop):
+        """Grid of sets first..stop-1 into origin (B, 3), inv (B,), dims (B, 3): the rule of
+        :func:`pointcoc.ops.cells.build_cells`, in float64."""
+        dim = points.shape[2]
+        lo = np.empty(3)
+        extent = np.empty(3)
+        active = np.zeros(3, dtype=np.bool_)
+        for b in range(first, stop):
+            n = lengths[b]
+            for d in range(dim):
+                low, high = np.inf, -np.inf
+                for j in range(n):
+                    v = np.float64(points[b, j, d])
+                    low, high = min(low, v), max(high, v)
+                lo[d], extent[d] = low, high - low
+                active[d] = extent[d] > 0
+            target = max(n / per_cell, 1.0)
+            side = 1.0
+            for _ in range(dim):
+                count, log_volume = 0, 0.0
+                for d in range(dim):
+                    if active[d]:
+                        count += 1
+                        log_volume += np.log(max(extent[d], 1e-300))
+                if count > 0:
+                    side = np.exp((log_volume - np.log(target)) / count)
+                for d in range(dim):
+                    active[d] = active[d] and extent[d] >= side
+            inv[b] = 1.0 / side
+            for d in range(3):
+                if d >= dim:
+                    origin[b, d], dims[b, d] = 0.0, 1
+                elif active[d]:
+                    origin[b, d] = lo[d] - 0.5 * side
+                    dims[b, d] = int(np.floor(extent[d] * inv[b] + 0.5)) + 1
+                else:
+                    origin[b, d], dims[b, d] = lo[d], 1
+
+    @numba.njit(cache=True, nogil=True)
+    def _cell_sort(points, lengths, origin, inv, dims, offset, first_point, starts, coords, index, first, stop):
+        """Counting sort of the valid points of sets first..stop-1 by cell (stable: index order within a cell)."""
+        dim = points.shape[2]
+        for b in range(first, stop):
+            n = lengths[b]
+            cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
+            keys = np.empty(n, dtype=np.int64)
+            count = np.zeros(cells + 1, dtype=np.int64)
+            for j in range(n):
+                keys[j] = _cell_of(points[b, j], dim, origin[b], inv[b], dims[b])
+                count[keys[j] + 1] += 1
+            for c in range(cells):
+                count[c + 1] += count[c]
+            base = first_point[b]
+            for c in range(cells):
+                starts[offset[b] + c] = base + count[c]
+            for j in range(n):
+                pos = base + count[keys[j]]
+                count[keys[j]] += 1
+                for d in range(dim):
+                    coords[pos, d] = points[b, j, d]
+                index[pos] = j
+
+    @numba.njit(cache=True, nogil=True)
+    def _query_order(query, query_lengths, origin, inv, dims, order, first, stop):
+        """order[b * M:(b + 1) * M] = set b's flat query indices, valid ones by cell, padding after."""
+        m, dim = query.shape[1], query.shape[2]
+        for b in range(first, stop):
+            n = query_lengths[b]
+            cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
+            keys = np.empty(n, dtype=np.int64)
+            count = np.zeros(cells + 1, dtype=np.int64)
+            for i in range(n):
+                keys[i] = _cell_of(query[b, i], dim, origin[b], inv[b], dims[b])
+                count[keys[i] + 1] += 1
+            for c in range(cells):
+                count[c + 1] += count[c]
+            for i in range(n):
+                order[b * m + count[keys[i]]] = b * m + i
+                count[keys[i]] += 1
+            for i in range(n, m):
+                order[b * m + i] = b * m + i
+
+    @numba.njit(cache=True, nogil=True)
+    def _fps_cells_sets(points, init, lengths, start, n_samples, origin, inv, dims, offset, starts, coords, index,
+                        shrink, floor, out, first, stop):
+        """Exact FPS of sets first..stop-1 through the cells of :func:`_build_cells`; writes out (B, n_samples).
+
+        The picks are :func:`_fps_sets`'s: the same distances (x, then y, then z) and running minimum,
+        the first maximum (lowest index). A pick only lowers the minimum of points nearer to it than
+        their current minimum, so a cell whose box is, by a rounding-safe lower bound, farther from
+        the pick than its largest minimum is left as it is; each cell keeps its largest minimum and
+        the lowest index holding it, and the next pick is the best over cells.
+        """
+        dim = points.shape[2]
+        for b in range(first, stop):
+            n_valid = lengths[b]
+            cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
+            lo_p = starts[offset[b]]
+            mins = np.empty(n_valid, dtype=points.dtype)  # by sorted position
+            for p in range(n_valid):
+                mins[p] = init[b, index[lo_p + p]]
+            cell_max = np.empty(cells, dtype=points.dtype)
+            cell_at = np.empty(cells, dtype=np.int64)
+            for c in range(cells):
+                best, at = -2.0, n_valid
+                for p in range(starts[offset[b] + c] - lo_p, starts[offset[b] + c + 1] - lo_p):
+                    if mins[p] > best or (mins[p] == best and index[lo_p + p] < at):
+                        best, at = mins[p], index[lo_p + p]
+                cell_max[c], cell_at[c] = best, at
+            scale = inv[b]
+            ny, nz = dims[b, 1], dims[b, 2]
+            farthest = start[b]
+            for i in range(n_samples):
+                if i >= n_valid:
+                    out[b, i] = -1
+                    continue
+                out[b, i] = farthest
+                tx = (np.float64(points[b, farthest, 0]) - origin[b, 0]) * scale
+                ty = (np.float64(points[b, farthest, 1]) - origin[b, 1]) * scale
+                tz = (np.float64(points[b, farthest, 2]) - origin[b, 2]) * scale if dim == 3 else 0.5
+                for c in range(cells):
+                    if cell_max[c] < 0:  # empty, or every point excluded (-1 stays -1)
+                        continue
+                    gz = c % nz
+                    gy = (c // nz) % ny
+                    gx = c // (nz * ny)
+                    ex = max(max(gx - tx, tx - gx - 1.0) - 1e-7, 0.0)
+                    ey = max(max(gy - ty, ty - gy - 1.0) - 1e-7, 0.0)
+                    ez = max(max(gz - tz, tz - gz - 1.0) - 1e-7, 0.0)
+                    bound = (ex * ex + ey * ey + ez * ez) / (scale * scale) * shrink - floor
+                    if bound >= cell_max[c]:
+                        continue  # every point of the cell is at least as far as its own minimum
+                    best, at = -2.0, n_valid
+                    for p in range(starts[offset[b] + c] - lo_p, starts[offset[b] + c + 1] - lo_p):
+                        diff = coords[lo_p + p, 0] - points[b, farthest, 0]
+                        d = diff * diff
+                        for a in range(1, dim):  # summed x, then y, then z, as the reference
+                            diff = coords[lo_p + p, a] - points[b, farthest, a]
+                            d = d + diff * diff
+                        nearest = min(mins[p], d)
+                        mins[p] = nearest
+                        if nearest > best or (nearest == best and index[lo_p + p] < at):
+                            best, at = nearest, index[lo_p + p]
+                    cell_max[c], cell_at[c] = best, at
+                best, farthest = -1.0, -1
+                for c in range(cells):
+                    if cell_max[c] > best or (cell_max[c] == best and best >= 0 and cell_at[c] < farthest):
+                        best, farthest = cell_max[c], cell_at[c]
+                if best < 0:
+                    farthest = 0  # no candidate left (all -1): index 0, as the reference
+
+    @numba.njit(cache=True, nogil=True)
+    def _knn_cells(query, order, query_lengths, origin, inv, dims, offset, starts, coords, index, steps, step_gap,
+                   shrink, floor, out_d, out_i, first, stop):
+        """kNN of the queries order[first:stop] (flat t = b * M + i) through the cells of
+        :func:`pointcoc.ops.cells.build_cells`.
+
+        ``steps`` (S, 3) are cell offsets sorted by ``step_gap`` (S + 1,), a lower bound in cells
+        on the gap between a query and any cell that far from its own (the last entry bounds every
+        offset past the table). A cell is searched unless a lower bound on its points' distances
+        exceeds the k-th distance found; the search stops at the first offset whose bound does; a
+        query the table does not settle scans its whole set. Candidates are kept in (distance,
+        index) order, so the result is the brute-force kernel's, ties included.
+        out_d must hold inf and out_i -1.
+        """
+        m, dim = query.shape[1], query.shape[2]
+        k = out_d.shape[2]
+        n_steps = steps.shape[0]
+        for u in range(first, stop):
+            t = order[u]
+            b = t // m
+            i = t - b * m
+            if i >= query_lengths[b]:
+                continue
+            best_d = out_d[b, i]
+            best_i = out_i[b, i]
+            scale = inv[b]
+            nx, ny, nz = dims[b, 0], dims[b, 1], dims[b, 2]
+            tx = (np.float64(query[b, i, 0]) - origin[b, 0]) * scale
+            ty = (np.float64(query[b, i, 1]) - origin[b, 1]) * scale
+            tz = (np.float64(query[b, i, 2]) - origin[b, 2]) * scale if dim == 3 else 0.5
+            # The query's cell, clamped into the grid: offsets from it still bound the gaps from below.
+            cx = min(max(int(np.floor(tx)), 0), nx - 1)
+            cy = min(max(int(np.floor(ty)), 0), ny - 1)
+            cz = min(max(int(np.floor(tz)), 0), nz - 1)
+            base = offset[b]
+            limit = np.inf  # the k-th distance in squared cells, widened by the rounding margin
+            settled = False
+            for s in range(n_steps + 1):
+                if step_gap[s] > limit:
+                    settled = True
+                    break
+                if s == n_steps:
+                    break
+                gx, gy, gz = cx + steps[s, 0], cy + steps[s, 1], cz + steps[s, 2]
+                if gx < 0 or gx >= nx or gy < 0 or gy >= ny or gz < 0 or gz >= nz:
+                    continue
+                cell = base + (gx * ny + gy) * nz + gz
+                lo, hi = starts[cell], starts[cell + 1]
+                if lo == hi:
+                    continue
+                if limit < np.inf:
+                    ex = max(gx - tx, tx - gx - 1.0, 0.0)
+                    ey = max(gy - ty, ty - gy - 1.0, 0.0)
+                    ez = max(gz - tz, tz - gz - 1.0, 0.0)
+                    ex, ey, ez = max(ex - 1e-7, 0.0), max(ey - 1e-7, 0.0), max(ez - 1e-7, 0.0)
+                    if ex * ex + ey * ey + ez * ez > limit:
+                        continue
+                for p in range(lo, hi):
+                    diff = query[b, i, 0] - coords[p, 0]
+                    d = diff * diff
+                    for c in range(1, dim):  # summed x, then y, then z, as the reference
+                        diff = query[b, i, c] - coords[p, c]
+                        d = d + diff * diff
+                    j = index[p]
+                    if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_i[k - 1]):
+                        pos = k - 1
+                        while pos > 0 and (best_d[pos - 1] > d or (best_d[pos - 1] == d and best_i[pos - 1] > j)):
+                            best_d[pos] = best_d[pos - 1]
+                            best_i[pos] = best_i[pos - 1]
+                            pos -= 1
+                        best_d[pos] = d
+                        best_i[pos] = j
+                        if best_i[k - 1] >= 0:
+                            limit = (np.float64(best_d[k - 1]) + floor) / shrink * scale * scale
+            if not settled:  # the table ran out: every point of the set, from scratch
+                best_d[:] = np.inf
+                best_i[:] = -1
+                for p in range(starts[base], starts[base + nx * ny * nz]):
+                    diff = query[b, i, 0] - coords[p, 0]
+                    d = diff * diff
+                    for c in range(1, dim):
+                        diff = query[b, i, c] - coords[p, c]
+                        d = d + diff * diff
+                    j = index[p]
+                    if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_i[k - 1]):
+                        pos = k - 1
+                        while pos > 0 and (best_d[pos - 1] > d or (best_d[pos - 1] == d and best_i[pos - 1] > j)):
+                            best_d[pos] = best_d[pos - 1]
+                            best_i[pos] = best_i[pos - 1]
+                            pos -= 1
+                        best_d[pos] = d
+                        best_i[pos] = j
+
 
 _POOLS = {}  # one thread pool per process id: a forked child never uses its parent's threads
 
@@ -152,12 +425,39 @@ def fps_numba(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: t
     """
     if xyz.dtype not in _DTYPES:
         return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
+    if xyz.shape[1] >= FPS_CELLS_CROSSOVER and n_samples >= FPS_CELLS_MIN_SAMPLES:
+        return fps_cells(xyz, n_samples, lengths, start, skip_near_origin)
     batch = xyz.shape[0]
     xyz = xyz.detach()
     out = np.empty((batch, n_samples), dtype=np.int64)
     coords = xyz.transpose(1, 2).contiguous().numpy()
     init = initial_min_dist2(xyz, lengths, skip_near_origin).numpy()
     _run_split(_fps_sets, batch, coords, init, lengths.numpy(), start.numpy(), n_samples, out)
+    return torch.from_numpy(out)
+
+
+def fps_cells(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
+              skip_near_origin: bool) -> torch.Tensor:
+    """Exact FPS through a uniform cell list: :func:`fps_numba`'s indices, less work once picks are dense.
+
+    Each pick updates only the cells that may hold a point nearer to it than that point's
+    running minimum (most of them once the picks are dense), and the next pick is the best of
+    the cells' maxima; see ``_fps_cells_sets``. Same signature and results as :func:`fps_numba`
+    (ties to the lowest index, -1 past the lengths, ``skip_near_origin`` as the reference).
+    :func:`fps_numba` calls it for sets of at least ``FPS_CELLS_CROSSOVER`` points and at least
+    ``FPS_CELLS_MIN_SAMPLES`` picks.
+    """
+    if xyz.dtype not in _DTYPES:
+        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
+    batch = xyz.shape[0]
+    xyz = xyz.detach()
+    points = xyz.contiguous().numpy()
+    init = initial_min_dist2(xyz, lengths, skip_near_origin).numpy()
+    origin, inv, dims, offset, starts, coords, index = _build_cells(points, lengths.numpy(), FPS_PER_CELL)
+    shrink, floor = distance_margin(xyz.dtype)
+    out = np.empty((batch, n_samples), dtype=np.int64)
+    _run_split(_fps_cells_sets, batch, points, init, lengths.numpy(), start.numpy(), n_samples, origin, inv, dims,
+               offset, starts, coords, index, shrink, floor, out)
     return torch.from_numpy(out)
 
 
@@ -175,18 +475,88 @@ def knn_numba(
     """
     if query.dtype not in _DTYPES:
         return knn_torch(query, points, k, query_lengths, point_lengths)
+    if points.shape[1] >= CELLS_CROSSOVER[query.shape[-1]]:
+        return knn_cells(query, points, k, query_lengths, point_lengths)
     batch, m, _ = query.shape
-    dist2 = torch.full((batch, m, k), float("inf"), dtype=query.dtype)
-    idx = torch.full((batch, m, k), -1, dtype=torch.long)
     q, p = query.detach().contiguous().numpy(), points.detach().contiguous().numpy()
-    _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(),
-               dist2.numpy(), idx.numpy())
+    dist2, idx = _empty_result(batch, m, k, query.dtype)
+    _run_split(_knn_queries, batch * m, q, p, query_lengths.numpy(), point_lengths.numpy(), dist2.numpy(),
+               idx.numpy())
     return KNNResult(dist2, idx)
+
+
+def _empty_result(batch: int, m: int, k: int, dtype: torch.dtype):
+    """(dist2 inf, idx -1) of shape (B, M, k), allocated by torch and filled by numpy: a parallel torch fill
+    would leave torch's OpenMP threads spinning beside the numba kernels' threads."""
+    dist2 = torch.empty((batch, m, k), dtype=dtype)
+    idx = torch.empty((batch, m, k), dtype=torch.long)
+    dist2.numpy().fill(np.inf)
+    idx.numpy().fill(-1)
+    return dist2, idx
+
+
+def knn_cells(
+    query: torch.Tensor,
+    points: torch.Tensor,
+    k: int,
+    query_lengths: torch.Tensor,
+    point_lengths: torch.Tensor,
+) -> KNNResult:
+    """Exact kNN through a uniform cell list (:mod:`pointcoc.ops.cells`): O(N log N) for N spread-out points.
+
+    Same signature and the same results as the brute-force :func:`knn_numba`
+    (distances bit for bit, ties to the lowest indices): only the order in
+    which points are visited changes, and a query stops only when no unvisited
+    point can come first. On sets far from uniform (clusters far apart) a cell
+    may hold many points, so it degrades towards brute force, never to a wrong
+    answer. :func:`knn_numba` calls it for sets of at least
+    ``CELLS_CROSSOVER[D]`` points.
+    """
+    if query.dtype not in _DTYPES:
+        return knn_torch(query, points, k, query_lengths, point_lengths)
+    batch, m, dim = query.shape
+    per_cell = CELLS_PER_CELL[dim]
+    q = query.detach().contiguous().numpy()
+    origin, inv, dims, offset, starts, coords, index = _build_cells(points.detach().contiguous().numpy(),
+                                                                    point_lengths.numpy(), per_cell)
+    order = np.empty(batch * m, dtype=np.int64)
+    _run_split(_query_order, batch, q, query_lengths.numpy(), origin, inv, dims, order)
+    # Search offsets out to a few cells past the radius that holds k points on average.
+    reach = (k / (per_cell * (math.pi if dim == 2 else 4 * math.pi / 3))) ** (1 / dim)
+    steps, step_gap = cell_steps(dim, int(math.ceil(reach)) + 2)
+    shrink, floor = distance_margin(query.dtype)
+    dist2, idx = _empty_result(batch, m, k, query.dtype)
+    _run_split(_knn_cells, batch * m, q, order, query_lengths.numpy(), origin, inv, dims, offset, starts, coords, index,
+               steps.numpy(), step_gap.numpy(), shrink, floor, dist2.numpy(), idx.numpy())
+    return KNNResult(dist2, idx)
+
+
+def _build_cells(points: "np.ndarray", lengths: "np.ndarray", per_cell: float):
+    """numba's :func:`pointcoc.ops.cells.build_cells` (the same grid; no torch ops): numpy arrays
+    (origin, inv, dims, offset, starts, coords, index) as the fields of :class:`pointcoc.ops.cells.CellGrid`."""
+    batch = points.shape[0]
+    origin, inv, dims = np.empty((batch, 3)), np.empty(batch), np.empty((batch, 3), dtype=np.int64)
+    _run_split(_cell_params, batch, points, lengths, float(per_cell), origin, inv, dims)
+    cells = dims.prod(1)
+    offset = np.cumsum(cells) - cells
+    first_point = np.cumsum(lengths) - lengths
+    total, n_valid = int(cells.sum()), int(lengths.sum())
+    starts = np.empty(total + 1, dtype=np.int64)
+    starts[total] = n_valid
+    coords = np.empty((n_valid, points.shape[2]), dtype=points.dtype)
+    index = np.empty(n_valid, dtype=np.int64)
+    _run_split(_cell_sort, batch, points, lengths, origin, inv, dims, offset, first_point, starts, coords, index)
+    return origin, inv, dims, offset, starts, coords, index
 
 
 if WITH_NUMBA:
     backends.register("fps", "numba", fps_numba, devices=("cpu",), priority=10)
     backends.register("knn", "numba", knn_numba, devices=("cpu",), priority=10)
+    # The cell list at every size: forced only (tests, benchmarks); knn_numba uses it above the crossover.
+    backends.register("knn", "cells", knn_cells, devices=(), priority=9, forced_devices=("cpu",))
+    backends.register("fps", "cells", fps_cells, devices=(), priority=9, forced_devices=("cpu",))
 else:  # pragma: no cover - exercised only where numba is missing
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "numba", "not importable")
+    for _op in ("fps", "knn"):
+        backends.note_unavailable(_op, "cells", "needs numba (not importable)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -40,8 +41,19 @@ def values_checked() -> bool:
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    """Check that every value of ``x`` is finite (skipped while torch.compile traces)."""
-    if values_checked() and not bool(torch.isfinite(x).all()):
+    """Check that every value of ``x`` is finite (skipped while torch.compile traces).
+
+    On the CPU the check runs in numpy (one thread): a torch parallel region here would leave torch's
+    OpenMP threads spinning while the numba kernels that follow run on their own threads, which
+    halved the numba kNN's speed at two threads (docs/benchmarks.md, issue 21).
+    """
+    if not values_checked():
+        return
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.float32, torch.float64):
+        finite = bool(np.isfinite(x.detach().numpy()).all())
+    else:
+        finite = bool(torch.isfinite(x).all())
+    if not finite:
         raise ValueError(f"{name} must hold only finite values; it contains NaN or inf")
 
 
