@@ -91,20 +91,21 @@ def test_a_second_run_into_a_locked_folder_is_refused_and_a_killed_holder_leaves
 @pytest.mark.slow
 def test_two_script_runs_started_into_one_folder_one_is_refused_naming_the_pid(tmp_path):
     out = tmp_path / "run"
-    first = start_python([TRAIN, *MINI, "--epochs", "3", "--output", out])
+    # long enough (8 epochs at 256 points) that the second run, importing torch meanwhile, meets it still running
+    first = start_python([TRAIN, *MINI, "--epochs", "8", "--num-points", "256", "--output", out])
     deadline = time.monotonic() + 240
     while first.poll() is None and time.monotonic() < deadline:
         lock = out / LOCK_NAME
         if lock.exists() and lock.read_text().strip() == str(first.pid):
             break
         time.sleep(0.05)
-    second = run_python([TRAIN, *MINI, "--epochs", "3", "--seed", "1", "--output", out])
+    second = run_python([TRAIN, *MINI, "--epochs", "8", "--num-points", "256", "--seed", "1", "--output", out])
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
     assert second.returncode == 2, second.stderr[-2000:]
     assert "Traceback" not in second.stderr
     assert f"--output {out} is in use by another run (pid {first.pid}" in second.stderr
-    assert [r["epoch"] for r in lines(out / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["epoch"] for r in lines(out / "metrics.jsonl")] == list(range(1, 9))
     assert load_checkpoint(out / "last.pt")["config"]["seed"] == 0
 
 
