@@ -12,8 +12,8 @@ import torch
 
 from .errors import DiskFullError, disk_full_cause
 
-__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "capture_rng_state",
-           "restore_rng_state", "CHECKPOINT_FORMAT"]
+__all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "check_checkpoint",
+           "capture_rng_state", "restore_rng_state", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "pointcoc-checkpoint-v1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "epoch", "rng", "config", "metrics")
@@ -72,6 +72,12 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt/foreign files
         raise CheckpointError(f"{path} is not a readable pointcoc checkpoint ({type(err).__name__}: {err})") from None
+    return check_checkpoint(state, path)
+
+
+def check_checkpoint(state: Any, path) -> Dict[str, Any]:
+    """``state`` (an object loaded from ``path``) when it is a pointcoc checkpoint with every required key;
+    raises CheckpointError naming ``path`` otherwise."""
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pointcoc checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     missing = [k for k in REQUIRED_KEYS if k not in state]

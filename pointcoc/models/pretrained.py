@@ -99,14 +99,15 @@ def file_sha256(path) -> str:
 
 def _state_from_file(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[Dict]]:
     """(state_dict, pointcoc checkpoint config or None) of a ``.pt`` file: a pointcoc checkpoint or a state dict."""
-    from pointcoc.engine.checkpoint import CHECKPOINT_FORMAT
+    from pointcoc.engine.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or damaged files
         raise ValueError(f"pretrained={str(path)!r}: not a readable torch file ({type(err).__name__}: {err})") from None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        return obj["model"], obj["config"]
+        state = check_checkpoint(obj, path)
+        return state["model"], state["config"]
     if isinstance(obj, dict) and "net" in obj:
         raise ValueError(f"pretrained={str(path)!r} looks like a checkpoint of the authors' scripts ('net' key); "
                          "load it with pointcoc.load_authors_checkpoint(path, model_name)")
