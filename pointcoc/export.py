@@ -45,20 +45,7 @@ def export_model(model: nn.Module, example_inputs: Sequence[Optional[torch.Tenso
         The ``torch.export.ExportedProgram``; ``program.module()(*args)`` gives the logits, with ``args`` of
         the example's form: as many arguments, None where the example has None.
     """
-    inputs = tuple(example_inputs)
-    if not 1 <= len(inputs) <= 3 or not isinstance(inputs[0], torch.Tensor):
-        raise ValueError("example_inputs must be (xyz,), (xyz, features) or (xyz, features, lengths) with xyz a "
-                         f"(B, N, D) tensor; got {len(inputs)} items")
-    xyz = inputs[0]
-    if xyz.dim() != 3:
-        raise ValueError(f"xyz must have shape (B, N, D); got shape {tuple(xyz.shape)}")
-    if dynamic_batch and xyz.shape[0] < 2:
-        raise ValueError(f"a dynamic batch needs an example of at least 2 sets (torch.export specialises a size of "
-                         f"1); got B = {xyz.shape[0]}. Pass a larger example or dynamic_batch=False")
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1)
-        dynamic_shapes = tuple(None if t is None else {0: batch} for t in inputs)
+    inputs, dynamic_shapes = example_and_dynamic_shapes(example_inputs, dynamic_batch)
     was_training = model.training
     model.eval()
     try:
@@ -76,6 +63,28 @@ def export_model(model: nn.Module, example_inputs: Sequence[Optional[torch.Tenso
     if path is not None:
         torch.export.save(program, path)
     return program
+
+
+def example_and_dynamic_shapes(example_inputs: Sequence[Optional[torch.Tensor]], dynamic_batch: bool):
+    """(inputs tuple, ``dynamic_shapes`` for torch.export / torch.onnx, None for a fixed batch) of an example
+    ``(xyz, features or None, lengths or None)``; every given tensor shares one batch dimension.
+
+    Raises ValueError for an example of another form, and for a dynamic batch from an example of one set.
+    """
+    inputs = tuple(example_inputs)
+    if not 1 <= len(inputs) <= 3 or not isinstance(inputs[0], torch.Tensor):
+        raise ValueError("example_inputs must be (xyz,), (xyz, features) or (xyz, features, lengths) with xyz a "
+                         f"(B, N, D) tensor; got {len(inputs)} items")
+    xyz = inputs[0]
+    if xyz.dim() != 3:
+        raise ValueError(f"xyz must have shape (B, N, D); got shape {tuple(xyz.shape)}")
+    if not dynamic_batch:
+        return inputs, None
+    if xyz.shape[0] < 2:
+        raise ValueError(f"a dynamic batch needs an example of at least 2 sets (torch.export specialises a size of "
+                         f"1); got B = {xyz.shape[0]}. Pass a larger example or dynamic_batch=False")
+    batch = torch.export.Dim("batch", min=1)
+    return inputs, tuple(None if t is None else {0: batch} for t in inputs)
 
 
 def load_exported(path: os.PathLike) -> nn.Module:

@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .export import example_and_dynamic_shapes
+
 __all__ = ["export_onnx", "onnx_translations"]
 
 
@@ -141,15 +143,9 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Optional[torch.Tensor
         the example gives); the output is the logits. The ONNX model does not check its input (see the
         module docstring).
     """
-    inputs = tuple(example_inputs)
+    inputs, dynamic_shapes = example_and_dynamic_shapes(example_inputs, dynamic_batch)
     xyz = inputs[0]
-    if dynamic_batch and xyz.shape[0] < 2:
-        raise ValueError(f"a dynamic batch needs an example of at least 2 sets; got B = {xyz.shape[0]}")
     kwargs.setdefault("verbose", False)
-    dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1)
-        dynamic_shapes = tuple(None if t is None else {0: batch} for t in inputs)
     was_training = model.training
     model.eval()
     try:
