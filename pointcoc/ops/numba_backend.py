@@ -129,6 +129,33 @@ if WITH_NUMBA:
                     worst = best_d[k - 1]
 
     @numba.njit(cache=True, nogil=True, inline="always")
+    def _sq_dist(query, b, i, coords, p, dim):
+        """Squared distance of query[b, i] to coords[p], summed x, then y, then z, as the reference (the cell
+        kernels' one sum; the brute-force kernel keeps its own loop)."""
+        diff = query[b, i, 0] - coords[p, 0]
+        d = diff * diff
+        for c in range(1, dim):
+            diff = query[b, i, c] - coords[p, c]
+            d = d + diff * diff
+        return d
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _keep_ordered(best_d, best_i, d, j):
+        """Insert candidate (d, j) into the sorted best list if it comes before its last entry in (distance,
+        index) order; returns whether it was inserted."""
+        k = best_d.shape[0]
+        if not (d < best_d[k - 1] or (d == best_d[k - 1] and j < best_i[k - 1])):
+            return False
+        pos = k - 1
+        while pos > 0 and (best_d[pos - 1] > d or (best_d[pos - 1] == d and best_i[pos - 1] > j)):
+            best_d[pos] = best_d[pos - 1]
+            best_i[pos] = best_i[pos - 1]
+            pos -= 1
+        best_d[pos] = d
+        best_i[pos] = j
+        return True
+
+    @numba.njit(cache=True, nogil=True, inline="always")
     def _cell_of(point, dim, origin, inv, dims):
         """Flat cell (within its set) of one point, clamped into the grid: as :func:`pointcoc.ops.cells.build_cells`."""
         flat = 0
@@ -275,12 +302,8 @@ if WITH_NUMBA:
                         continue  # every point of the cell is at least as far as its own minimum
                     best, at = -2.0, n_valid
                     for p in range(starts[offset[b] + c] - lo_p, starts[offset[b] + c + 1] - lo_p):
-                        diff = coords[lo_p + p, 0] - points[b, farthest, 0]
-                        d = diff * diff
-                        for a in range(1, dim):  # summed x, then y, then z, as the reference
-                            diff = coords[lo_p + p, a] - points[b, farthest, a]
-                            d = d + diff * diff
-                        nearest = min(mins[p], d)
+                        # (p - f)^2 as (f - p)^2: the same squares, bit for bit
+                        nearest = min(mins[p], _sq_dist(points, b, farthest, coords, lo_p + p, dim))
                         mins[p] = nearest
                         if nearest > best or (nearest == best and index[lo_p + p] < at):
                             best, at = nearest, index[lo_p + p]
@@ -350,40 +373,14 @@ if WITH_NUMBA:
                     if ex * ex + ey * ey + ez * ez > limit:
                         continue
                 for p in range(lo, hi):
-                    diff = query[b, i, 0] - coords[p, 0]
-                    d = diff * diff
-                    for c in range(1, dim):  # summed x, then y, then z, as the reference
-                        diff = query[b, i, c] - coords[p, c]
-                        d = d + diff * diff
-                    j = index[p]
-                    if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_i[k - 1]):
-                        pos = k - 1
-                        while pos > 0 and (best_d[pos - 1] > d or (best_d[pos - 1] == d and best_i[pos - 1] > j)):
-                            best_d[pos] = best_d[pos - 1]
-                            best_i[pos] = best_i[pos - 1]
-                            pos -= 1
-                        best_d[pos] = d
-                        best_i[pos] = j
-                        if best_i[k - 1] >= 0:
-                            limit = (np.float64(best_d[k - 1]) + floor) / shrink * scale * scale
+                    if _keep_ordered(best_d, best_i, _sq_dist(query, b, i, coords, p, dim), index[p]) \
+                            and best_i[k - 1] >= 0:
+                        limit = (np.float64(best_d[k - 1]) + floor) / shrink * scale * scale
             if not settled:  # the table ran out: every point of the set, from scratch
                 best_d[:] = np.inf
                 best_i[:] = -1
                 for p in range(starts[base], starts[base + nx * ny * nz]):
-                    diff = query[b, i, 0] - coords[p, 0]
-                    d = diff * diff
-                    for c in range(1, dim):
-                        diff = query[b, i, c] - coords[p, c]
-                        d = d + diff * diff
-                    j = index[p]
-                    if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_i[k - 1]):
-                        pos = k - 1
-                        while pos > 0 and (best_d[pos - 1] > d or (best_d[pos - 1] == d and best_i[pos - 1] > j)):
-                            best_d[pos] = best_d[pos - 1]
-                            best_i[pos] = best_i[pos - 1]
-                            pos -= 1
-                        best_d[pos] = d
-                        best_i[pos] = j
+                    _keep_ordered(best_d, best_i, _sq_dist(query, b, i, coords, p, dim), index[p])
 
 
 _POOLS = {}  # one thread pool per process id: a forked child never uses its parent's threads
