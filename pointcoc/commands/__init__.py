@@ -11,56 +11,27 @@ wrappers over these subcommands. Exit codes: 0 success, 2 a usage error (one ``e
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = ["SUBCOMMANDS", "main", "recipe_list_text"]
 
 
-def _train(argv, prog):
-    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
-    parser = build_train_parser()
-    parser.prog = prog
-    return run_cli(train_main, parser, argv)
+def _engine_task(module: str, build: str, run: str) -> Callable[[List[str], str], int]:
+    """Runner of a command whose parser (``build()``) and job (``run(args)``) are in ``pointcoc.engine.<module>``,
+    imported only when the command runs."""
+    def runner(argv, prog):
+        task = importlib.import_module(f"pointcoc.engine.{module}")
+        parser = getattr(task, build)()
+        parser.prog = prog
+        return task.run_cli(getattr(task, run), parser, argv)
+    return runner
 
 
-def _train_pixels(argv, prog):
-    from pointcoc.engine.pixel_task import build_train_parser, run_cli, train_main
-    parser = build_train_parser()
-    parser.prog = prog
-    return run_cli(train_main, parser, argv)
-
-
-def _evaluate(argv, prog):
-    from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
-    parser = build_eval_parser()
-    parser.prog = prog
-    return run_cli(evaluate_main, parser, argv)
-
-
-def _visualize(argv, prog):
-    from .visualize_clusters import main as run
-    return run(argv, prog)
-
-
-def _plot_runs(argv, prog):
-    from .plot_runs import main as run
-    return run(argv, prog)
-
-
-def _benchmark(argv, prog):
-    from .benchmark import main as run
-    return run(argv, prog)
-
-
-def _gpu_check(argv, prog):
-    from .gpu_check import main as run
-    return run(argv, prog)
-
-
-def _export_weights(argv, prog):
-    from pointcoc.engine.weights_task import main as run
-    return run(argv, prog)
+def _command_module(name: str) -> Callable[[List[str], str], int]:
+    """Runner of ``pointcoc.commands.<name>.main(argv, prog)``, imported only when the command runs."""
+    return lambda argv, prog: importlib.import_module(f"pointcoc.commands.{name}").main(argv, prog)
 
 
 def _env(argv, prog):
@@ -101,19 +72,21 @@ def _weights(argv, prog):
 # name -> (one-line description, runner(argv, prog) -> exit code)
 SUBCOMMANDS: Dict[str, Tuple[str, Callable[[List[str], str], int]]] = {
     "train": ("train PointMLP / PointMLP-elite / PointMLP-CoC on point clouds (ScanObjectNN, ModelNet40, "
-              "modelnet40_mini)", _train),
+              "modelnet40_mini)", _engine_task("pointcloud_task", "build_train_parser", "train_main")),
     "train-pixels": ("train pixel-set models on images as sets of pixels (digits, mnist5k, lfw_faces, "
-                     "modelnet_depth)", _train_pixels),
-    "evaluate": ("evaluate a checkpoint (either kind) or the authors' weights on its test set", _evaluate),
-    "visualize-clusters": ("draw the context clusters of a trained pixel-set CoC model (PNG)", _visualize),
-    "plot-runs": ("overlay the training curves of several runs (PNG)", _plot_runs),
-    "benchmark": ("speed and memory against reference implementations, as ratios", _benchmark),
-    "gpu-check": ("everything that needs a GPU, in one budgeted run", _gpu_check),
+                     "modelnet_depth)", _engine_task("pixel_task", "build_train_parser", "train_main")),
+    "evaluate": ("evaluate a checkpoint (either kind) or the authors' weights on its test set",
+                 _engine_task("pointcloud_task", "build_eval_parser", "evaluate_main")),
+    "visualize-clusters": ("draw the context clusters of a trained pixel-set CoC model (PNG)",
+                           _command_module("visualize_clusters")),
+    "plot-runs": ("overlay the training curves of several runs (PNG)", _command_module("plot_runs")),
+    "benchmark": ("speed and memory against reference implementations, as ratios", _command_module("benchmark")),
+    "gpu-check": ("everything that needs a GPU, in one budgeted run", _command_module("gpu_check")),
     "env": ("print the environment report for bug reports", _env),
     "recipes": ("list the shipped recipe files (--config NAME)", _recipes),
     "weights": ("list the trained weights, shipped and cached (create_model(name, pretrained=TAG))", _weights),
     "export-weights": ("turn a run's checkpoint into trained weights with a model card (measured on its test "
-                       "split)", _export_weights),
+                       "split)", _engine_task("weights_task", "build_export_parser", "export_main")),
 }
 
 

@@ -27,7 +27,7 @@ from .pointcloud_task import config_test_set
 from .progress import add_progress_arg
 from .threads import add_threads_arg, torch_threads
 
-__all__ = ["build_export_parser", "export_main", "main", "model_card"]
+__all__ = ["build_export_parser", "export_main", "model_card", "run_cli"]
 
 PROTOCOL = ("weights of the checkpoint's epoch as written by training (last.pt: the final epoch; nothing selected "
             "on the test set unless the run used --select-on-test); accuracy of one pass over the run's test "
@@ -118,8 +118,3 @@ def export_main(args: argparse.Namespace) -> int:
           f"wrote {path} and {path.with_suffix('.pt')}")
     return 0
 
-
-def main(argv=None, prog=None) -> int:
-    parser = build_export_parser()
-    parser.prog = prog or parser.prog
-    return run_cli(export_main, parser, argv)
