@@ -210,6 +210,15 @@ def test_shipped_sets_are_found_and_large_sets_follow_the_environment(tmp_path, 
     assert "POINTCOC_DATA" in text and "--data-root" in text
 
 
+def test_the_wheel_build_copies_exactly_the_shipped_sets():
+    """setup.py cannot import the package (torch) to read SHIPPED_SETS: its own list must be the same."""
+    import ast
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    lists = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+             and any(getattr(t, "id", None) == "SHIPPED_SETS" for t in node.targets)]
+    assert lists == [locations.SHIPPED_SETS]
+
+
 def test_a_large_set_under_pointcoc_data_is_used(tmp_path, monkeypatch):
     """ModelNet40's layout under $POINTCOC_DATA (written from the shipped mini set's files) is loaded."""
     folder = tmp_path / "mine" / "modelnet40_ply_hdf5_2048"

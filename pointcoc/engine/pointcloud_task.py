@@ -226,12 +226,11 @@ def config_test_set(cfg: TrainConfig, data_root=None):
 def _evaluate_pretrained(args: argparse.Namespace, device) -> int:
     """``--pretrained MODEL.TAG``: the weights through create_model, the test split of their model card."""
     from pointcoc.models import create_model
-    from pointcoc.models.pretrained import pretrained_card
 
     if "." not in args.pretrained:
         raise ValueError(f"--pretrained takes MODEL.TAG (`pointcoc weights` lists them); got {args.pretrained!r}")
-    card = pretrained_card(args.pretrained)
     model = create_model(args.pretrained, pretrained=True)
+    card = model.pretrained_cfg["card"]
     test_ds, names, collate = config_test_set(TrainConfig.from_dict(card["config"]), args.data_root)
     what = f"weights {args.pretrained} ({card['data']['dataset']}, {card['data']['format']})"
     return _evaluate_and_report(args, device, model, test_ds, names, collate, what, {"pretrained": args.pretrained})
