@@ -107,6 +107,16 @@ def test_every_import_in_the_package_runs_downward():
     assert upward_imports(PACKAGE) == []
 
 
+def test_the_readme_table_names_every_layer_entry():
+    text = (PACKAGE.parent / "README.md").read_text()
+    section = text.split("## Where each part lives", 1)[1].split("\n## ", 1)[0]
+    for name in LEVEL:
+        part = name.split(".")[-1]
+        shown = ("`pointcoc/__init__.py`" if name == "pointcoc" else
+                 f"`pointcoc/{part}/`" if (PACKAGE / part).is_dir() else f"{part}.py`")
+        assert shown in section, f"README, Where each part lives: {name} ({shown}) is missing"
+
+
 def test_an_upward_import_is_found_at_any_depth(tmp_path):
     """The check itself: a models module importing the engine inside a function, relatively, is reported,
     and so is a module outside every layer."""
