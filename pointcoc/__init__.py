@@ -1,7 +1,6 @@
 """pointcoc: deep learning on point sets (point clouds and images as sets of pixels)."""
-__version__ = "0.2.0"
-
 from . import functional, layers, models, ops  # noqa: F401
+from ._version import __version__
 from .env import env_report
 from .export import export_model, load_exported
 from .models import (PointMLP, PointMLPCoC, PointMLPElite, create_model, list_models, load_authors_checkpoint,

@@ -12,6 +12,8 @@ from typing import List
 
 import torch
 
+from ._version import __version__
+
 __all__ = ["env_report", "PACKAGES"]
 
 # Packages whose versions matter for a bug report (import names are the distribution names here).
@@ -40,10 +42,9 @@ def _devices() -> List[str]:
 
 def env_report() -> str:
     """Versions, devices and the backend chosen for each op on each device, as text for a bug report."""
-    import pointcoc
     from pointcoc.ops import backends
 
-    lines = [f"pointcoc {pointcoc.__version__} ({os.path.dirname(pointcoc.__file__)})",
+    lines = [f"pointcoc {__version__} ({os.path.dirname(os.path.abspath(__file__))})",
              f"python {platform.python_version()} on {platform.platform()}"]
     lines += [f"{name} {_version(name)}" for name in PACKAGES]
     lines.append("devices:")

@@ -1,6 +1,6 @@
 """load_authors_checkpoint: checkpoints in the authors' format give the authors' logits, or a clear ValueError.
 
-The "authors' model" is ReferencePointMLP (pointcoc/reference_pointmlp.py), which has their module names,
+The "authors' model" is ReferencePointMLP (pointcoc/bench/reference_pointmlp.py), which has their module names,
 so its state dict has their checkpoint keys; it is built here directly, never from a pointcoc model.
 """
 import functools
@@ -11,7 +11,7 @@ import torch
 
 from pointcoc import load_authors_checkpoint
 from pointcoc.models.authors import authors_state_dict
-from pointcoc.reference_pointmlp import ReferencePointMLP
+from pointcoc.bench.reference_pointmlp import ReferencePointMLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -366,4 +366,4 @@ def test_version_license_changelog_and_typing_marker():
     assert (Path(pointcoc.__file__).parent / "py.typed").is_file()
     assert "pointcoc" in [ep.name for ep in metadata.entry_points(group="console_scripts")]
     text = (ROOT / "pyproject.toml").read_text()
-    assert 'version = "' not in text.split("[tool.setuptools.dynamic]")[0]  # written only in __init__.py
+    assert 'version = "' not in text.split("[tool.setuptools.dynamic]")[0]  # written only in pointcoc/_version.py

@@ -1,18 +1,19 @@
 """pointcoc's PointMLP(-CoC) computes the same function as the straightforward published layout.
 
-The reference (pointcoc/reference_pointmlp.py) is the benchmark's yardstick; these tests show that the
+The reference (pointcoc/bench/reference_pointmlp.py) is the benchmark's yardstick; these tests show that the
 optimised model is a faster way to the same logits, loss and gradients, not a different model.
 """
 import pytest
 import torch
 
 from pointcoc import create_model
-from pointcoc.layers import ContextCluster
-from pointcoc.ops import farthest_point_sample, gather, knn
-from pointcoc.reference_pointmlp import (
+from pointcoc.bench.reference_pointmlp import (
     GroupContextCluster, ReferencePointMLP, farthest_point_sample as ref_fps, index_points, knn_point,
-    reference_from_pointcoc, state_dict_from_pointcoc,
+    reference_from_pointcoc,
 )
+from pointcoc.layers import ContextCluster
+from pointcoc.models.authors_keys import state_dict_from_pointcoc
+from pointcoc.ops import farthest_point_sample, gather, knn
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -118,7 +118,7 @@ def test_bad_inputs():
 
 
 def test_image_file_is_area_averaged_to_the_model_size(tmp_path):
-    from pointcoc.viz.sources import image_from_file
+    from pointcoc.commands.pixel_input import image_from_file
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(16, 24, 3), dtype=np.uint8)

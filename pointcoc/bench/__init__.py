@@ -1,4 +1,4 @@
-"""Benchmark harness behind ``scripts/benchmark.py``: kept apart from the library.
+"""Benchmark harness behind ``pointcoc benchmark`` and ``pointcoc gpu-check``; only ``pointcoc.commands`` imports it.
 
 One module per subject:
 
@@ -10,10 +10,9 @@ One module per subject:
 * :mod:`.compile_rows` - ``torch.compile`` against eager, training step (opt-in: ``--only compile``);
 * :mod:`.gpu_check` - the one prepared GPU run (``scripts/gpu_check.py``);
 * :mod:`.profiles` - where a training step's time goes;
-* :mod:`.report` - markdown table, JSON, bar chart.
-
-The published-layout reference model the rows compare against is
-:mod:`pointcoc.reference_pointmlp` (tests use it too).
+* :mod:`.report` - markdown table, JSON, bar chart;
+* :mod:`.reference_pointmlp` - the published layout, re-written: the reference the model rows compare
+  against (the float64 parity tests use it too).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ that no longer fits, so the whole run ends within ``budget_s``:
   pixel grid and far-apart clusters (where an inexact kNN fails);
 * ``pixels``: a ``pointmlp_coc_pixels`` training step on square images;
 * ``train_step``: a PointMLP-CoC training step, pointcoc vs the published layout
-  (:mod:`pointcoc.reference_pointmlp`), eager then compiled (last: compiling
+  (:mod:`pointcoc.bench.reference_pointmlp`), eager then compiled (last: compiling
   takes the longest), float32 and bf16 autocast: step time, samples/s, peak
   memory, first loss, and the estimated time of one ScanObjectNN PB_T50_RS epoch.
 

@@ -50,7 +50,7 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
 
     Args:
         model: a registered pointcoc model name (``pointmlp``, ``pointmlp_elite``, ``pointmlp_coc``).
-        layout: "ours" (the pointcoc model) or "published" (:mod:`pointcoc.reference_pointmlp`
+        layout: "ours" (the pointcoc model) or "published" (:mod:`pointcoc.bench.reference_pointmlp`
             holding the same parameters).
         memory_efficient: build the pointcoc model with ``memory_efficient=True`` (layout "ours" only).
         tensor_peak: on the CPU, also run a second step under ``torch.profiler`` and report the
@@ -66,7 +66,7 @@ def step_peak_memory(model: str, batch: int, layout: str = "ours", n_points: int
         (:func:`fresh_process_peak`): the high-water mark never goes down.
     """
     from ..models import create_model
-    from ..reference_pointmlp import reference_from_pointcoc
+    from .reference_pointmlp import reference_from_pointcoc
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")

@@ -96,12 +96,12 @@ def reference_pair(name: str, batch: int, n_points: int = 1024, num_classes: int
         kwargs: overrides for ``create_model`` (e.g. narrower widths in tests).
 
     Returns:
-        ours (seeded with 0), reference (:class:`pointcoc.reference_pointmlp.ReferencePointMLP`),
+        ours (seeded with 0), reference (:class:`pointcoc.bench.reference_pointmlp.ReferencePointMLP`),
         xyz (batch, n_points, 3) and label (batch,) from :func:`step_inputs`. ``ours`` takes xyz,
         the reference ``xyz.transpose(1, 2)``.
     """
     from ..models import create_model
-    from ..reference_pointmlp import reference_from_pointcoc
+    from .reference_pointmlp import reference_from_pointcoc
 
     check_models([name])
     torch.manual_seed(0)
@@ -136,7 +136,7 @@ def train_step(model: torch.nn.Module, inputs, label: torch.Tensor,
 def bench_model_vs_reference(device="cpu", quick=False, models=tuple(MODEL_LABELS), batches=None, n_points=1024,
                              num_classes=15, repeat=None, model_kwargs: Optional[dict] = None) -> List[Row]:
     """Training step of each model in ``models``: pointcoc vs the straightforward published layout
-    (:mod:`pointcoc.reference_pointmlp`), one row "<Model> train step" per model and batch.
+    (:mod:`pointcoc.bench.reference_pointmlp`), one row "<Model> train step" per model and batch.
 
     Both hold the same parameters (the reference is loaded from ours, :func:`reference_pair`);
     the first training step's loss is checked equal (same dropout seed), and that step is the

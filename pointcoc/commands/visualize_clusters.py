@@ -11,11 +11,11 @@ Exit code 2 (and a message) when the checkpoint, an image or an argument is wron
 """
 import argparse
 
+from pointcoc.commands.pixel_input import load_pixel_input
 from pointcoc.engine import build_model_from_checkpoint, load_checkpoint
 from pointcoc.engine.cli import check_output_file, run_cli
 from pointcoc.engine.threads import add_threads_arg, torch_threads
 from pointcoc.viz import cluster_maps, plot_cluster_maps
-from pointcoc.viz.sources import load_pixel_input
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:

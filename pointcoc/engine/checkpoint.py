@@ -1,4 +1,8 @@
-"""Checkpoints written atomically (temp file in the same folder + ``os.replace``) and loaded with checks."""
+"""Checkpoints written atomically (temp file in the same folder + ``os.replace``) and loaded with checks.
+
+The format itself (tag, required keys, :func:`check_checkpoint`, :class:`CheckpointError`) is
+:mod:`pointcoc._checkpoint_format`, which ``create_model(name, pretrained=PATH)`` uses too.
+"""
 from __future__ import annotations
 
 import os
@@ -10,17 +14,11 @@ from typing import Any, BinaryIO, Callable, Dict, Optional
 import numpy as np
 import torch
 
+from .._checkpoint_format import CHECKPOINT_FORMAT, CheckpointError, check_checkpoint
 from .errors import DiskFullError, disk_full_cause
 
 __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "check_checkpoint",
            "capture_rng_state", "restore_rng_state", "CHECKPOINT_FORMAT"]
-
-CHECKPOINT_FORMAT = "pointcoc-checkpoint-v1"
-REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "epoch", "rng", "config", "metrics")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing keys, unreadable, or does not fit the model it is loaded into."""
 
 
 def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
@@ -73,17 +71,6 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     except Exception as err:  # torch raises many types for corrupt/foreign files
         raise CheckpointError(f"{path} is not a readable pointcoc checkpoint ({type(err).__name__}: {err})") from None
     return check_checkpoint(state, path)
-
-
-def check_checkpoint(state: Any, path) -> Dict[str, Any]:
-    """``state`` (an object loaded from ``path``) when it is a pointcoc checkpoint with every required key;
-    raises CheckpointError naming ``path`` otherwise."""
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a pointcoc checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks keys {missing}")
-    return state
 
 
 def capture_rng_state(loader_generator: Optional[torch.Generator] = None) -> Dict[str, Any]:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import platform
+from pathlib import Path
+from typing import Dict
 
 import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__ as pointcoc_version
-from ..models.pretrained import cache_dir, write_pretrained
-from .checkpoint import load_checkpoint
+from ..models.pretrained import cache_dir, file_sha256
+from .checkpoint import atomic_write, load_checkpoint
 from .cli import HelpFormatter, run_cli
 from .config import TrainConfig
 from .loop import build_model_from_checkpoint, evaluate
@@ -27,7 +31,7 @@ from .pointcloud_task import config_test_set
 from .progress import add_progress_arg
 from .threads import add_threads_arg, torch_threads
 
-__all__ = ["build_export_parser", "export_main", "model_card", "run_cli"]
+__all__ = ["build_export_parser", "export_main", "model_card", "write_pretrained", "run_cli"]
 
 PROTOCOL = ("weights of the checkpoint's epoch as written by training (last.pt: the final epoch; nothing selected "
             "on the test set unless the run used --select-on-test); accuracy of one pass over the run's test "
@@ -44,6 +48,22 @@ TEST_SPLITS = {
     "modelnet40": "the PointNet release's ply_data_test*.h5 (2,468 shapes)",
     "scanobjectnn": "the authors' test_*.h5 file of the variant",
 }
+
+
+def write_pretrained(model_name: str, tag: str, state: Dict[str, torch.Tensor], card: Dict, folder) -> Path:
+    """Write ``<model>.<tag>.pt`` and its card (``card`` plus model, tag, file and SHA-256) to ``folder``;
+    returns the card's path. Both files are written atomically."""
+    if not tag or "." in tag or os.sep in tag:
+        raise ValueError(f"a tag is a plain name without '.' or '/'; got {tag!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{model_name}.{tag}"
+    weights = folder / f"{stem}.pt"
+    atomic_write(weights, lambda f: torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, f))
+    card = {"tag": stem, "model": model_name, **card, "file": weights.name, "sha256": file_sha256(weights)}
+    card_path = folder / f"{stem}.json"
+    atomic_write(card_path, lambda f: f.write((json.dumps(card, indent=2, sort_keys=True) + "\n").encode()))
+    return card_path
 
 
 def build_export_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,9 @@ PointMLP-elite) and ``pointcloud/main.py`` of ma-xu/Context-Cluster (PointMLP-Co
 ``save_model`` writes ``{"net": model.state_dict(), "epoch", "acc", "best_test_acc", ...,
 "optimizer"}`` to ``last_checkpoint.pth`` / ``best_checkpoint.pth``; on a GPU the model is
 wrapped in ``DataParallel``, so every key of ``net`` starts with ``module.``. Their module
-names are those of :class:`pointcoc.reference_pointmlp.ReferencePointMLP`; the key mapping
-is :func:`pointcoc.reference_pointmlp.state_dict_to_pointcoc`.
+names are those of the published model (re-written for the benchmarks as
+:class:`pointcoc.bench.reference_pointmlp.ReferencePointMLP`); the key mapping is
+:func:`pointcoc.models.authors_keys.state_dict_to_pointcoc`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..reference_pointmlp import state_dict_to_pointcoc
+from .authors_keys import state_dict_to_pointcoc
 from .registry import create_model
 
 __all__ = ["load_authors_checkpoint", "authors_state_dict", "AUTHORS_MODELS"]

@@ -28,8 +28,10 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .._checkpoint_format import CHECKPOINT_FORMAT, check_checkpoint
+
 __all__ = ["WEIGHTS_ENV_VAR", "DEFAULT_TAGS", "weights_dirs", "list_pretrained", "pretrained_card",
-           "resolve_pretrained", "load_pretrained", "file_sha256", "write_pretrained"]
+           "resolve_pretrained", "load_pretrained", "file_sha256"]
 
 WEIGHTS_ENV_VAR = "POINTCOC_WEIGHTS"
 # The tag that pretrained=True picks for a model.
@@ -99,8 +101,6 @@ def file_sha256(path) -> str:
 
 def _state_from_file(path: Path) -> Tuple[Dict[str, torch.Tensor], Optional[Dict]]:
     """(state_dict, pointcoc checkpoint config or None) of a ``.pt`` file: a pointcoc checkpoint or a state dict."""
-    from pointcoc.engine.checkpoint import CHECKPOINT_FORMAT, check_checkpoint
-
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for foreign or damaged files
@@ -161,21 +161,3 @@ def load_pretrained(model: nn.Module, state: Dict[str, torch.Tensor], where: str
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"the weights of {where} do not fit the model: {err}") from None
-
-
-def write_pretrained(model_name: str, tag: str, state: Dict[str, torch.Tensor], card: Dict, folder) -> Path:
-    """Write ``<model>.<tag>.pt`` and its card (``card`` plus model, tag, file and SHA-256) to ``folder``;
-    returns the card's path. Both files are written atomically."""
-    from pointcoc.engine.checkpoint import atomic_write
-
-    if not tag or "." in tag or os.sep in tag:
-        raise ValueError(f"a tag is a plain name without '.' or '/'; got {tag!r}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{model_name}.{tag}"
-    weights = folder / f"{stem}.pt"
-    atomic_write(weights, lambda f: torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, f))
-    card = {"tag": stem, "model": model_name, **card, "file": weights.name, "sha256": file_sha256(weights)}
-    card_path = folder / f"{stem}.json"
-    atomic_write(card_path, lambda f: f.write((json.dumps(card, indent=2, sort_keys=True) + "\n").encode()))
-    return card_path

@@ -1,4 +1,4 @@
-"""Inputs of ``scripts/visualize_clusters.py``: an image file or ``DATASET:INDEX``, as the checkpoint's pixel set.
+"""Inputs of ``pointcoc visualize-clusters``: an image file or ``DATASET:INDEX``, as the checkpoint's pixel set.
 
 A checkpoint of ``scripts/train_pixels.py`` stores ``dataset`` and ``extra = {"format", "keep",
 "mask_seed", "image_shape"}`` in its config; the pictures use the same format, so a model trained
@@ -12,8 +12,9 @@ from typing import Dict, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ..data.image_datasets import IMAGE_DATASETS, load_image_dataset
-from ..data.pixels import PixelSetDataset, image_to_point_set, keep_mask
+from pointcoc.data.image_datasets import IMAGE_DATASETS, load_image_dataset
+from pointcoc.data.pixels import PixelSetDataset, image_to_point_set, keep_mask
+from pointcoc.engine.pixel_task import pixel_test_set
 
 __all__ = ["PixelInput", "image_from_file", "load_pixel_input"]
 
@@ -60,8 +61,6 @@ def load_pixel_input(spec: str, config: Dict, invert: bool = False, mask_seed: i
     ``regular``. An image file gets the checkpoint's format with a mask drawn from ``mask_seed``
     (``rgbd`` needs depth: use DATASET:INDEX).
     """
-    from ..engine.pixel_task import pixel_test_set
-
     extra = config.get("extra") or {}
     if extra.get("task") != "pixels" or "image_shape" not in extra:
         raise ValueError("the checkpoint is not from scripts/train_pixels.py (config.extra.task must be 'pixels' "
