@@ -3,8 +3,9 @@
 :func:`export_model` is ``torch.export.export(model.eval(), (xyz, features, lengths), dynamic_shapes=...)``
 with the batch dimension shared by the three inputs and marked dynamic, a comparison of the exported
 program's logits with the eager ones on the example, and ``torch.export.save`` when a path is given.
-:func:`load_exported` is ``torch.export.load(path).module()``; importing pointcoc first registers the custom
-ops (``pointcoc::farthest_point_sample``, ``pointcoc::knn``, the input checks) that the program calls.
+:func:`load_exported` is ``torch.export.load(path).module()`` after importing :mod:`pointcoc.models`, which
+registers the custom ops (``pointcoc::farthest_point_sample``, ``pointcoc::knn``, the input checks) that the
+program calls; ``import pointcoc`` alone does not (it imports its names on first use).
 
 What the program takes: the example's form (as many arguments, None where it has None). Exported with
 ``lengths`` (recommended; pass ``torch.full((B,), N)`` for full sets), it takes any batch of sets padded to
@@ -94,4 +95,5 @@ def load_exported(path: os.PathLike) -> nn.Module:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported program not found: {path}")
+    from . import models  # noqa: F401 - registers the custom ops the program calls
     return torch.export.load(path).module()

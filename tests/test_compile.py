@@ -139,3 +139,14 @@ def test_inductor_compiled_models_match_eager(name):
         xyz, _ = _inputs(name)
         with torch.no_grad():
             _assert_close_to_scale(compiled(xyz), model(xyz), 1e-4)
+
+
+def test_a_compiled_run_on_the_cpu_says_what_it_costs_and_what_torchs_warnings_mean(tmp_path, monkeypatch):
+    from pointcoc.engine import fit
+    from test_engine import NAMES, TinyPointNet, config, datasets
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # the note, not minutes of inductor
+    train, test = datasets()
+    with pytest.warns(UserWarning, match=r"--compile on a CPU: the first steps of training and of evaluation compile "
+                                         r"for minutes .* are about speed only: the results are the eager model's"):
+        fit(TinyPointNet(), train, test, config(epochs=1, compile=True), tmp_path / "run", NAMES)

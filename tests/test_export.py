@@ -122,3 +122,18 @@ def test_every_registered_model_exports(name, tmp_path):
     torch.manual_seed(0)
     model = create_model(name).eval()
     _export_save_load_compare(model, _n_points(model), tmp_path)
+
+
+def test_load_exported_in_a_fresh_process_registers_the_ops_itself(tmp_path):
+    # `import pointcoc` imports its names on first use; load_exported imports what the program calls
+    from script_checks import run_python
+
+    model = create_model("pointmlp_elite_coc", **SMALL_COC).eval()
+    xyz, _, lengths = _ragged(model, 2, 64, seed=0)
+    export_model(model, (xyz, None, lengths), path=tmp_path / "m.pt2")
+    torch.save((xyz, lengths, model(xyz, None, lengths)), tmp_path / "io.pt")
+    check = ("import sys, torch; from pointcoc import load_exported; m = load_exported(sys.argv[1]); "
+             "xyz, lengths, want = torch.load(sys.argv[2]); "
+             "torch.testing.assert_close(m(xyz, None, lengths), want, rtol=1e-5, atol=1e-5); print('same')")
+    done = run_python(["-c", check, tmp_path / "m.pt2", tmp_path / "io.pt"])
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]

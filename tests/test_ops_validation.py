@@ -130,3 +130,26 @@ def test_works_without_numba_pytorch3d_and_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["5", "4"]
+
+
+@pytest.mark.parametrize("op, backend", [("knn", b) for b in available_backends("knn")]
+                         + [("fps", b) for b in available_backends("fps")])
+def test_absurd_k_and_n_samples_are_refused_before_anything_is_allocated(op, backend):
+    from pointcoc.ops import knn
+    from pointcoc.ops.validation import MAX_PADDING
+
+    name = "k" if op == "knn" else "n_samples"
+
+    def indices(xyz, count):  # (B, count) FPS indices or (B, M, count) kNN indices
+        return knn(xyz, xyz, count, backend=backend).idx if op == "knn" else \
+            farthest_point_sample(xyz, count, backend=backend)
+
+    xyz = torch.rand(2, 10, 3)
+    for count in (2**40, 2**64):  # 2**40 columns would be terabytes; 2**64 does not fit the op's int64
+        _raises(f"{name} must be at most max(N, {MAX_PADDING}) = {MAX_PADDING} for sets of N = 10 points (beyond N "
+                f"the results are only padding); got {name} = {count}", indices, xyz, count)
+    if backend in ("torch", "mm"):  # what stays allowed: padding up to the cap, and any count up to N
+        padded = indices(xyz, 24)
+        assert padded.shape[-1] == 24 and bool((padded[..., 10:] == -1).all())
+        assert indices(xyz, MAX_PADDING).shape[-1] == MAX_PADDING
+        assert indices(torch.rand(1, MAX_PADDING + 5, 2), MAX_PADDING + 5).shape[-1] == MAX_PADDING + 5

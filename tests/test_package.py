@@ -5,7 +5,9 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from pointcoc.engine import pixel_task, pointcloud_task
 from pointcoc.engine.recipes import list_recipes, load_recipe
 from pointcoc.models import pretrained as pretrained_mod
 
-from script_checks import ROOT, run_python
+from script_checks import ROOT, run_python, start_python
 
 TINY_PIXELS = ["--epochs", "1", "--batch-size", "16", "--limit-train-batches", "2", "--limit-val-batches", "2",
                "--device", "cpu", "--workers", "0", "--progress", "none"]
@@ -38,6 +40,46 @@ def test_every_subcommand_is_listed_and_an_unknown_one_is_refused(capsys):
     assert main([]) == 2
     assert main(["trian"]) == 2
     assert "Did you mean 'train'" in capsys.readouterr().err
+
+
+# what pip's generated `pointcoc` script runs (.venv/bin/pointcoc)
+CONSOLE_SCRIPT = "import sys; from pointcoc.commands import main; sys.exit(main())"
+
+
+def test_the_command_starts_without_torch_and_the_public_names_import_on_first_use():
+    probe = ("import sys; from pointcoc.commands import main; print('torch' in sys.modules); "
+             "import pointcoc; print('create_model' in dir(pointcoc), sorted(set(pointcoc.__all__) - set(dir(pointcoc))));"
+             "from pointcoc import PointMLPCoC, ops; import torch; print(pointcoc.create_model.__module__, "
+             "hasattr(torch.ops.pointcoc, 'knn'))")
+    done = run_python(["-c", probe])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:3] == ["False", "True []", "pointcoc.models.registry True"]
+    with pytest.raises(AttributeError, match="module 'pointcoc' has no attribute 'nope'"):
+        pointcoc.nope
+
+
+def test_ctrl_c_at_any_moment_of_the_commands_start_up_is_one_line_and_exit_130():
+    # The interrupt lands while python imports torch, the subcommand's modules or parses the flags. Only a
+    # signal inside the interpreter's own start-up (the first few hundredths of a second, before any of
+    # pointcoc runs) is python's: killed by SIGINT, silently (a shell shows 130 too).
+    for delay in (0.15, 0.4, 0.8, 1.5, 3.0):
+        proc = start_python(["-c", CONSOLE_SCRIPT, "env"])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, (delay, err[-2000:])
+        if proc.returncode == 0 and "pointcoc" in out:  # it finished first
+            continue
+        assert (proc.returncode, err.strip()) in ((130, "interrupted"), (-signal.SIGINT, "")), (delay, err[-2000:])
+
+
+def test_ctrl_c_after_the_command_did_its_work_keeps_its_exit_code():
+    # SIGINT right after main() returned, while the interpreter shuts down (torch imported): ignored
+    late = CONSOLE_SCRIPT.replace("sys.exit(main())", "code = main(); import os, signal; "
+                                                      "os.kill(os.getpid(), signal.SIGINT); sys.exit(code)")
+    done = run_python(["-c", late, "env"])
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr[-2000:]
+    assert "torch" in done.stdout
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))

@@ -144,3 +144,15 @@ def test_float64_goes_to_the_reference_where_pytorch3d_rejects_it(monkeypatch):
     out = pytorch3d_backend.knn_pytorch3d(x, x, 8, lengths, lengths)
     ref = knn(x, x, 8, lengths, lengths, backend="torch")
     assert torch.equal(out.dist2, ref.dist2) and torch.equal(out.idx, ref.idx)
+
+
+def test_an_absurd_k_from_the_model_kwargs_is_one_error_line_not_an_allocation(tmp_path, capsys):
+    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+
+    kwargs = json.dumps({"k_neighbors": [4, 10**12, 4, 4]})  # stage 1 groups 32 points: 10**12 neighbours is absurd
+    argv = ["--dataset", "modelnet40_mini", "--model", "pointmlp_elite", "--num-points", "64", "--epochs", "1",
+            "--batch-size", "4", "--workers", "0", "--device", "cpu", "--output", str(tmp_path / "out"),
+            "--model-kwargs", kwargs]
+    assert run_cli(train_main, build_train_parser(), argv) == 2
+    err = capsys.readouterr().err
+    assert "error: k must be at most max(N, 1024) = 1024 for sets of N = 32 points" in err and "Traceback" not in err

@@ -107,8 +107,28 @@ def _usage() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``pointcoc <command> [options]``; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run ``pointcoc <command> [options]``; returns the exit code.
+
+    Called without ``argv`` (the installed command, ``python -m pointcoc``) it is the program: once the command
+    has done its work a Ctrl-C is ignored (the exit code stays the command's), instead of killing the
+    interpreter while it shuts down (exit -2, silently). Called with ``argv`` it leaves signals alone.
+    """
+    try:
+        code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C while a subcommand imports its modules: one line, as run_cli does later
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the output went to a pipe that closed early (`pointcoc recipes | head -1`)
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    if argv is None:
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored handlers survive the interpreter's shutdown
+    return code
+
+
+def _dispatch(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -123,12 +143,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"error: unknown command {name!r}.{hint} Commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    try:
-        return SUBCOMMANDS[name][1](rest, f"pointcoc {name}")
-    except KeyboardInterrupt:  # Ctrl-C while a subcommand imports its modules: one line, as run_cli does later
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the output went to a pipe that closed early (`pointcoc recipes | head -1`)
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return SUBCOMMANDS[name][1](rest, f"pointcoc {name}")

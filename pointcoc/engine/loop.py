@@ -45,6 +45,14 @@ __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "
            "SeededItems"]
 
 
+# Said once when --compile runs on a CPU: what it costs, and what the warnings torch prints while compiling mean.
+COMPILE_ON_CPU = ("--compile on a CPU: the first steps of training and of evaluation compile for minutes (322 s for "
+                  "the first epoch of a 64-point PointMLP-elite run on 2 cores), for no measured speed-up; the "
+                  "warnings torch's inductor / dynamo may print meanwhile (an operator without an inductor lowering "
+                  "runs as its eager kernel, a function hit the recompile limit and runs eagerly) are about speed "
+                  "only: the results are the eager model's (docs/training.md)")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -425,6 +433,8 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     amp = config.amp and device.type == "cuda"
     if config.amp and not amp:
         warnings.warn("--amp has no effect on CPU; training in float32", stacklevel=2)
+    if config.compile and device.type == "cpu" and info.is_main:
+        warnings.warn(COMPILE_ON_CPU, stacklevel=2)
     per_proc_batch = _per_process_batch(config.batch_size, info.world_size)
     if config.sync_bn and info.enabled and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation)")

@@ -7,7 +7,7 @@ import torch
 
 from . import backends
 from .library import fps_op
-from .validation import check_lengths, check_points, check_positive_int
+from .validation import check_count, check_lengths, check_points
 
 __all__ = ["farthest_point_sample", "fps_torch", "squared_distance_to", "near_origin", "initial_min_dist2"]
 
@@ -129,7 +129,10 @@ def farthest_point_sample(
 
     Args:
         xyz: FloatTensor (B, N, D) with D in {2, 3} giving point positions.
-        n_samples: int >= 1, the number of points to pick per set.
+        n_samples: int in [1, max(N, 1024)], the number of points to pick per
+            set. Beyond a set's size the entries are -1 (below); larger values
+            raise ValueError before anything is allocated
+            (``pointcoc.ops.validation.MAX_PADDING``).
         lengths: LongTensor (B,) with values in [1, N] giving the size of each
             set; points at index >= lengths[b] are padding and never picked.
             None means every set has N points.
@@ -145,9 +148,9 @@ def farthest_point_sample(
     (:mod:`pointcoc.ops.library`): one node under ``torch.compile``.
     """
     check_points("xyz", xyz, finite=False)  # the values are checked inside the op
-    n_samples = check_positive_int("n_samples", n_samples)
+    batch, n, _ = xyz.shape
+    n_samples = check_count("n_samples", n_samples, n)
     if not isinstance(skip_near_origin, bool):
         raise ValueError(f"skip_near_origin must be a bool; got {skip_near_origin!r}")
-    batch, n, _ = xyz.shape
     lengths = check_lengths("lengths", lengths, batch, n, device=xyz.device, values=False)
     return fps_op(xyz.detach(), n_samples, lengths, bool(random_start), backend, skip_near_origin)

@@ -8,7 +8,7 @@ import torch
 
 from . import backends
 from .library import knn_op
-from .validation import check_lengths, check_points, check_positive_int, check_same_batch
+from .validation import check_count, check_lengths, check_points, check_same_batch
 
 __all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2", "exact_among_candidates"]
 
@@ -291,7 +291,10 @@ def knn(
     Args:
         query: FloatTensor (B, M, D) with D in {2, 3} giving query positions.
         points: FloatTensor (B, N, D) giving the positions searched.
-        k: int >= 1, neighbours per query.
+        k: int in [1, max(N, 1024)], neighbours per query. k may exceed N (a
+            model's fixed k on small sets): the surplus columns are padding.
+            Larger values raise ValueError before anything is allocated
+            (``pointcoc.ops.validation.MAX_PADDING``).
         query_lengths: LongTensor (B,) with values in [1, M], or None (all M valid).
         point_lengths: LongTensor (B,) with values in [1, N], or None (all N valid).
         backend: force an implementation for this call ("torch", ...).
@@ -323,9 +326,9 @@ def knn(
         raise ValueError(f"query and points must have the same dtype; got {query.dtype} and {points.dtype}")
     if query.device != points.device:
         raise ValueError(f"query and points must be on the same device; got {query.device} and {points.device}")
-    k = check_positive_int("k", k)
     batch, m, _ = query.shape
     n = points.shape[1]
+    k = check_count("k", k, n)
     query_lengths = check_lengths("query_lengths", query_lengths, batch, m, device=query.device, values=False)
     point_lengths = check_lengths("point_lengths", point_lengths, batch, n, device=query.device, values=False)
     dist2, idx = knn_op(query.detach(), points.detach(), k, query_lengths, point_lengths, backend)

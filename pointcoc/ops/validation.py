@@ -27,8 +27,15 @@ __all__ = [
     "check_lengths",
     "check_same_batch",
     "check_positive_int",
+    "check_count",
+    "MAX_PADDING",
     "check_index",
 ]
+
+# kNN's k and FPS's n_samples may exceed the set size N: the surplus columns are padding (idx -1, dist2 inf), so
+# that a model's fixed k (24 neighbours) runs on sets smaller than k. Beyond max(N, MAX_PADDING) a value is refused
+# before anything is allocated: it can only be a mistake (k = 10**9 would allocate gigabytes of padding).
+MAX_PADDING = 1024
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -167,6 +174,16 @@ def check_positive_int(name: str, value) -> int:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be an int >= 1; got {value}")
+    return value
+
+
+def check_count(name: str, value, n: int) -> int:
+    """Check that ``value`` is an int in [1, max(n, MAX_PADDING)] (a number of neighbours or samples from sets of
+    ``n`` points, padding included) and return it."""
+    value = check_positive_int(name, value)
+    if value > MAX_PADDING and value > n:  # no comparison with n below the cap: n may be symbolic when compiled
+        raise ValueError(f"{name} must be at most max(N, {MAX_PADDING}) = {max(n, MAX_PADDING)} for sets of N = {n} "
+                         f"points (beyond N the results are only padding); got {name} = {value}")
     return value
 
 
