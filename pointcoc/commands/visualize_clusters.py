@@ -6,7 +6,8 @@
 IMAGE is an image file (read with PIL, resized to the model's image size, grey or RGB as the model
 expects) or DATASET:INDEX, a test image of a pixel data set (for the checkpoint's data set exactly the
 evaluated pixel set). Each pixel is coloured by its cluster; in later stages, which cluster FPS-subsampled
-anchors, a pixel takes the cluster of its nearest anchor (pointcoc/viz/clusters.py). Centers: white stars.
+anchors, a pixel takes the cluster of its nearest anchor (pointcoc/viz/clusters.py). Centers: white stars;
+pixels not in the set: light grey in the maps, pale red in the input (a legend under the panels says so).
 Exit code 2 (and a message) when the checkpoint, an image or an argument is wrong; 130 on Ctrl-C.
 """
 import argparse
