@@ -26,7 +26,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--output", default="clusters.png", help="PNG to write (default: %(default)s)")
     p.add_argument("--invert", action="store_true", help="use 1 - value for image files (dark ink on white paper)")
     p.add_argument("--mask-seed", type=int, default=0,
-                   help="seed of the pixel mask of image files when the model's format drops pixels (default: 0)")
+                   help="seed of the pixel mask of image files when the model's format drops pixels "
+                        "(default: %(default)s)")
     add_threads_arg(p, default=1)
     return p
 
