@@ -1,6 +1,7 @@
 import json
 import os
 
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
@@ -70,6 +71,53 @@ def test_confusion_matrix_and_summary_against_direct_counts():
     assert s["per_class_acc"][5] is None and s["count"] == 200
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 7\)"):
         confusion_matrix(preds, labels + 7, 7)
+
+
+def _drawn(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+@pytest.mark.parametrize("n", [15, 40, 41])
+def test_confusion_figure_title_colour_bar_and_counts(n):
+    from pointcoc.engine.metrics import COLORBAR_LABEL, confusion_figure
+
+    g = torch.Generator().manual_seed(n)
+    cm = torch.randint(1, 60, (n, n), generator=g) + 400 * torch.eye(n, dtype=torch.long)
+    cm[0, 1] = 0  # a zero cell: left blank
+    title = ("test OA 91.23%  mAcc 89.10%  (epoch 250; validation) "
+             "/home/someone/experiments/scanobjectnn/pointmlp_coc_pb_t50_rs_seed0_a_very_long_run_name_indeed")
+    fig = confusion_figure(cm, [f"class {i}" for i in range(n)], title)
+    renderer = _drawn(fig)
+    canvas = fig.bbox
+    box = fig._suptitle.get_window_extent(renderer)
+    assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1, (box, canvas)
+    assert "".join(fig._suptitle.get_text().split()) == "".join(title.split())  # wrapped, all there
+    image_ax, bar_ax = fig.axes
+    assert bar_ax.get_ylabel() == COLORBAR_LABEL != ""
+    texts = image_ax.texts
+    if n > 40:
+        assert len(texts) == 0
+        return
+    assert len(texts) == n * n - 1
+    shown = {(round(t.get_position()[1]), round(t.get_position()[0])): t for t in texts}
+    assert (0, 1) not in shown
+    image = image_ax.images[0]
+    for (row, col), text in shown.items():
+        assert text.get_text() == str(int(cm[row, col]))
+        cell = image.cmap(image.norm(image.get_array()[row, col]))[:3]
+        ink = matplotlib.colors.to_rgb(text.get_color())
+        luma = lambda c: 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]  # noqa: E731
+        assert abs(luma(cell) - luma(ink)) > 0.45, (row, col, cell, ink)  # readable: white on dark, black on light
+
+
+def test_plot_confusion_matrix_writes_the_figure(tmp_path):
+    from PIL import Image
+
+    from pointcoc.engine import plot_confusion_matrix
+
+    path = plot_confusion_matrix(torch.tensor([[3, 1], [0, 4]]), tmp_path / "cm.png", ["a", "b"], "t")
+    assert path == tmp_path / "cm.png" and Image.open(path).size == (round(5.0 * 110), round(5.0 * 110))
 
 
 def test_smoothed_cross_entropy_matches_formula():

@@ -117,7 +117,7 @@ def test_pixel_help_names_its_own_recipe_and_the_mask_flags_agree():
     assert "default 0.5" in helps["--keep"]
     assert "fixed per image, the same every epoch" not in helps["--mask-seed"]
     assert "--no-redraw-masks" in helps["--mask-seed"]
-    assert parser.get_default("redraw_masks") is True and "(default: redraw)" in helps["--no-redraw-masks"]
+    assert parser.get_default("redraw_masks") is True and "(default: --redraw-masks)" in helps["--no-redraw-masks"]
     points = pointcloud_task.build_train_parser()
     assert any("authors' ScanObjectNN recipe" in (g.title or "") for g in points._action_groups)
 

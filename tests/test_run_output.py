@@ -115,3 +115,21 @@ def test_plot_runs_script_overlays_runs_and_rejects_bad_input(tmp_path, capsys):
                           ([tmp_path / "s1"], "line 1 is not JSON")):
         assert main([*map(str, argv), "--output", str(out)]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("first, last", [(2.3, 1.9), (3.6, 0.3), (1.2, 1.0), (2.1, 0.9), (60.0, 0.02), (0.08, 0.05)])
+def test_loss_axis_has_three_labelled_ticks_for_any_range(first, last):
+    """Over a few epochs the loss may barely move (2.3 -> 1.9) or fall 10x; the log axis still reads."""
+    from pointcoc.viz.curves import curves_figure
+
+    recs = [{"epoch": e, "lr": 0.01, "train_loss": first * (last / first) ** (e / 4), "test_loss": first * 1.02
+             * (last / first) ** (e / 4)} for e in range(5)]
+    fig = curves_figure({"run": recs})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    labelled = [(t.get_position()[1], t.get_text()) for t in ax.yaxis.get_majorticklabels()
+                if t.get_visible() and t.get_text() and lo <= t.get_position()[1] <= hi]
+    assert 3 <= len(labelled) <= 8, labelled
+    assert len({text for _, text in labelled}) == len(labelled)  # distinct labels
+    assert all(abs(float(text) - pos) <= 1e-9 + 1e-6 * pos for pos, text in labelled)  # each label says its place

@@ -8,8 +8,8 @@ from sklearn.datasets import load_digits
 from pointcoc.data.pixels import image_to_point_set, keep_mask
 from pointcoc.layers import ContextCluster, record_assignments
 from pointcoc.models import create_model
-from pointcoc.viz import cluster_maps, colorize_clusters, plot_cluster_maps
-from pointcoc.viz.clusters import _palette
+from pointcoc.viz import cluster_maps, cluster_maps_figure, colorize_clusters, plot_cluster_maps
+from pointcoc.viz.clusters import LEGEND_HEIGHT, MISSING_RGB, _palette
 
 
 def _digit(index=3):
@@ -83,14 +83,14 @@ def test_colorize_clusters():
     pure = colorize_clusters(labels, alpha=1.0)
     palette = _palette(3)
     for (j, i), s in np.ndenumerate(labels.numpy()):
-        expected = [1.0, 1.0, 1.0] if s < 0 else palette[s]
+        expected = MISSING_RGB if s < 0 else palette[s]
         np.testing.assert_allclose(pure[j, i], expected)
     assert len({tuple(c) for c in palette}) == 3
     image = torch.tensor([[[0.0, 1.0, 0.5], [0.2, 0.3, 0.5]]])
     blended = colorize_clusters(labels, image, alpha=0.75)
     np.testing.assert_allclose(blended[0, 0], 0.75 * palette[0] + 0.25 * 0.0)
     np.testing.assert_allclose(blended[0, 1], 0.75 * palette[0] + 0.25 * 1.0)
-    np.testing.assert_allclose(blended[1, 1], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(blended[1, 1], MISSING_RGB)
     with pytest.raises(ValueError, match=r"image must have shape \(C, h, w\) with \(h, w\) = \(2, 3\)"):
         colorize_clusters(labels, torch.zeros(1, 3, 3))
 
@@ -102,9 +102,42 @@ def test_plot_has_one_panel_per_layer_and_image(tmp_path):
                              panel_size=2.0)
     png = np.asarray(Image.open(path).convert("RGB"))
     assert png.shape[1] == round(2.0 * 3 * 110)  # input + 2 layers, dpi 110
-    assert png.shape[0] == round((2.0 * 2 + 0.4) * 110)
+    assert abs(png.shape[0] - (2.0 * 2 + 0.4 + LEGEND_HEIGHT) * 110) <= 1
     with pytest.raises(ValueError, match="at least one"):
         plot_cluster_maps([], tmp_path / "x.png")
+
+
+def _legend_texts(fig):
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_missing_pixels_have_their_own_colour_and_the_legend_names_it():
+    image, mask, xyz, feats = _pixel_set("masked", 0.7)
+    maps, _ = cluster_maps(_model(False), xyz, feats, (8, 8))
+    assert not bool(mask.all())
+    # no cluster colour, pure or blended with any grey, comes near the missing colour
+    palette = _palette(40)
+    for grey in np.linspace(0, 1, 11):
+        blended = 0.75 * palette + 0.25 * grey
+        assert np.abs(blended - np.asarray(MISSING_RGB)).max(axis=1).min() > 0.08, grey
+    fig = cluster_maps_figure([(image, maps, "a")])
+    panels = [ax for ax in fig.axes if ax.images]
+    for ax, m in zip(panels[1:], maps):
+        drawn = ax.images[0].get_array()
+        np.testing.assert_allclose(drawn[~mask.numpy()], np.broadcast_to(MISSING_RGB, drawn[~mask.numpy()].shape))
+        shown = {tuple(np.round(c, 6)) for c in drawn[mask.numpy()]}
+        assert tuple(np.round(MISSING_RGB, 6)) not in shown
+    texts = _legend_texts(fig)
+    assert "map: pixel not in the set" in texts and "cluster center" in texts
+    legend = fig.legends[0]
+    patch = legend.legend_handles[texts.index("map: pixel not in the set")]
+    np.testing.assert_allclose(patch.get_facecolor()[:3], MISSING_RGB)
+    star = legend.legend_handles[texts.index("cluster center")]
+    assert star.get_marker() == "*"
+    # a full image has nothing missing: the legend does not mention it
+    image, _, xyz, feats = _pixel_set("regular", 1.0)
+    maps, _ = cluster_maps(_model(False), xyz, feats, (8, 8))
+    assert not any("not in the set" in t for t in _legend_texts(cluster_maps_figure([(image, maps, "a")])))
 
 
 def test_bad_inputs():

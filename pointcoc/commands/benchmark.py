@@ -23,11 +23,13 @@ from pointcoc import bench as benchmark
 def main(argv=None, prog=None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small case per section: checks the plumbing and parity notes, not the numbers for the docs")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="device to measure on (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the rows to this JSON file")
     parser.add_argument("--markdown", metavar="OUT", help="also write the table to this file")
     parser.add_argument("--only", help=f"comma-separated sections from {list(benchmark.SECTIONS)} "
-                                       f"({', '.join(benchmark.OPT_IN)} only when named here)")
+                                       f"(default: all but {', '.join(benchmark.OPT_IN)}, which run only when "
+                                       "named here)")
     parser.add_argument("--models", help=f"comma-separated models from {list(benchmark.MODEL_LABELS)} for the "
                                          f"{' and '.join(benchmark.MODEL_SECTIONS)} sections (default: all three; "
                                          "--quick: PointMLP-CoC, resp. PointMLP-elite)")

@@ -22,7 +22,7 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="time budget of the whole run in seconds: what would not fit is skipped; a compile already "
                              "running may overrun it by a minute (default: %(default)s)")
-    parser.add_argument("--only", help=f"comma-separated sections from {list(gpu_check.SECTIONS)}")
+    parser.add_argument("--only", help=f"comma-separated sections from {list(gpu_check.SECTIONS)} (default: all)")
     args = parser.parse_args(argv)
     if not args.budget_s > 0 or args.budget_s == float("inf"):  # nan and inf too
         parser.error(f"--budget-s must be finite and > 0; got {args.budget_s}")

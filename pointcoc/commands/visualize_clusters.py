@@ -6,7 +6,8 @@
 IMAGE is an image file (read with PIL, resized to the model's image size, grey or RGB as the model
 expects) or DATASET:INDEX, a test image of a pixel data set (for the checkpoint's data set exactly the
 evaluated pixel set). Each pixel is coloured by its cluster; in later stages, which cluster FPS-subsampled
-anchors, a pixel takes the cluster of its nearest anchor (pointcoc/viz/clusters.py). Centers: white stars.
+anchors, a pixel takes the cluster of its nearest anchor (pointcoc/viz/clusters.py). Centers: white stars;
+pixels not in the set: light grey in the maps, pale red in the input (a legend under the panels says so).
 Exit code 2 (and a message) when the checkpoint, an image or an argument is wrong; 130 on Ctrl-C.
 """
 import argparse
@@ -25,7 +26,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p.add_argument("--output", default="clusters.png", help="PNG to write (default: %(default)s)")
     p.add_argument("--invert", action="store_true", help="use 1 - value for image files (dark ink on white paper)")
     p.add_argument("--mask-seed", type=int, default=0,
-                   help="seed of the pixel mask of image files when the model's format drops pixels (default: 0)")
+                   help="seed of the pixel mask of image files when the model's format drops pixels "
+                        "(default: %(default)s)")
     add_threads_arg(p, default=1)
     return p
 

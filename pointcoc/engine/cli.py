@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -26,13 +27,19 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+# A help text that states its option's default: "(default: X)", "(default X", "default: ..." or "Default: ..."
+# at the start of the text or of a sentence or clause; not "torch's default" inside a sentence.
+_STATES_DEFAULT = re.compile(r"(?:^|\(|[.;]\s)default\b", re.IGNORECASE)
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """``--help`` that shows each option's default once: appended as ``(default: X)`` unless the help already says
-    its default, or the default is None / False (nothing to say)."""
+    its default, or the default is None / False (nothing to say). A default of 0 or 0.0 is shown."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        nothing = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if nothing or not action.option_strings or _STATES_DEFAULT.search(text):
             return text
         return text + " (default: %(default)s)"
 

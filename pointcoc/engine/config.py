@@ -132,13 +132,15 @@ def _positive_int(text: str) -> int:
 
 
 def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainConfig] = None,
-                      command: str = "train", defaults_text: Optional[str] = None) -> argparse.ArgumentParser:
+                      command: str = "train", defaults_text: Optional[str] = None,
+                      model_help: Optional[str] = None) -> argparse.ArgumentParser:
     """Add the flags every training command shares (recipe file, model, optimisation, run control) to ``parser``.
 
     Data flags (``--dataset``, ``--data-root``, ``--num-points`` ...) belong to each command.
     ``defaults`` overrides the recipe defaults shown in ``--help`` and ``defaults_text`` says where they come
     from; ``command`` is the subcommand name a ``--config`` recipe must be written for
-    (:mod:`pointcoc.engine.recipes`). Returns the parser.
+    (:mod:`pointcoc.engine.recipes`); ``model_help`` replaces the help of ``--model`` (a command whose default
+    is not a registered name says what it means). Returns the parser.
     """
     d = defaults or TrainConfig()
     parser.recipe_command = command
@@ -147,7 +149,8 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
     g.add_argument("--config", dest="recipe", default=None, metavar="NAME|PATH",
                    help="a recipe file (TOML): a shipped recipe's name (`pointcoc recipes` lists them) or a path; "
                         "flags given on the command line override its values")
-    g.add_argument("--model", default=d.model, help="registered model name, see pointcoc.list_models() (default: %(default)s)")
+    g.add_argument("--model", default=d.model,
+                   help=model_help or "registered model name, see pointcoc.list_models() (default: %(default)s)")
     if defaults is None:
         g.add_argument("--epochs", type=_positive_int, default=None,
                        help="number of epochs (default: the authors' script's for --model: "

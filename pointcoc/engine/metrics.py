@@ -1,4 +1,4 @@
-"""Classification metrics from a confusion matrix: OA, mAcc, per-class accuracy; PNG plot."""
+"""Classification metrics from a confusion matrix: OA, mAcc, per-class accuracy; the matrix as a picture."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 __all__ = ["confusion_matrix", "summarize_confusion", "per_class_table", "format_per_class_table",
-           "plot_confusion_matrix"]
+           "confusion_figure", "plot_confusion_matrix"]
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -71,29 +71,62 @@ def format_per_class_table(rows: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusion_matrix(cm: torch.Tensor, path, class_names: Optional[Sequence[str]] = None, title: str = "") -> Path:
-    """Write the row-normalised confusion matrix (rows = true class) as a PNG; returns the path."""
-    import matplotlib
+# Counts are written in the cells up to this many classes (ModelNet40's 40); above, the cells get too small.
+MAX_CLASSES_WITH_COUNTS = 40
+COLORBAR_LABEL = "fraction of true class (row-normalised)"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    cm = cm.detach().cpu().double()
-    norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
-    n = cm.shape[0]
-    size = max(5.0, 0.28 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = None, title: str = ""):
+    """A matplotlib Figure of the row-normalised confusion matrix ``cm`` (rows = true class, columns = predicted).
+
+    The cell colour is the fraction of the true class predicted as that column (colour bar labelled
+    :data:`COLORBAR_LABEL`). With at most :data:`MAX_CLASSES_WITH_COUNTS` classes each non-zero cell also shows
+    its count, white on dark cells and black on light ones; zero cells stay blank, so the errors stand out.
+    A long ``title`` (run names with paths) is wrapped to the figure's width and placed by the figure's
+    layout, so it is never cut off.
+    """
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = cm.detach().cpu().long()
+    if counts.dim() != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"cm must be a square (num_classes, num_classes) matrix; got shape {tuple(counts.shape)}")
+    n = counts.shape[0]
+    norm = (counts.double() / counts.sum(1, keepdim=True).clamp(min=1)).numpy()
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    with_counts = n <= MAX_CLASSES_WITH_COUNTS
+    size = max(5.0, (0.32 if with_counts else 0.28) * n + 2.5)
+    fig = Figure(figsize=(size, size), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), names, rotation=90, fontsize=7)
     ax.set_yticks(range(n), names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(COLORBAR_LABEL)
+    if with_counts:
+        for t in range(n):
+            for p in range(n):
+                text = str(int(counts[t, p]))
+                if text == "0":
+                    continue
+                r, g, b, _ = im.cmap(im.norm(norm[t, p]))
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # luma of the cell's colour
+                ax.text(p, t, text, ha="center", va="center", color="white" if dark else "black",
+                        fontsize=min(8.0, 13.0 / (0.6 * len(text))))  # a cell is about 23 pt wide
     if title:
-        ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
+        chars = max(20, int(size * 72 / (9 * 0.6)))  # about 0.6 em per character at 9 pt
+        fig.suptitle(textwrap.fill(title, chars), fontsize=9)
+    return fig
+
+
+def plot_confusion_matrix(cm: torch.Tensor, path, class_names: Optional[Sequence[str]] = None, title: str = "") -> Path:
+    """Write :func:`confusion_figure` of ``cm`` as a PNG at ``path``; returns the path."""
+    fig = confusion_figure(cm, class_names, title)
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -80,11 +80,16 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--redraw-masks", action=argparse.BooleanOptionalAction, default=True,
                    help="draw new training masks every epoch (augmentation; reproducible from --seed and the "
                         "epoch); --no-redraw-masks keeps one mask per image. Test masks are always fixed "
-                        "(default: redraw)")
+                        "(default: --redraw-masks)")
     add_threads_arg(p, default=1)  # one thread is fastest for these small models on a shared CPU
-    add_training_args(p, PIXEL_DEFAULTS, command="train-pixels",
-                      defaults_text="defaults = pointcoc's pixel-set recipe, sized for a CPU: lr 0.05, 30 epochs, "
-                                    "label smoothing 0.1, no workers; --config lists others")
+    d = PIXEL_DEFAULTS
+    add_training_args(p, d, command="train-pixels",
+                      defaults_text=f"defaults = pointcoc's pixel-set recipe, sized for a CPU: lr {d.lr:g}, "
+                                    f"{d.epochs} epochs, label smoothing {d.label_smoothing:g}, "
+                                    f"{d.workers or 'no'} workers; `pointcoc recipes` lists other recipes",
+                      model_help=f"registered model name, see pointcoc.list_models(), or auto: "
+                                 f"{default_model('digits')} for digits, {default_model('other')} otherwise "
+                                 f"(default: %(default)s)")
     p.set_defaults(output="runs/pixels")
     p.add_argument("--model-kwargs", type=json_dict, default={},
                    help='JSON object of model constructor overrides, e.g. \'{"k_neighbors": [4, 4]}\'')

@@ -143,7 +143,7 @@ def _train_run(args: argparse.Namespace) -> dict:
 
 def build_eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Re-evaluate a checkpoint written by train_scanobjectnn.py or train_pixels.py on its test set, "
+        description="Re-evaluate a checkpoint written by `pointcoc train` or `pointcoc train-pixels` on its test set, "
                     "or (--authors-checkpoint) one written by the authors' PointMLP / Context-Cluster scripts; "
                     "prints OA, mAcc and a per-class accuracy table.",
         formatter_class=HelpFormatter)
@@ -172,7 +172,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-val-batches", type=int, default=None, help="evaluate at most this many batches")
     p.add_argument("--seed", type=int, default=0, help="seed of the voting transforms")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON here")
-    add_progress_arg(p)
+    add_progress_arg(p, epochs=False)
     add_threads_arg(p)
     return p
 

@@ -39,11 +39,16 @@ def resolve_progress(mode: Union[str, bool], stream=None) -> str:
     return "bar" if isatty is not None and isatty() else "line"
 
 
-def add_progress_arg(parser) -> None:
-    """Add ``--progress {auto,bar,line,none}`` to an argparse parser or argument group."""
-    parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
-                        help="bar: progress bars (and a line per epoch); line: one line per epoch, for logs; "
-                             "none: only the result; auto: bar on a terminal, else line (default: %(default)s)")
+def add_progress_arg(parser, epochs: bool = True) -> None:
+    """Add ``--progress {auto,bar,line,none}`` to an argparse parser or argument group; ``epochs=False`` for a
+    command that only evaluates (no epoch lines: ``line`` then prints what ``none`` does)."""
+    if epochs:
+        text = ("bar: progress bars (and a line per epoch); line: one line per epoch, for logs; none: only the "
+                "result; auto: bar on a terminal, else line")
+    else:
+        text = ("bar: a progress bar over the test batches; line or none: only the result; auto: bar on a "
+                "terminal, else line")
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help=text + " (default: %(default)s)")
 
 
 def progress_bar(iterable: Iterable, mode: str, total: Optional[int] = None, desc: str = "", show: bool = True):

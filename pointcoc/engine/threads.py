@@ -17,7 +17,7 @@ __all__ = ["add_threads_arg", "torch_threads"]
 def add_threads_arg(parser, default: int = 0) -> None:
     """Add ``--threads N`` (0 = torch's default) to an argparse parser or argument group."""
     parser.add_argument("--threads", type=int, default=default,
-                        help="torch CPU threads (torch.set_num_threads); 0 = torch's default (the core count or "
+                        help="torch CPU threads (torch.set_num_threads); 0 = as many as torch picks (the core count or "
                              "OMP_NUM_THREADS). CPU results are bitwise reproducible only for a fixed thread count "
                              "(default: %(default)s)")
 

@@ -67,14 +67,15 @@ def write_pretrained(model_name: str, tag: str, state: Dict[str, torch.Tensor], 
 
 
 def build_export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description="Turn a run's checkpoint into trained weights with a model card, "
+                                            "measured on its test split.", formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="last.pt / best.pt of a pointcoc run")
     p.add_argument("--tag", required=True, help="name of the weights: create_model(model, pretrained=TAG)")
     p.add_argument("--out", default=None, help="folder to write to (default: the local weights cache, "
                                                "$POINTCOC_WEIGHTS or ~/.cache/pointcoc/weights)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     add_threads_arg(p, default=1)
-    add_progress_arg(p)
+    add_progress_arg(p, epochs=False)
     return p
 
 

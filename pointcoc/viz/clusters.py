@@ -23,7 +23,8 @@ from torch import nn
 from ..layers import ContextCluster, record_assignments
 from ..models.convnet import pixel_cells
 
-__all__ = ["ClusterMap", "cluster_maps", "colorize_clusters", "plot_cluster_maps"]
+__all__ = ["ClusterMap", "cluster_maps", "colorize_clusters", "cluster_maps_figure", "plot_cluster_maps",
+           "MISSING_RGB"]
 
 
 @dataclass
@@ -101,21 +102,30 @@ def cluster_maps(model: nn.Module, xyz: torch.Tensor, features: Optional[torch.T
     return maps, logits[0].cpu()
 
 
+# Pixels not in the set: a neutral light grey in the maps (the palette has no grey), a pale red
+# checkerboard in the input panel (where the image itself may be grey).
+MISSING_RGB = (0.86, 0.86, 0.86)
+INPUT_MISSING_RGB = (1.0, 0.75, 0.75)
+
+
 def _palette(count: int) -> np.ndarray:
-    """(count, 3) distinct RGB colours in [0, 1]: matplotlib's tab20, strong shades first, repeated if needed."""
+    """(count, 3) distinct RGB colours in [0, 1]: matplotlib's tab20 without its two greys (grey means "not in
+    the set"), strong shades first, repeated if needed."""
     from matplotlib import colormaps
 
     tab20 = np.asarray(colormaps["tab20"].colors)
-    colours = np.concatenate([tab20[0::2], tab20[1::2]])
+    coloured = [c for c in tab20 if np.ptp(c) > 0.05]  # drop the neutral (r = g = b) pair
+    colours = np.concatenate([coloured[0::2], coloured[1::2]])
     return colours[np.arange(count) % len(colours)]
 
 
 def colorize_clusters(labels: torch.Tensor, image: Optional[torch.Tensor] = None, alpha: float = 0.75,
-                      missing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+                      missing: Sequence[float] = MISSING_RGB) -> np.ndarray:
     """(h, w) labels (-1: missing) [+ (C, h, w) image in [0, 1]] -> (h, w, 3) RGB array in [0, 1].
 
     Pixels of cluster s get palette colour s, blended with the image's grey value
-    (``alpha`` of colour, ``1 - alpha`` of grey); missing pixels get ``missing``.
+    (``alpha`` of colour, ``1 - alpha`` of grey); missing pixels get ``missing`` (default
+    :data:`MISSING_RGB`, a light grey: the palette has no grey, so no cluster looks missing).
     """
     labels = torch.as_tensor(labels)
     if labels.dim() != 2:
@@ -139,35 +149,42 @@ def _show_image(image: torch.Tensor, present: Optional[torch.Tensor]) -> np.ndar
     if present is not None:
         h, w = present.shape
         checker = 0.1 * ((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2)[..., None]
-        pale_red = np.array([1.0, 0.75, 0.75]) - checker
+        pale_red = np.array(INPUT_MISSING_RGB) - checker
         rgb = np.where(present.numpy()[..., None], rgb, pale_red)
     return rgb
 
 
-def plot_cluster_maps(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap], str]], path,
-                      panel_size: float = 2.6) -> Path:
-    """Draw one row per image: the input, then one clustering map per context-cluster layer; save a PNG.
+LEGEND_HEIGHT = 0.5  # inches below the panels for the legend
 
-    In the input panel missing pixels are pale red; in the maps they are white and
-    the centers are white stars.
+
+def cluster_maps_figure(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap], str]], panel_size: float = 2.6):
+    """A matplotlib Figure with one row per image: the input, then one clustering map per context-cluster layer.
+
+    Each pixel of a map has the colour of its cluster, blended with the image; the centers are white stars.
+    Pixels not in the set are pale red (checkerboard) in the input panel and light grey
+    (:data:`MISSING_RGB`) in the maps. A legend under the panels says so.
 
     Args:
         rows: (image (C, h, w) in [0, 1], its ClusterMaps, a title) per image.
-        path: output PNG path (folders are created).
-    Returns the path written.
+        panel_size: inches per panel; the figure is ``panel_size * columns`` by
+            ``panel_size * rows + 0.4 + LEGEND_HEIGHT`` inches.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     if not rows:
         raise ValueError("rows must hold at least one (image, maps, title); got none")
     cols = 1 + max(len(maps) for _, maps, _ in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(panel_size * cols, panel_size * len(rows) + 0.4),
-                             squeeze=False)
+    height = panel_size * len(rows) + 0.4 + LEGEND_HEIGHT
+    fig = Figure(figsize=(panel_size * cols, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    any_missing = False
     for r, (image, maps, title) in enumerate(rows):
         present = maps[0].labels >= 0 if maps else None
+        any_missing |= present is not None and not bool(present.all())
         axes[r, 0].imshow(_show_image(image, present), interpolation="nearest")
         axes[r, 0].set_title(title, fontsize=8)
         for c, m in enumerate(maps, start=1):
@@ -182,9 +199,23 @@ def plot_cluster_maps(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap], s
             ax.set_yticks([])
         for ax in axes[r, 1 + len(maps):]:
             ax.axis("off")
-    fig.tight_layout()
+    handles = [Patch(facecolor=(0.5, 0.5, 0.5, 0.0), edgecolor="none", label="map colour = the pixel's cluster"),
+               Line2D([], [], linestyle="none", marker="*", markersize=10, markerfacecolor="white",
+                      markeredgecolor="black", label="cluster center")]
+    if any_missing:
+        handles += [Patch(facecolor=MISSING_RGB, edgecolor="0.4", label="map: pixel not in the set"),
+                    Patch(facecolor=INPUT_MISSING_RGB, edgecolor="0.4", label="input: pixel not in the set")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=7,
+               handlelength=1.2, columnspacing=1.2)
+    fig.tight_layout(rect=(0, LEGEND_HEIGHT / height, 1, 1))
+    return fig
+
+
+def plot_cluster_maps(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap], str]], path,
+                      panel_size: float = 2.6) -> Path:
+    """Write :func:`cluster_maps_figure` of ``rows`` as a PNG at ``path`` (folders are created); returns the path."""
+    fig = cluster_maps_figure(rows, panel_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

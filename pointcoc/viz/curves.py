@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-__all__ = ["read_metrics", "curves_figure", "plot_curves", "plot_runs"]
+__all__ = ["read_metrics", "curves_figure", "plot_curves", "plot_runs", "loss_ticks"]
 
 SPLITS = ("train", "val", "test")
 _STYLE = {"train": "--", "val": "-.", "test": "-"}  # line style per split
@@ -64,14 +64,14 @@ def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
 
     Line style gives the split (train dashed, val dash-dot, test solid); with several runs colour gives
     the run, with one the split. The learning rate is a dotted line on the loss panel's right axis.
-    The loss axis is logarithmic.
+    The loss axis is logarithmic, with at least three labelled ticks however narrow its range (:func:`loss_ticks`).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     if not runs:
         raise ValueError("runs must hold at least one run")
@@ -100,7 +100,7 @@ def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_yscale("log")  # early test losses of an untrained model are 100x the later ones
-    axes[0].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[0].yaxis.set_major_locator(_loss_locator())
     axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.5, 1, 2, not 5x10^-1
     axes[0].yaxis.set_minor_formatter(NullFormatter())
     lr_axis.set_ylabel("learning rate (dotted)")
@@ -117,6 +117,56 @@ def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+# Mantissas of the log-axis ticks, from sparse to dense; the loss axis takes the densest that fits.
+_LOG_MANTISSAS = ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), tuple(float(m) for m in range(1, 10)))
+
+
+def loss_ticks(vmin: float, vmax: float, min_ticks: int = 3, max_ticks: int = 8) -> List[float]:
+    """Major tick positions for a logarithmic loss axis showing ``[vmin, vmax]`` (both > 0).
+
+    The densest of 1 / 1-3 / 1-2-5 / 1-1.5-2-3-5-7 / 1..9 per decade giving at most ``max_ticks`` ticks in the range,
+    if it gives at least ``min_ticks``; otherwise (a narrow range such as 1.0-1.2, where the loss
+    hardly moves) evenly spaced round values (steps of 1, 2, 2.5 or 5 times a power of ten), as a
+    linear axis would have. Every tick lies in the range.
+    """
+    import math
+
+    from matplotlib.ticker import MaxNLocator
+
+    if not 0 < vmin < vmax or not math.isfinite(vmax):
+        return []
+    best: List[float] = []
+    for mantissas in _LOG_MANTISSAS:
+        ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(vmin)), math.ceil(math.log10(vmax)) + 1)
+                 for m in mantissas]
+        ticks = [t for t in ticks if vmin <= t <= vmax]
+        if len(ticks) > max_ticks:
+            if not best:  # even one tick per decade is too many: every k-th decade
+                best = ticks[::math.ceil(len(ticks) / max_ticks)]
+            break
+        best = ticks
+    if len(best) >= min_ticks:
+        return best
+    linear = MaxNLocator(nbins=max(min_ticks, 5), steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+    return [float(t) for t in linear if vmin <= t <= vmax and t > 0]
+
+
+def _loss_locator():
+    """A matplotlib Locator placing :func:`loss_ticks` on the axis it is set on (made here, as matplotlib is
+    imported only when a figure is drawn)."""
+    from matplotlib.ticker import Locator
+
+    class LossLocator(Locator):
+        def __call__(self):
+            return self.tick_values(*self.axis.get_view_interval())
+
+        def tick_values(self, vmin, vmax):
+            lo, hi = sorted((float(vmin), float(vmax)))
+            return loss_ticks(lo, hi)
+
+    return LossLocator()
 
 
 def plot_runs(run_dirs: Sequence, path, labels: Optional[Sequence[str]] = None, title: str = "") -> Path:
