@@ -15,6 +15,7 @@ _spec = importlib.util.spec_from_file_location("pixel_experiments", ROOT / "scri
 px = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(px)
 from pointcoc.commands import visualize_clusters as vis  # noqa: E402
+from pointcoc.viz.clusters import LEGEND_HEIGHT  # noqa: E402
 
 FAST = ["--limit-train-batches", "2", "--limit-val-batches", "2", "--batch-size", "16"]
 
@@ -140,7 +141,7 @@ def test_visualize_clusters_script(tmp_path, capsys):
     code = vis.main([str(ckpt), "digits:0", "digits:7", str(tmp_path / "diag.png"), "--output", str(tmp_path / "m.png")])
     assert code == 0
     png = Image.open(tmp_path / "m.png")
-    assert png.size == (round(2.6 * 3 * 110), round((2.6 * 3 + 0.4) * 110))  # 3 images x (input + 2 layers)
+    assert png.size == (round(2.6 * 3 * 110), round((2.6 * 3 + 0.4 + LEGEND_HEIGHT) * 110))  # 3 images x (input + 2 layers)
     assert vis.main([str(ckpt), "mnist5k:0"]) == 2
     assert "the model expects (1, 8, 8)" in capsys.readouterr().err
     assert vis.main([str(ckpt), str(tmp_path / "missing.png")]) == 2
@@ -157,4 +158,4 @@ def test_visualize_clusters_command_line(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "visualize_clusters.py"), str(ckpt), "digits:3",
                           "--output", str(tmp_path / "maps.png")], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
-    assert Image.open(tmp_path / "maps.png").size == (round(2.6 * 3 * 110), round((2.6 + 0.4) * 110))
+    assert Image.open(tmp_path / "maps.png").size == (round(2.6 * 3 * 110), round((2.6 + 0.4 + LEGEND_HEIGHT) * 110))
