@@ -8,6 +8,7 @@ import torch
 from ops_reference import SPREAD_KINDS, check_against_float64, numpy_knn_dist2, random_lengths, spread_case
 from pointcoc import _optional
 from pointcoc.bench import peak_cpu_memory
+from pointcoc.bench.ops_rows import pixel_set_batch
 from pointcoc.ops import available_backends, knn, use_backend
 
 knn_impl = importlib.import_module("pointcoc.ops.knn")
@@ -63,6 +64,54 @@ def test_backends_match_torch_reference(backend, dtype, ragged):
     # Same float operations: the distances agree to the last bit; random points have no ties.
     assert torch.equal(out.dist2, ref.dist2)
     assert torch.equal(out.idx, ref.idx)
+
+
+def _tie_case(kind, dim):
+    """Sets where most distances are shared: a lattice, a pixel format at 50 %, or heavy duplicates."""
+    g = torch.Generator().manual_seed(dim)
+    if kind == "lattice":
+        points = torch.randint(0, 5, (3, 150, dim), generator=g).float() / 4
+    elif kind == "duplicates":
+        points = torch.randint(0, 3, (3, 150, dim), generator=g).float()
+    else:
+        points, lengths = pixel_set_batch(kind, 12, 12, batch=3, keep=0.5, seed=dim)
+        if dim == 3:
+            points = torch.cat([points, torch.zeros_like(points[..., :1])], -1)
+        return points, lengths
+    return points, torch.tensor([150, 97, 40])
+
+
+def _lexicographic_knn(query, points, k, ql, pl):
+    """By definition: every point's reference distance, sorted stably, so equal distances keep index order."""
+    batch, m, _ = query.shape
+    n = points.shape[1]
+    every = torch.arange(n).expand(batch, m, n)
+    dist2 = knn_impl.exact_dist2(query, points, every.masked_fill(every >= pl[:, None, None], -1))
+    dist2, idx = torch.sort(dist2, dim=-1, stable=True)
+    return knn_impl._finish(dist2[..., :k], idx[..., :k], k, ql, pl)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["lattice", "duplicates", "regular", "irregular", "masked"])
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("k", [1, 5, 16])
+def test_ties_go_to_the_lowest_indices_on_every_backend(backend, kind, dim, k):
+    """Same indices as the definition, not only the same distances: a model's logits then match across backends."""
+    points, lengths = _tie_case(kind, dim)
+    out = knn(points, points, k, lengths, lengths, backend=backend)
+    ref = _lexicographic_knn(points, points, k, lengths, lengths)
+    assert torch.equal(out.dist2, ref.dist2)
+    assert torch.equal(out.idx, ref.idx)
+
+
+def test_mm_candidates_cut_inside_a_tie_fall_back_to_the_reference():
+    """400 points at exactly distance 1 from the query: any candidate set cuts the tie; the lowest indices win."""
+    unit = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    points = unit[torch.randint(0, 4, (400,), generator=torch.Generator().manual_seed(0))]
+    points = torch.cat([points, torch.zeros(1, 2)])[None]  # the query itself last
+    out = knn(points[:, -1:], points, 6, backend="mm")
+    ref = _lexicographic_knn(points[:, -1:], points, 6, torch.tensor([1]), torch.tensor([401]))
+    assert torch.equal(out.idx, ref.idx) and torch.equal(out.dist2, ref.dist2)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

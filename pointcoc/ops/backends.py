@@ -20,8 +20,10 @@ CPU tensors only when forced, in Triton's interpreter), ``"triton-cells"`` (the
 Triton cell-list kNN; only when forced: ``"triton"`` uses it for large 2-D
 sets), ``"pytorch3d"`` (FPS and
 kNN; when pytorch3d imports; its kNN re-ranked exactly). Every backend returns the reference's FPS
-indices and kNN distances, at any extent of the coordinates; the tests compare
-them. Backends take and return plain (detached) tensors: the public
+indices and kNN distances and indices (ties in ascending index order, a tie at
+the k-th distance keeping the lowest indices), at any extent of the
+coordinates, so a trained model's logits do not depend on the backend; the
+tests compare them. Backends take and return plain (detached) tensors: the public
 :func:`~pointcoc.ops.knn` recomputes the chosen distances differentiably.
 """
 from __future__ import annotations

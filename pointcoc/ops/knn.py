@@ -10,7 +10,7 @@ from . import backends
 from .library import knn_op
 from .validation import check_count, check_lengths, check_points, check_same_batch
 
-__all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2", "exact_among_candidates"]
+__all__ = ["knn", "KNNResult", "knn_torch", "knn_mm", "exact_dist2", "exact_among_candidates", "sort_pairs"]
 
 # Upper bound on the number of elements of one (B, m, N) distance chunk: the
 # reference holds about five such temporaries (8 MiB each in float32).
@@ -64,10 +64,37 @@ def knn_torch(
     for s in range(0, m, chunk):
         dist2 = _pairwise_dist2(query[:, s : s + chunk], points)
         dist2 = dist2.masked_fill(padded_points, float("inf"))
-        d, i = torch.topk(dist2, kk, dim=-1, largest=False, sorted=True)
+        d, i = _lowest_k(dist2, kk)
         dists.append(d)
         idxs.append(i)
     return _finish(torch.cat(dists, 1), torch.cat(idxs, 1), k, query_lengths, point_lengths)
+
+
+def _lowest_k(dist2: torch.Tensor, k: int):
+    """The k smallest of each row in (distance, index) order: ties at the k-th distance go to the lowest indices.
+
+    Args:
+        dist2: Tensor (B, m, N), N >= k. Returns (values, indices), each (B, m, k).
+    """
+    kth = torch.topk(dist2, k, dim=-1, largest=False, sorted=True).values[..., -1:]
+    below = dist2 < kth
+    at = dist2 == kth
+    take = below | (at & (at.cumsum(-1) <= k - below.sum(-1, keepdim=True)))
+    idx = take.nonzero()[:, -1].view(*dist2.shape[:-1], k)  # row-major: ascending index within a row
+    dist2, order = torch.sort(torch.gather(dist2, -1, idx), dim=-1, stable=True)
+    return dist2, torch.gather(idx, -1, order)
+
+
+def sort_pairs(dist2: torch.Tensor, idx: torch.Tensor, n: int):
+    """Each row's (distance, index) pairs in ascending order: by index first, then stably by distance.
+
+    Args:
+        dist2: Tensor (..., k); idx: LongTensor (..., k), -1 for none (placed after index n - 1).
+    """
+    order = torch.argsort(idx.masked_fill(idx < 0, n), dim=-1, stable=True)
+    dist2, idx = torch.gather(dist2, -1, order), torch.gather(idx, -1, order)
+    order = torch.argsort(dist2, dim=-1, stable=True)
+    return torch.gather(dist2, -1, order), torch.gather(idx, -1, order)
 
 
 def exact_dist2(query: torch.Tensor, points: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -244,14 +271,17 @@ def exact_among_candidates(query, points, cand, bound, k, query_valid, point_len
         query_valid: BoolTensor (B, M), the rows to answer; point_lengths: LongTensor (B,).
 
     Returns:
-        KNNResult (B, M, k) sorted, distances bit-identical to :func:`knn_torch`'s.
-        A row whose k-th exact candidate distance exceeds its bound (and whose
+        KNNResult (B, M, k) in (distance, index) order, bit-identical to :func:`knn_torch`'s.
+        A row whose k-th exact candidate distance is not below its bound (and whose
         candidates do not cover its whole set) is recomputed by the reference.
     """
-    cand = cand.masked_fill(cand >= point_lengths[:, None, None], -1)
-    dist2, order = torch.sort(exact_dist2(query, points, cand), dim=-1, stable=True)
+    n = points.shape[1]
+    cand = cand.masked_fill((cand < 0) | (cand >= point_lengths[:, None, None]), n).sort(-1).values  # by index
+    cand = cand.masked_fill(cand == n, -1)
+    dist2, order = torch.sort(exact_dist2(query, points, cand), dim=-1, stable=True)  # ties keep index order
     dist2, idx = dist2[..., :k], torch.gather(cand, -1, order[..., :k])
-    proven = (bound >= dist2[..., -1]) | (cand.shape[-1] >= point_lengths)[:, None]
+    # Strictly: a point outside cand at the k-th distance might have a lower index (ties go to the lowest).
+    proven = (bound > dist2[..., -1]) | (cand.shape[-1] >= point_lengths)[:, None]
     redo = query_valid & ~proven
     if bool(redo.any()):
         for b in redo.any(1).nonzero()[:, 0].tolist():
@@ -307,8 +337,10 @@ def knn(
         padded queries are all -1 / inf. Every backend returns the exact k
         nearest points at any coordinates (far-apart parts, large offsets,
         outliers), with distances bit-identical to the ``"torch"`` reference's
-        (squared differences summed x, then y, then z); points at equal
-        distance may come in any order.
+        (squared differences summed x, then y, then z) and the same indices:
+        points at equal distance come in ascending index order, and a tie at
+        the k-th distance keeps the lowest indices. So a trained model gives
+        the same logits on every backend.
         dist2 is differentiable with respect to ``query`` and ``points``.
 
     Runs as the custom op ``torch.ops.pointcoc.knn`` (:mod:`pointcoc.ops.library`):

@@ -31,7 +31,7 @@ import torch
 from . import backends
 from .fps import fps_torch, initial_min_dist2
 from .cells import build_cells, cell_order, cell_steps, distance_margin
-from .knn import KNNResult, _finish, knn_torch
+from .knn import KNNResult, _finish, knn_torch, sort_pairs
 
 __all__ = ["WITH_TRITON", "fps_triton", "knn_triton", "knn_triton_cells", "CELLS_CROSSOVER"]
 
@@ -108,7 +108,7 @@ def knn_triton(
                       query_lengths.contiguous(), point_lengths.contiguous(), dist2, idx, m, n, k,
                       DIM=dim, BLOCK_M=block_m, BLOCK_N=64, K_PAD=max(16, 1 << (k - 1).bit_length()),
                       num_warps=4, enable_fp_fusion=False)
-    dist2, idx = _sort_pairs(dist2, idx, n)
+    dist2, idx = sort_pairs(dist2, idx, n)
     return _finish(dist2, idx, k, query_lengths, point_lengths)
 
 
@@ -149,7 +149,7 @@ def knn_triton_cells(
         grid.coords, grid.index, steps.to(query.device), step_gap.to(query.device), steps.shape[0], max_per_cell,
         shrink, floor, dist2, idx, settled, k, DIM=dim, BLOCK_M=block_m, K_PAD=max(16, 1 << (k - 1).bit_length()),
         num_warps=4, enable_fp_fusion=False)
-    dist2, idx = _sort_pairs(dist2, idx, points.shape[1])
+    dist2, idx = sort_pairs(dist2, idx, points.shape[1])
     redo = (settled == 0).view(batch, m)
     if bool(redo.any()):
         counts = redo.sum(1)
@@ -161,14 +161,6 @@ def knn_triton_cells(
         again = knn_triton(sub, points, k, counts, point_lengths)
         dist2[b_at, i_at], idx[b_at, i_at] = again.dist2[b_at, rank[b_at, i_at]], again.idx[b_at, rank[b_at, i_at]]
     return _finish(dist2, idx, k, query_lengths, point_lengths)
-
-
-def _sort_pairs(dist2: torch.Tensor, idx: torch.Tensor, n: int):
-    """Each row's (distance, index) pairs in ascending order: by index first, then stably by distance."""
-    order = torch.argsort(idx.masked_fill(idx < 0, n), dim=-1, stable=True)
-    dist2, idx = torch.gather(dist2, -1, order), torch.gather(idx, -1, order)
-    order = torch.argsort(dist2, dim=-1, stable=True)
-    return torch.gather(dist2, -1, order), torch.gather(idx, -1, order)
 
 
 if WITH_TRITON:
