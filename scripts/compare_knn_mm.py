@@ -1,11 +1,12 @@
-"""Time the ``mm`` kNN backend against its version at another git revision, and check both for exactness.
+"""Time the ``mm`` kNN backend and the torch reference against their versions at another git revision, and check
+both for exactness (distances) and for the reference's indices (ties to the lowest index).
 
     python scripts/compare_knn_mm.py --before 4c5f4fe [--repeat 5] [--threads 1]
 
 Each case runs both versions alternately, ``--repeat`` times, and reports the
 minimum process CPU time of each (less sensitive to a loaded machine than wall
-time), the torch reference's, and the share of queries whose distances differ
-from the reference's.
+time), and the share of queries whose distances, resp. indices, differ from the
+current torch reference's.
 """
 import argparse
 import importlib
@@ -68,23 +69,27 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     before = load_knn_at(args.before)
-    print("| case | mm before ms | mm now ms | now / before | torch reference ms "
-          "| rows wrong before | rows wrong now |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| case | mm before ms | mm now ms | now / before | torch reference before ms | now ms | now / before "
+          "| rows wrong before | rows wrong now | rows with other indices before | now |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, query, points, k in cases():
         lengths = (torch.full((query.shape[0],), query.shape[1]), torch.full((points.shape[0],), points.shape[1]))
         call = {v: (lambda f=f: f(query, points, k, *lengths)) for v, f in
-                (("before", before.knn_mm), ("now", knn_module.knn_mm), ("ref", knn_module.knn_torch))}
+                (("before", before.knn_mm), ("now", knn_module.knn_mm), ("ref_before", before.knn_torch),
+                 ("ref", knn_module.knn_torch))}
         ref = call["ref"]()
-        wrong = {v: (call[v]().dist2 != ref.dist2).any(-1).float().mean().item() for v in ("before", "now")}
-        t_before, t_now = float("inf"), float("inf")
-        for _ in range(args.repeat):  # alternate, so that both see the same load
-            t_before = min(t_before, cpu_ms(call["before"], 1))
-            t_now = min(t_now, cpu_ms(call["now"], 1))
-        t_ref = cpu_ms(call["ref"], max(1, args.repeat // 2))
-        print(f"| {name} | {t_before:.0f} | {t_now:.0f} | {t_now / t_before:.2f} | {t_ref:.0f} | "
-              f"{wrong['before']:.1%} | {wrong['now']:.1%} |", flush=True)
-
+        outs = {v: call[v]() for v in ("before", "now")}
+        wrong = {v: (o.dist2 != ref.dist2).any(-1).float().mean().item() for v, o in outs.items()}
+        # the reference now keeps the lowest indices among equal distances, as every backend must
+        other = {v: (o.idx != ref.idx).any(-1).float().mean().item() for v, o in outs.items()}
+        best = dict.fromkeys(call, float("inf"))
+        for _ in range(args.repeat):  # alternate, so that all see the same load
+            for v in call:
+                best[v] = min(best[v], cpu_ms(call[v], 1))
+        print(f"| {name} | {best['before']:.0f} | {best['now']:.0f} | {best['now'] / best['before']:.2f} | "
+              f"{best['ref_before']:.0f} | {best['ref']:.0f} | {best['ref'] / best['ref_before']:.2f} | "
+              f"{wrong['before']:.1%} | {wrong['now']:.1%} | {other['before']:.1%} | {other['now']:.1%} |",
+              flush=True)
 
 if __name__ == "__main__":
     main()

@@ -76,13 +76,19 @@ def _lowest_k(dist2: torch.Tensor, k: int):
     Args:
         dist2: Tensor (B, m, N), N >= k. Returns (values, indices), each (B, m, k).
     """
-    kth = torch.topk(dist2, k, dim=-1, largest=False, sorted=True).values[..., -1:]
-    below = dist2 < kth
-    at = dist2 == kth
-    take = below | (at & (at.cumsum(-1) <= k - below.sum(-1, keepdim=True)))
-    idx = take.nonzero()[:, -1].view(*dist2.shape[:-1], k)  # row-major: ascending index within a row
-    dist2, order = torch.sort(torch.gather(dist2, -1, idx), dim=-1, stable=True)
-    return dist2, torch.gather(idx, -1, order)
+    n = dist2.shape[-1]
+    values, idx = torch.topk(dist2, min(k + 1, n), dim=-1, largest=False, sorted=True)
+    if k < n:
+        # Only where the (k+1)-th equals the k-th can topk have chosen among equal points at the boundary.
+        tied = (values[..., k] == values[..., k - 1]).nonzero(as_tuple=True)
+        values, idx = values[..., :k].contiguous(), idx[..., :k].contiguous()
+        if len(tied[0]):
+            rows, kth = dist2[tied], values[tied][:, -1:]
+            below, at = rows < kth, rows == kth
+            take = below | (at & (at.cumsum(-1) <= k - below.sum(-1, keepdim=True)))
+            chosen = take.nonzero()[:, -1].view(-1, k)  # row-major: ascending index within a row
+            idx[tied], values[tied] = chosen, torch.gather(rows, -1, chosen)
+    return sort_pairs(values, idx, n)
 
 
 def sort_pairs(dist2: torch.Tensor, idx: torch.Tensor, n: int):
