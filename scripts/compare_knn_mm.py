@@ -91,5 +91,6 @@ def main():
               f"{wrong['before']:.1%} | {wrong['now']:.1%} | {other['before']:.1%} | {other['now']:.1%} |",
               flush=True)
 
+
 if __name__ == "__main__":
     main()

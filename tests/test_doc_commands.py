@@ -33,8 +33,8 @@ import pytest
 
 from pointcoc.commands import SUBCOMMANDS
 from pointcoc.commands import main as pointcoc_main
+from script_checks import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOWNLOADED_DATA = {"scanobjectnn", "modelnet40"}
 TRAIN_FAST = ["--epochs", "1", "--limit-train-batches", "1", "--limit-val-batches", "1", "--progress", "none"]
@@ -185,7 +185,7 @@ def _check_names(command, program, argv, namespace):
     if argv[0] == "benchmark":
         from pointcoc import bench
         sections, models = set(bench.SECTIONS), set(bench.MODEL_LABELS)
-        for name in (namespace.models or "").split(",") if namespace.models else []:
+        for name in namespace.models.split(",") if namespace.models else []:
             assert name in models, f"{command}: no model {name!r} in the benchmarks ({sorted(models)})"
         if namespace.profile:
             from pointcoc.models import list_models
@@ -220,7 +220,7 @@ def _outputs(subcommand: str, namespace) -> List[Path]:
     if subcommand in ("train", "train-pixels"):
         seeds = getattr(namespace, "seeds", None)
         out = Path(namespace.output)
-        return [out / f"seed{s}" for s in seeds] + [out] if seeds else [out]
+        return [out, *(out / f"seed{s}" for s in seeds)] if seeds else [out]
     return []
 
 
@@ -260,7 +260,7 @@ def test_the_code_blocks_of_a_page_run_in_order(page, tmp_path, monkeypatch, cap
         elif sub in ("recipes", "weights", "env"):
             expect = 0
         elif sub in RUN_EXTRA or sub in ("visualize-clusters", "plot-runs"):
-            inputs = [p for p in _inputs(sub, namespace)]
+            inputs = _inputs(sub, namespace)
             if inputs and all(_under(p, written) for p in inputs):
                 expect = 0
             elif any(_under(p, missing) for p in inputs):
