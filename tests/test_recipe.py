@@ -76,3 +76,23 @@ def test_seed_summary_rejects_duplicate_seeds_and_mixed_protocols():
     with pytest.raises(ValueError, match="at least one finished run"):
         summarize_seed_runs([])
     assert summarize_seed_runs([{**run, "seed": 3}])["oa"] == {"mean": 50.0, "std": 0.0}
+
+
+def test_modelnet40_recipes_are_one_recipe_for_every_model():
+    """The authors train every model with one classification_ModelNet40/main.py (docs/training.md, "ModelNet40
+    recipe"): the three shipped recipes hold its values and differ only in the model and the output folder."""
+    from pointcoc.engine.recipes import load_recipe
+
+    authors = dict(dataset="modelnet40", num_points=1024, epochs=300, batch_size=32, eval_batch_size=16, lr=0.1,
+                   min_lr_ratio=0.05, momentum=0.9, weight_decay=2e-4, label_smoothing=0.2, workers=8)
+    recipes = {m: load_recipe(f"modelnet40_{m}")[1] for m in ("pointmlp", "pointmlp_elite", "pointmlp_coc")}
+    for model, data in recipes.items():
+        assert data["command"] == "train"
+        args = dict(data["args"])
+        assert args.pop("model") == model
+        assert args.pop("output") == f"runs/modelnet40_{model}"
+        assert {k: args[k] for k in authors} == authors, model
+        # min lr = lr * ratio is the authors' --min_lr 0.005
+        assert args["lr"] * args["min_lr_ratio"] == pytest.approx(0.005)
+    rest = [{k: v for k, v in d["args"].items() if k not in ("model", "output")} for d in recipes.values()]
+    assert rest[0] == rest[1] == rest[2]
