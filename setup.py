@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-SHIPPED_SETS = ("modelnet40_mini", "mnist5k", "rgbd_frames")  # = pointcoc.data.locations.SHIPPED_SETS
+SHIPPED_SETS = ("modelnet10", "mnist5k", "rgbd_frames")  # = pointcoc.data.locations.SHIPPED_SETS
 
 
 class BuildWithData(build_py):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train PointMLP / PointMLP-elite / PointMLP-CoC on ScanObjectNN, ModelNet40 or modelnet40_mini.
+"""Train PointMLP / PointMLP-elite / PointMLP-CoC on ScanObjectNN, ModelNet40 or modelnet10.
 
     python scripts/train_scanobjectnn.py --config scanobjectnn_pointmlp_coc --output runs/coc
     torchrun --nproc_per_node 4 scripts/train_scanobjectnn.py --model pointmlp --output runs/pm

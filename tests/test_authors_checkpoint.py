@@ -144,15 +144,15 @@ def test_evaluate_script_scores_an_authors_checkpoint_as_the_authors_model_does(
     from pointcoc.engine.pointcloud_task import build_eval_parser, evaluate_main, run_cli
 
     torch.manual_seed(3)
-    ref = ReferencePointMLP(num_classes=40, points=N, fps_skip_near_origin=True, cluster=True, **SMALL).eval()
+    ref = ReferencePointMLP(num_classes=10, points=N, fps_skip_near_origin=True, cluster=True, **SMALL).eval()
     path = tmp_path / "best_checkpoint.pth"
     torch.save(_saved_like_the_authors(ref), path)
     out = tmp_path / "metrics.json"
     argv = ["--authors-checkpoint", str(path), "--model", "pointmlp_coc", "--model-kwargs",
-            '{"embed_dim": 16, "k_neighbors": 8}', "--dataset", "modelnet40_mini", "--num-points", str(N),
+            '{"embed_dim": 16, "k_neighbors": 8}', "--dataset", "modelnet10", "--num-points", str(N),
             "--batch-size", "16", "--limit-val-batches", "1", "--json", str(out)]
     assert run_cli(evaluate_main, build_eval_parser(), argv) == 0
-    _, test_ds, _ = build_point_datasets("modelnet40_mini", num_points=N)
+    _, test_ds, _ = build_point_datasets("modelnet10", num_points=N)
     items = [test_ds[i] for i in range(16)]
     xyz = torch.stack([torch.as_tensor(it["xyz"]) for it in items])
     labels = torch.tensor([int(it["label"]) for it in items])
@@ -160,9 +160,9 @@ def test_evaluate_script_scores_an_authors_checkpoint_as_the_authors_model_does(
         pred = ref(xyz.transpose(1, 2)).argmax(1)
     got = json.loads(out.read_text())
     assert got["count"] == 16 and got["model"] == "pointmlp_coc"
-    want = torch.zeros(40, 40, dtype=torch.long)
+    want = torch.zeros(10, 10, dtype=torch.long)
     want.index_put_((labels, pred), torch.ones(16, dtype=torch.long), accumulate=True)
     assert got["confusion_matrix"] == want.tolist()  # every prediction is the authors' model's
     assert len(set(pred.tolist())) > 1
     assert got["oa"] == pytest.approx(100 * float((pred == labels).double().mean()))
-    assert run_cli(evaluate_main, build_eval_parser(), ["--dataset", "modelnet40_mini"]) == 2  # no checkpoint
+    assert run_cli(evaluate_main, build_eval_parser(), ["--dataset", "modelnet10"]) == 2  # no checkpoint

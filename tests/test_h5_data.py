@@ -6,13 +6,20 @@ import pytest
 import torch
 
 from pointcoc.data import (DataFormatError, DatasetNotFoundError, PointCloudAugment, build_point_datasets,
-                           load_modelnet40, load_modelnet40_mini, load_scanobjectnn, random_scale_translate,
-                           read_h5_split, shuffle_points)
-from pointcoc.data.h5sets import SCANOBJECTNN_VARIANTS, find_scanobjectnn_files
+                           find_modelnet40, load_modelnet10, load_modelnet40, load_scanobjectnn,
+                           random_scale_translate, read_h5_split, shuffle_points)
+from pointcoc.data import locations
+from pointcoc.data.h5sets import MODELNET10_CLASSES, SCANOBJECTNN_VARIANTS, find_scanobjectnn_files
 
 from point_h5_helpers import class_clouds, damage_chunk, write_h5, write_scanobjectnn
 
-MINI = Path(__file__).resolve().parents[1] / "data" / "modelnet40_mini"
+DATA = Path(__file__).resolve().parents[1] / "data"
+MN10 = DATA / "modelnet10"
+MN40 = DATA / "modelnet40_1024"
+# the official ModelNet40 split counts of the ModelNet10 classes (data/modelnet40_1024/SOURCE.md)
+MN10_COUNTS = {"bathtub": (106, 50), "bed": (515, 100), "chair": (889, 100), "desk": (200, 86),
+               "dresser": (200, 86), "monitor": (465, 100), "night_stand": (200, 86), "sofa": (680, 100),
+               "table": (392, 100), "toilet": (344, 100)}
 
 
 def test_scanobjectnn_reads_authors_layout_and_truncates_points(tmp_path):
@@ -101,7 +108,73 @@ def test_too_few_points_for_num_points(tmp_path):
         load_scanobjectnn(tmp_path)
 
 
-def test_modelnet40_layout_concatenates_files(tmp_path):
+def _sha256_ok(folder):
+    for line in (folder / "SHA256SUMS").read_text().split("\n"):
+        if line.strip():
+            digest, name = line.split()
+            assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+
+
+def _write_modelnet40_1024(folder, n_train=6, n_test=3, points=1024):
+    """A tiny file pair in the modelnet40_1024 layout (float16, 'name' dataset, as the real files)."""
+    import h5py
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = class_clouds(n, points, 40, seed)
+        x = (x / np.abs(x).max()).astype(np.float16)
+        with h5py.File(folder / f"modelnet40_1024_{split}.h5", "w") as f:
+            f.create_dataset("data", data=x)
+            f.create_dataset("label", data=y)
+            f.create_dataset("name", data=np.array([f"c{c}_{i:04d}".encode() for i, c in enumerate(y)]))
+        out.append((x, y))
+    (folder / "shape_names.txt").write_text("".join(f"c{i}\n" for i in range(40)))
+    return out
+
+
+def test_the_checkouts_modelnet40_is_found_without_flags(tmp_path, monkeypatch):
+    """From any working folder, with no --data-root and no $POINTCOC_DATA: the checkout's data/modelnet40_1024."""
+    import h5py
+
+    monkeypatch.delenv(locations.DATA_ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    layout, base, train, test = find_modelnet40()
+    assert (layout, base, train, test) == ("modelnet40_1024", MN40, [MN40 / "modelnet40_1024_train.h5"],
+                                           [MN40 / "modelnet40_1024_test.h5"])
+    counts = []
+    for path in train + test:
+        with h5py.File(path, "r") as f:
+            assert f["data"].shape[1:] == (1024, 3) and f["data"].dtype == np.float16
+            labels = f["label"][:]
+            counts.append(len(labels))
+            assert set(labels.tolist()) == set(range(40))
+    assert counts == [9843, 2468]
+    names = (MN40 / "shape_names.txt").read_text().split()
+    assert len(names) == 40 and names[0] == "airplane" and names[-1] == "xbox"
+
+
+@pytest.mark.parametrize("where", ["data_root_folder", "data_root_parent", "env", "cwd_data"])
+def test_the_modelnet40_1024_layout_is_found_under_every_root(tmp_path, monkeypatch, where):
+    monkeypatch.delenv(locations.DATA_ENV_VAR, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    folder = {"data_root_folder": tmp_path / "x", "data_root_parent": tmp_path / "x" / "modelnet40_1024",
+              "env": tmp_path / "env" / "modelnet40_1024", "cwd_data": work / "data" / "modelnet40_1024"}[where]
+    (tr_x, tr_y), (te_x, te_y) = _write_modelnet40_1024(folder, points=64)
+    root = tmp_path / "x" if where.startswith("data_root") else None
+    if where == "env":
+        monkeypatch.setenv(locations.DATA_ENV_VAR, str(tmp_path / "env"))
+    train, test, names = load_modelnet40(root, num_points=32)
+    assert (len(train), len(test), names[39]) == (6, 3, "c39")
+    assert train.points.dtype == torch.float32  # float16 in the file
+    torch.testing.assert_close(train.points, torch.from_numpy(tr_x[:, :32].astype(np.float32)))
+    assert torch.equal(test.labels, torch.from_numpy(te_y))
+    assert str(folder) in train.source and "modelnet40_1024 layout" in train.source
+
+
+def test_modelnet40_layout_concatenates_files(tmp_path, monkeypatch):
     parts = [class_clouds(n, 32, 40, s) for n, s in ((5, 0), (7, 1), (4, 2))]
     write_h5(tmp_path / "ply_data_train0.h5", *parts[0])
     write_h5(tmp_path / "ply_data_train1.h5", *parts[1])
@@ -110,24 +183,102 @@ def test_modelnet40_layout_concatenates_files(tmp_path):
     train, test, names = load_modelnet40(tmp_path, num_points=32)
     assert len(train) == 12 and len(test) == 4 and names[39] == "c39"
     torch.testing.assert_close(train[6]["xyz"], torch.from_numpy(parts[1][0][1]))
-    with pytest.raises(DatasetNotFoundError, match="ply_data_train"):
-        load_modelnet40(tmp_path / "missing")
+    assert "ply_hdf5_2048 layout" in train.source and str(tmp_path) in train.source
+    # under $POINTCOC_DATA/modelnet40_ply_hdf5_2048 it wins over the checkout's modelnet40_1024
+    env = tmp_path / "env" / "modelnet40_ply_hdf5_2048"
+    env.mkdir(parents=True)
+    for f in tmp_path.glob("*.*"):
+        (env / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv(locations.DATA_ENV_VAR, str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    layout, base, _, _ = find_modelnet40()
+    assert (layout, base) == ("ply_hdf5_2048", env)
+    with pytest.raises(DataFormatError, match="holds 32 points per cloud.*num_points\\) 64 asks for more"):
+        load_modelnet40(tmp_path, num_points=64)
 
 
-def test_shipped_modelnet40_mini_is_intact_and_loads():
-    for line in (MINI / "SHA256SUMS").read_text().split("\n"):
-        if line.strip():
-            digest, name = line.split()
-            assert hashlib.sha256((MINI / name).read_bytes()).hexdigest() == digest, name
-    assert (MINI / "SOURCE.md").is_file()
-    train, test, names = build_point_datasets("modelnet40_mini", num_points=1024)
-    assert (len(train), len(test), len(names)) == (127, 29, 40)
-    assert names[0] == "airplane" and names[-1] == "xbox"
-    xyz = train.points
-    assert xyz.shape == (127, 1024, 3)
-    assert float(xyz.norm(dim=-1).max()) <= 1.0 + 2e-3  # unit sphere (source text files keep 4 decimals)
-    with pytest.raises(DatasetNotFoundError, match="modelnet40_mini_train.h5"):
-        load_modelnet40_mini("/nonexistent")
+def test_a_bad_file_in_either_modelnet40_layout_gets_read_h5_splits_error(tmp_path):
+    _write_modelnet40_1024(tmp_path / "a", points=16)
+    x, y = class_clouds(3, 16, 40, 0)
+    y[1] = 40
+    write_h5(tmp_path / "a" / "modelnet40_1024_test.h5", x, y)
+    with pytest.raises(DataFormatError, match=r"modelnet40_1024_test.h5: labels must lie in 0..39; found \[40\]"):
+        load_modelnet40(tmp_path / "a", num_points=16)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "ply_data_train0.h5").write_bytes(b"not hdf5")
+    write_h5(tmp_path / "b" / "ply_data_test0.h5", *class_clouds(3, 16, 40, 0))
+    (tmp_path / "b" / "shape_names.txt").write_text("".join(f"c{i}\n" for i in range(40)))
+    with pytest.raises(DataFormatError, match="not a readable HDF5 file"):
+        load_modelnet40(tmp_path / "b", num_points=16)
+
+
+def test_missing_modelnet40_names_every_path_tried_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(locations.DATA_ENV_VAR, str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(locations, "checkout_data_dir", lambda: None)  # as in an installed wheel
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_modelnet40()
+    msg = str(e.value)
+    for base in (tmp_path / "env", tmp_path / "data"):
+        for p in (base / "modelnet40_ply_hdf5_2048" / "ply_data_train*.h5",
+                  base / "modelnet40_ply_hdf5_2048" / "ply_data_test*.h5",
+                  base / "modelnet40_1024" / "modelnet40_1024_train.h5",
+                  base / "modelnet40_1024" / "modelnet40_1024_test.h5",
+                  base / "modelnet40_1024" / "shape_names.txt"):
+            assert f"  {p}\n" in msg, p
+    assert "$POINTCOC_DATA/modelnet40_1024/" in msg and "modelnet40_ply_hdf5_2048.zip" in msg
+    assert "data/README.md" in msg and isinstance(e.value, FileNotFoundError)
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_modelnet40(tmp_path / "given")
+    msg = str(e.value)
+    for p in (tmp_path / "given" / "ply_data_train*.h5", tmp_path / "given" / "modelnet40_1024_train.h5",
+              tmp_path / "given" / "modelnet40_1024" / "modelnet40_1024_test.h5",
+              tmp_path / "given" / "modelnet40_ply_hdf5_2048" / "ply_data_test*.h5"):
+        assert f"  {p}\n" in msg, p
+    assert str(tmp_path / "env") not in msg  # --data-root given: only there
+
+
+def test_shipped_modelnet10_is_intact_and_loads():
+    _sha256_ok(MN10)
+    _sha256_ok(MN40)
+    assert (MN10 / "SOURCE.md").is_file() and (MN10 / "make_modelnet10.py").is_file()
+    assert locations.shipped_set_dir("modelnet10") == MN10
+    train, test, names = build_point_datasets("modelnet10")  # 512 points by default
+    assert (len(train), len(test), names) == (3991, 908, MODELNET10_CLASSES)
+    assert train.points.shape == (3991, 512, 3) and train.points.dtype == torch.float32
+    assert float(train.points.norm(dim=-1).max()) <= 1.0 + 1e-3  # unit sphere, float16 rounding
+    for ds, split in ((train, 0), (test, 1)):
+        counts = torch.bincount(ds.labels, minlength=10).tolist()
+        assert counts == [MN10_COUNTS[c][split] for c in MODELNET10_CLASSES]
+    assert "modelnet10 from" in train.source
+    with pytest.raises(DataFormatError, match=r"modelnet10 \(.*\) holds 512 points per cloud.*1024 asks for more"):
+        build_point_datasets("modelnet10", num_points=1024)
+    with pytest.raises(DatasetNotFoundError, match="modelnet10_train.h5"):
+        load_modelnet10("/nonexistent")
+
+
+def test_modelnet10_is_the_same_shapes_as_modelnet40_1024():
+    """Same name -> same label (by class name) and the first 512 of the same points, bit for bit."""
+    import h5py
+
+    names40 = (MN40 / "shape_names.txt").read_text().split()
+    for split in ("train", "test"):
+        with h5py.File(MN10 / f"modelnet10_{split}.h5", "r") as f10, \
+                h5py.File(MN40 / f"modelnet40_1024_{split}.h5", "r") as f40:
+            n10, y10 = f10["name"][:], f10["label"][:]
+            n40, y40 = f40["name"][:], f40["label"][:]
+            assert len(set(n10.tolist())) == len(n10)
+            pos = {n: i for i, n in enumerate(n40.tolist())}
+            idx = np.array([pos[n] for n in n10.tolist()])  # every modelnet10 shape is in modelnet40_1024
+            assert [MODELNET10_CLASSES[c] for c in y10] == [names40[c] for c in y40[idx]]
+            assert all(n.decode().rsplit("_", 1)[0] == MODELNET10_CLASSES[c] for n, c in zip(n10, y10))
+            # and every modelnet40_1024 shape of these classes is in modelnet10
+            wanted = np.isin(y40, [names40.index(c) for c in MODELNET10_CLASSES])
+            assert sorted(idx.tolist()) == np.flatnonzero(wanted).tolist()
+            sample = np.linspace(0, len(n10) - 1, 64).astype(int)
+            d10 = f10["data"][sample.tolist()]
+            d40 = np.stack([f40["data"][int(i)] for i in idx[sample]])
+            assert d10.dtype == np.float16 and np.array_equal(d10, d40[:, :512])
 
 
 def test_scale_translate_draws_from_the_recipe_ranges():

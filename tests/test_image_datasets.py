@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pointcoc.data.image_datasets import (IMAGE_DATASETS, load_image_dataset, load_rgbd_frame,
+from pointcoc.data.image_datasets import (IMAGE_DATASETS, estimate_normals, load_image_dataset, load_rgbd_frame,
                                           read_pgm16, render_depth_views, stratified_split)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = ROOT / "data" / "rgbd_frames"
-MINI = ROOT / "data" / "modelnet40_mini"
+MN10 = ROOT / "data" / "modelnet10"
 
 
 def _check_splits(s, n_train, n_test, shape, n_classes):
@@ -100,8 +100,9 @@ def _zbuffer_loop(points, normals, size, azimuth, elevation):
 
 
 def test_depth_rendering_matches_a_zbuffer_loop():
-    with h5py.File(MINI / "modelnet40_mini_test.h5", "r") as f:
-        points, normals = f["data"][3].astype(np.float64), f["normal"][3].astype(np.float64)
+    with h5py.File(MN10 / "modelnet10_test.h5", "r") as f:
+        points = f["data"][3].astype(np.float64)[:, [0, 2, 1]]
+    normals = estimate_normals(points)
     intensity, depth = render_depth_views(points, normals, size=20, azimuths=(0.0, 135.0), elevation=30.0)
     for v, az in enumerate((0.0, 135.0)):
         shade, ref = _zbuffer_loop(points, normals, 20, az, 30.0)
@@ -111,13 +112,16 @@ def test_depth_rendering_matches_a_zbuffer_loop():
 
 def test_modelnet_depth_keeps_the_shape_split():
     s = load_image_dataset("modelnet_depth")
-    _check_splits(s, 127 * 8, 29 * 8, (1, 28, 28), 40)
-    with h5py.File(MINI / "modelnet40_mini_train.h5", "r") as f:
+    _check_splits(s, 200 * 8, 50 * 8, (1, 28, 28), 10)
+    with h5py.File(MN10 / "modelnet10_train.h5", "r") as f:
         train_names, train_labels = set(f["name"][:].tolist()), f["label"][:]
-    with h5py.File(MINI / "modelnet40_mini_test.h5", "r") as f:
+    with h5py.File(MN10 / "modelnet10_test.h5", "r") as f:
         test_names = set(f["name"][:].tolist())
-    assert not train_names & test_names
-    np.testing.assert_array_equal(s.train_labels, np.repeat(train_labels, 8))
+    assert not train_names & test_names  # the official split: no shape in both
+    # the first 20 training shapes of each class, in file order, 8 views each
+    first = np.concatenate([np.flatnonzero(train_labels == c)[:20] for c in range(10)])
+    np.testing.assert_array_equal(s.train_labels, np.repeat(train_labels[np.sort(first)], 8))
+    np.testing.assert_array_equal(np.bincount(s.test_labels), np.full(10, 5 * 8))
     for images, depth in ((s.train_images, s.train_depth), (s.test_images, s.test_depth)):
         assert depth.shape == (len(images), 28, 28) and depth.dtype == np.float32
         # the object's pixels: depth valid exactly where the shade is (>= 0.15), background 0 / NaN
@@ -200,3 +204,13 @@ def test_rgbd_missing_files_and_bad_pgm(tmp_path):
     with pytest.raises(ValueError, match="expected 8 bytes"):
         read_pgm16(tmp_path / "c.pgm")
 
+
+
+def test_estimated_normals_are_the_plane_normals_of_a_flat_patch():
+    rng = np.random.default_rng(0)
+    points = np.c_[rng.uniform(-1, 1, (64, 2)), np.zeros(64)]  # the plane z = 0
+    tilt = np.array([[1, 0, 0], [0, np.cos(0.5), -np.sin(0.5)], [0, np.sin(0.5), np.cos(0.5)]])
+    normals = estimate_normals(points @ tilt.T, k=8)
+    np.testing.assert_allclose(np.abs(normals @ (tilt @ [0, 0, 1])), 1.0, atol=1e-9)
+    with pytest.raises(ValueError, match=r"points must have shape \(P, 3\)"):
+        estimate_normals(points[:, :2])

@@ -1,7 +1,9 @@
 """Every registered model: gradients, ragged == one by one, permutations, parameter counts, training, bad input."""
 import os
+from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from pointcoc.layers import ContextCluster, record_assignments
 from model_checks import assert_padding_never_influences_training
 
 MODELS = list_models()
-MODELNET = "/work/shared/data/modelnet40_mini/modelnet40_mini_train.h5"
+MODELNET = str(Path(__file__).resolve().parents[1] / "data" / "modelnet10" / "modelnet10_train.h5")
 
 
 def _n_points(model):
@@ -181,18 +183,19 @@ def test_documented_counts(cls):
 
 def _modelnet_batch(n_points=256, batch=8):
     with h5py.File(MODELNET, "r") as f:
-        data = torch.from_numpy(f["data"][:batch]).float()
-        label = torch.from_numpy(f["label"][:batch]).long()
+        rows = [int(i) for i in np.linspace(0, f["label"].shape[0] - 1, batch)]  # shapes of several classes
+        data = torch.from_numpy(f["data"][rows]).float()
+        label = torch.from_numpy(f["label"][rows]).long()
     idx = torch.randperm(data.shape[1], generator=torch.Generator().manual_seed(0))[:n_points]
     return data[:, idx], label
 
 
-@pytest.mark.skipif(not os.path.exists(MODELNET), reason="modelnet40_mini not available")
+@pytest.mark.skipif(not os.path.exists(MODELNET), reason="data/modelnet10 not available")
 @pytest.mark.parametrize("name", ["pointmlp_elite_coc"])  # every layer kind of the point-cloud models
 def test_sgd_steps_reduce_loss_on_real_batch(name):
     torch.manual_seed(0)
     xyz, label = _modelnet_batch(n_points=128)
-    model = create_model(name, num_classes=40, dropout=0.0).train()
+    model = create_model(name, num_classes=10, dropout=0.0).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(6):

@@ -167,7 +167,7 @@ def test_scanobjectnn_recipes_are_the_authors_defaults(model, epochs):
 
 
 def test_demo_recipe_is_the_demo_of_earlier_versions():
-    old = ("--dataset modelnet40_mini --model pointmlp_elite --num-points 256 --epochs 20 --batch-size 16 --lr 0.05 "
+    old = ("--dataset modelnet10 --model pointmlp_elite --num-points 256 --epochs 20 --batch-size 16 --lr 0.05 "
            "--workers 0 --seed 0 --threads 1 --output runs/demo").split()
     a, b = vars(_parse("train", ["--config", "demo"])), vars(_parse("train", old))
     a.pop("recipe"), b.pop("recipe")
@@ -262,19 +262,21 @@ def test_the_wheel_build_copies_exactly_the_shipped_sets():
 
 
 def test_a_large_set_under_pointcoc_data_is_used(tmp_path, monkeypatch):
-    """ModelNet40's layout under $POINTCOC_DATA (written from the shipped mini set's files) is loaded."""
+    """ModelNet40's PointNet layout under $POINTCOC_DATA (written from the shipped modelnet10's files, labels
+    kept) is loaded, ahead of the checkout's data/modelnet40_1024."""
     folder = tmp_path / "mine" / "modelnet40_ply_hdf5_2048"
     folder.mkdir(parents=True)
-    mini = locations.shipped_set_dir("modelnet40_mini")
-    shutil.copy(mini / "modelnet40_mini_train.h5", folder / "ply_data_train0.h5")
-    shutil.copy(mini / "modelnet40_mini_test.h5", folder / "ply_data_test0.h5")
-    shutil.copy(mini / "shape_names.txt", folder / "shape_names.txt")
+    shipped = locations.shipped_set_dir("modelnet10")
+    shutil.copy(shipped / "modelnet10_train.h5", folder / "ply_data_train0.h5")
+    shutil.copy(shipped / "modelnet10_test.h5", folder / "ply_data_test0.h5")
+    (folder / "shape_names.txt").write_text("".join(f"c{i}\n" for i in range(40)))
     monkeypatch.setenv(locations.DATA_ENV_VAR, str(tmp_path / "mine"))
     monkeypatch.chdir(tmp_path)
     train, test, names = build_point_datasets("modelnet40", num_points=64)
-    ref_train, ref_test, _ = build_point_datasets("modelnet40_mini", num_points=64)
+    ref_train, ref_test, _ = build_point_datasets("modelnet10", num_points=64)
     assert len(names) == 40 and torch.equal(train.points, ref_train.points)
     assert torch.equal(test.labels, ref_test.labels)
+    assert train.source.startswith(f"ModelNet40 from {folder} (ply_hdf5_2048 layout")
 
 
 def test_a_packaged_data_folder_wins_over_the_checkout(tmp_path, monkeypatch):

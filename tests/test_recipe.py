@@ -43,14 +43,15 @@ def test_seeds_train_one_run_per_seed_and_summarize_them(tmp_path, one_thread):
     def train(argv):
         return run_cli(train_main, build_train_parser(), list(map(str, argv)))
 
-    fast = ["--dataset", "modelnet40_mini", "--model", "pointmlp_elite", "--model-kwargs",
+    fast = ["--dataset", "modelnet10", "--model", "pointmlp_elite", "--model-kwargs",
             '{"embed_dim": 8, "k_neighbors": 4, "res_expansion": 0.25}', "--num-points", "64", "--batch-size", "8",
-            "--epochs", "1", "--limit-train-batches", "3", "--workers", "0", "--device", "cpu", "--lr", "0.05"]
+            "--epochs", "1", "--limit-train-batches", "3", "--limit-val-batches", "4", "--workers", "0",
+            "--device", "cpu", "--lr", "0.05"]
     assert train([*fast, "--seeds", "0", "1", "--output", tmp_path / "multi"]) == 0
     summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
     results = [json.loads((tmp_path / "multi" / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
     for s in (0, 1):
-        assert_run_outputs(tmp_path / "multi" / f"seed{s}", epochs=1, n_eval=29, num_classes=40)
+        assert_run_outputs(tmp_path / "multi" / f"seed{s}", epochs=1, n_eval=32, num_classes=10)
     oa = [r["test_oa"] for r in results]
     assert summary["seeds"] == [0, 1]
     assert summary["oa"]["mean"] == pytest.approx(statistics.fmean(oa))

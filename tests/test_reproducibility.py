@@ -12,14 +12,14 @@ from script_checks import ROOT, lines, run_python
 
 BATCH, POINTS = 8, 128
 # The demo of the Makefile on smaller batches, cut to two short epochs.
-DEMO = [ROOT / "scripts" / "train_scanobjectnn.py", "--dataset", "modelnet40_mini", "--model", "pointmlp_elite",
+DEMO = [ROOT / "scripts" / "train_scanobjectnn.py", "--dataset", "modelnet10", "--model", "pointmlp_elite",
         "--num-points", POINTS, "--batch-size", BATCH, "--lr", "0.05", "--workers", "0", "--seed", "0",
         "--device", "cpu", "--epochs", "2", "--limit-train-batches", "2", "--limit-val-batches", "1",
         "--threads", "1"]
 
 
 def _demo_gradients(threads):
-    train, _, names = build_point_datasets("modelnet40_mini", None, "PB_T50_RS", POINTS)
+    train, _, names = build_point_datasets("modelnet10", None, "PB_T50_RS", POINTS)
     batch = collate_point_dicts([train[i] for i in range(BATCH)])
     torch.manual_seed(0)
     model = create_model("pointmlp_elite", num_classes=len(names), in_channels=0, coord_dim=3)

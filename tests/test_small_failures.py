@@ -43,7 +43,7 @@ def test_coordinates_whose_squared_distances_overflow_are_refused(tmp_path):
 def test_seeds_are_checked_before_anything_trains(tmp_path, capsys):
     from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
 
-    base = ["--dataset", "modelnet40_mini", "--model", "pointmlp_elite", "--num-points", "64", "--epochs", "1",
+    base = ["--dataset", "modelnet10", "--model", "pointmlp_elite", "--num-points", "64", "--epochs", "1",
             "--device", "cpu", "--output", str(tmp_path / "out")]
     assert run_cli(train_main, build_train_parser(), [*base, "--seeds", "0", "0"]) == 2
     assert "--seeds must name each seed once; [0] given more than once" in capsys.readouterr().err
@@ -150,7 +150,7 @@ def test_an_absurd_k_from_the_model_kwargs_is_one_error_line_not_an_allocation(t
     from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
 
     kwargs = json.dumps({"k_neighbors": [4, 10**12, 4, 4]})  # stage 1 groups 32 points: 10**12 neighbours is absurd
-    argv = ["--dataset", "modelnet40_mini", "--model", "pointmlp_elite", "--num-points", "64", "--epochs", "1",
+    argv = ["--dataset", "modelnet10", "--model", "pointmlp_elite", "--num-points", "64", "--epochs", "1",
             "--batch-size", "4", "--workers", "0", "--device", "cpu", "--output", str(tmp_path / "out"),
             "--model-kwargs", kwargs]
     assert run_cli(train_main, build_train_parser(), argv) == 2

@@ -76,7 +76,7 @@ def test_rgbd_run_uses_depth_as_third_coordinate(tmp_path):
                           "--limit-val-batches", "1", "--device", "cpu"]) == 0
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model"] == "pointmlp_coc_pixels"
-    assert cfg["model_kwargs"] == {"num_classes": 40, "in_channels": 2, "coord_dim": 3}
+    assert cfg["model_kwargs"] == {"num_classes": 10, "in_channels": 2, "coord_dim": 3}
     assert cfg["extra"]["format"] == "rgbd" and cfg["extra"]["image_shape"] == [1, 28, 28]
 
 

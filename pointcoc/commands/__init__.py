@@ -1,6 +1,6 @@
 """The ``pointcoc`` command: one subcommand per job, each with its own ``--help``.
 
-    pointcoc train --config demo                         # PointMLP-elite on the shipped modelnet40_mini
+    pointcoc train --config demo                         # PointMLP-elite on the shipped modelnet10
     pointcoc train --config scanobjectnn_pointmlp_coc    # PointMLP-CoC on ScanObjectNN, the published recipe
     pointcoc train-pixels --dataset mnist5k --format discrete --keep 0.5
     pointcoc evaluate runs/demo/last.pt
@@ -72,7 +72,7 @@ def _weights(argv, prog):
 # name -> (one-line description, runner(argv, prog) -> exit code)
 SUBCOMMANDS: Dict[str, Tuple[str, Callable[[List[str], str], int]]] = {
     "train": ("train PointMLP / PointMLP-elite / PointMLP-CoC on point clouds (ScanObjectNN, ModelNet40, "
-              "modelnet40_mini)", _engine_task("pointcloud_task", "build_train_parser", "train_main")),
+              "modelnet10)", _engine_task("pointcloud_task", "build_train_parser", "train_main")),
     "train-pixels": ("train pixel-set models on images as sets of pixels (digits, mnist5k, lfw_faces, "
                      "modelnet_depth)", _engine_task("pixel_task", "build_train_parser", "train_main")),
     "evaluate": ("evaluate a checkpoint (either kind) or the authors' weights on its test set",

@@ -2,10 +2,15 @@
 
 * ScanObjectNN (Uy et al., ICCV 2019), the authors' ``h5_files`` layout; variants by name
   (``PB_T50_RS`` default, ``OBJ_BG``, ``OBJ_ONLY``, ``PB_T25``, ``PB_T25_R``, ``PB_T50_R``).
-* ModelNet40 in the ``modelnet40_ply_hdf5_2048`` layout (``ply_data_train*.h5``, ``ply_data_test*.h5``,
-  ``shape_names.txt``).
-* ``modelnet40_mini``: 156 real ModelNet40 shapes shipped inside the package (the checkout's
-  ``data/modelnet40_mini``, see its SOURCE.md); default folders: :mod:`pointcoc.data.locations`.
+* ModelNet40 in either of two layouts: ``modelnet40_1024`` (``modelnet40_1024_{train,test}.h5`` +
+  ``shape_names.txt``; 1,024 float16 points per shape, z up; in a checkout's ``data/`` but not in the wheel) or
+  PointNet's ``modelnet40_ply_hdf5_2048`` (``ply_data_train*.h5``, ``ply_data_test*.h5``, ``shape_names.txt``;
+  2,048 points, y up), whichever is found first (:func:`find_modelnet40`).
+* ``modelnet10``: the ten ModelNet10 classes of ``modelnet40_1024`` with their official split and 512 points per
+  shape, shipped inside the package (the checkout's ``data/modelnet10``, see its SOURCE.md).
+
+Default folders: :mod:`pointcoc.data.locations`. Each dataset returned by a loader records where its clouds came
+from in ``.source`` (the folder, its layout, points per cloud in the files).
 
 Samples are dicts ``{"xyz": (num_points, 3) float32, "label": () long}``; ``collate_point_dicts``
 stacks them into the batch dicts the engine consumes.
@@ -21,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..ops.validation import coordinate_bound
-from .locations import download_candidates, shipped_set_dir
+from .locations import data_root_candidates, download_candidates, shipped_set_dir
 
 __all__ = [
     "DatasetNotFoundError",
@@ -32,8 +37,12 @@ __all__ = [
     "read_h5_split",
     "find_scanobjectnn_files",
     "load_scanobjectnn",
+    "find_modelnet40",
     "load_modelnet40",
-    "load_modelnet40_mini",
+    "load_modelnet10",
+    "MODELNET10_CLASSES",
+    "DEFAULT_NUM_POINTS",
+    "default_num_points",
     "build_point_datasets",
     "DATA_SUBFOLDERS",
     "POINT_DATASETS",
@@ -54,13 +63,20 @@ SCANOBJECTNN_CLASSES = [
     "shelf", "table", "bed", "pillow", "sink", "sofa", "toilet",
 ]
 
-# Where each set's files live relative to a data folder ($POINTCOC_DATA or ./data; pointcoc.data.locations).
-# modelnet40_mini ships inside the package instead (shipped_set_dir).
+MODELNET10_CLASSES = ["bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table",
+                      "toilet"]
+
+# Where each set's files live relative to a data folder ($POINTCOC_DATA, ./data, the checkout's data/;
+# pointcoc.data.locations). ModelNet40 has two accepted layouts, each in its own folder (_MODELNET40_LAYOUTS).
+# modelnet10 ships inside the package instead (shipped_set_dir).
 DATA_SUBFOLDERS = {
     "scanobjectnn": "ScanObjectNN/h5_files",
     "modelnet40": "modelnet40_ply_hdf5_2048",
+    "modelnet40_1024": "modelnet40_1024",
 }
-POINT_DATASETS = ("scanobjectnn", "modelnet40", "modelnet40_mini")
+POINT_DATASETS = ("scanobjectnn", "modelnet40", "modelnet10")
+# --num-points when not given: all points of the shipped modelnet10, 1024 (the published recipes) otherwise
+DEFAULT_NUM_POINTS = {"scanobjectnn": 1024, "modelnet40": 1024, "modelnet10": 512}
 
 _SCANOBJECTNN_HOWTO = (
     "ScanObjectNN is distributed by its authors after accepting their terms of use: fill in the form linked "
@@ -70,10 +86,13 @@ _SCANOBJECTNN_HOWTO = (
     "See data/README.md in the repository."
 )
 _MODELNET_HOWTO = (
-    "ModelNet40 in the PointNet HDF5 layout is the archive modelnet40_ply_hdf5_2048.zip of the PointNet release "
-    "(Princeton ModelNet, Wu et al. 2015; academic use). Unzip it so that "
-    "data/modelnet40_ply_hdf5_2048/ply_data_train0.h5 exists below the working folder, or set POINTCOC_DATA to a "
-    "folder holding modelnet40_ply_hdf5_2048, or pass --data-root (data_root=). See data/README.md in the repository."
+    "ModelNet40 (Princeton ModelNet, Wu et al. 2015; academic use) is not in the installed package. Either copy "
+    "the folder data/modelnet40_1024/ of a pointcoc source checkout (modelnet40_1024_train.h5, "
+    "modelnet40_1024_test.h5, shape_names.txt; 1,024 points, z up) to $POINTCOC_DATA/modelnet40_1024/ (or to "
+    "./data/modelnet40_1024/ below the working folder), or unzip PointNet's archive modelnet40_ply_hdf5_2048.zip "
+    "(2,048 points, y up) so that $POINTCOC_DATA/modelnet40_ply_hdf5_2048/ply_data_train0.h5 (or "
+    "./data/modelnet40_ply_hdf5_2048/ply_data_train0.h5) exists, or pass --data-root (data_root=) pointing at "
+    "either folder. See data/README.md in the repository."
 )
 
 
@@ -180,6 +199,7 @@ class PointCloudDataset(Dataset):
         self.num_points = num_points
         self.transform = transform
         self.class_names = list(class_names) if class_names is not None else None
+        self.source: Optional[str] = None  # where the clouds came from, set by the loaders (a one-line description)
 
     def __len__(self) -> int:
         return self.points.shape[0]
@@ -228,6 +248,7 @@ def load_scanobjectnn(root=None, variant: str = "PB_T50_RS", num_points: int = 1
     n = len(SCANOBJECTNN_CLASSES)
     train = PointCloudDataset(*read_h5_split(train_path, n, num_points), num_points, augment, SCANOBJECTNN_CLASSES)
     test = PointCloudDataset(*read_h5_split(test_path, n, num_points), num_points, None, SCANOBJECTNN_CLASSES)
+    train.source = test.source = f"ScanObjectNN {variant} from {train_path.parent}"
     return train, test, list(SCANOBJECTNN_CLASSES)
 
 
@@ -246,58 +267,120 @@ def _read_concat(paths: Sequence[Path], num_classes: int, num_points: int):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def load_modelnet40(root=None, num_points: int = 1024, augment: Optional[Callable] = None):
-    """(train, test, class_names) from the ``modelnet40_ply_hdf5_2048`` layout under ``root`` (None: the default
-    folders, :mod:`pointcoc.data.locations`)."""
-    if root is None:
-        bases = [p.absolute() for p in download_candidates(DATA_SUBFOLDERS["modelnet40"])]
-    else:
-        bases = [Path(root).absolute(), Path(root).absolute() / "modelnet40_ply_hdf5_2048"]
-    searched, found = [], None
-    for base in bases:
+def _modelnet40_candidates(root) -> List[Path]:
+    """Folders that may hold ModelNet40 in one of the two layouts, in search order. ``root`` given: the folder
+    itself, then its ``modelnet40_1024`` and ``modelnet40_ply_hdf5_2048`` subfolders; None: those two subfolders
+    of each default data folder (:func:`pointcoc.data.locations.data_root_candidates`)."""
+    subfolders = [DATA_SUBFOLDERS["modelnet40"], DATA_SUBFOLDERS["modelnet40_1024"]]
+    if root is not None:
+        root = Path(root).absolute()
+        return [root] + [root / sub for sub in subfolders]
+    return [base / sub for base in data_root_candidates() for sub in subfolders]
+
+
+def find_modelnet40(root=None) -> Tuple[str, Path, List[Path], List[Path]]:
+    """Locate ModelNet40: (layout, folder, training files, test files), layout ``"ply_hdf5_2048"`` or
+    ``"modelnet40_1024"``.
+
+    Under each candidate folder (:func:`_modelnet40_candidates`; a folder holding both layouts: PointNet's first)
+    a layout counts when all its files exist: ``ply_data_train*.h5``, ``ply_data_test*.h5`` and
+    ``shape_names.txt``, or ``modelnet40_1024_train.h5``, ``modelnet40_1024_test.h5`` and ``shape_names.txt``.
+    Raises ``DatasetNotFoundError`` naming every path tried and where to put the files.
+    """
+    searched: List[Path] = []
+    for base in _modelnet40_candidates(root):
+        names = base / "shape_names.txt"
         train = sorted(glob.glob(str(base / "ply_data_train*.h5")))
         test = sorted(glob.glob(str(base / "ply_data_test*.h5")))
-        searched += [base / "ply_data_train*.h5", base / "ply_data_test*.h5", base / "shape_names.txt"]
-        if train and test and (base / "shape_names.txt").is_file():
-            found = base, [Path(p) for p in train], [Path(p) for p in test]
-            break
-    if found is None:
-        lines = "\n".join(f"  {p}" for p in searched)
-        raise DatasetNotFoundError(f"ModelNet40 (HDF5) not found. Looked for:\n{lines}\n{_MODELNET_HOWTO}")
-    base, train_paths, test_paths = found
+        searched += [base / "ply_data_train*.h5", base / "ply_data_test*.h5"]
+        if train and test and names.is_file():
+            return "ply_hdf5_2048", base, [Path(p) for p in train], [Path(p) for p in test]
+        train1024, test1024 = base / "modelnet40_1024_train.h5", base / "modelnet40_1024_test.h5"
+        searched += [train1024, test1024, names]
+        if train1024.is_file() and test1024.is_file() and names.is_file():
+            return "modelnet40_1024", base, [train1024], [test1024]
+    lines = "\n".join(f"  {p}" for p in searched)
+    raise DatasetNotFoundError(f"ModelNet40 not found. Looked for:\n{lines}\n{_MODELNET_HOWTO}")
+
+
+def _points_in_file(path: Path) -> int:
+    """Points per cloud of an h5 file's ``data`` (n, P, 3), or 0 when it cannot be read (read_h5_split reports why)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            data = f.get("data")
+            return int(data.shape[1]) if isinstance(data, h5py.Dataset) and data.ndim == 3 else 0
+    except OSError:
+        return 0
+
+
+def _check_num_points(what: str, paths: Sequence[Path], num_points: int) -> None:
+    """A clear error when ``num_points`` exceeds the points per cloud the files of ``what`` hold."""
+    held = [_points_in_file(p) for p in paths]
+    known = [h for h in held if h > 0]
+    if known and isinstance(num_points, int) and num_points > min(known):
+        raise DataFormatError(f"{what} holds {min(known)} points per cloud ({paths[held.index(min(known))]}); "
+                              f"--num-points (num_points) {num_points} asks for more: use at most {min(known)}")
+
+
+def load_modelnet40(root=None, num_points: int = 1024, augment: Optional[Callable] = None):
+    """(train, test, class_names) of ModelNet40 (40 classes, official split) from the first folder
+    :func:`find_modelnet40` finds under ``root`` (None: the default folders, :mod:`pointcoc.data.locations`):
+    the ``modelnet40_1024`` layout (9,843 / 2,468 shapes, 1,024 points, float16 read as float32, z up) or PointNet's
+    ``modelnet40_ply_hdf5_2048`` (2,048 points, y up). ``train.source`` / ``test.source`` say which folder and
+    layout were used."""
+    layout, base, train_paths, test_paths = find_modelnet40(root)
+    _check_num_points(f"ModelNet40 ({layout} layout in {base})", train_paths + test_paths, num_points)
     names = _read_names(base / "shape_names.txt", 40)
     train = PointCloudDataset(*_read_concat(train_paths, 40, num_points), num_points, augment, names)
     test = PointCloudDataset(*_read_concat(test_paths, 40, num_points), num_points, None, names)
+    frame = "z up" if layout == "modelnet40_1024" else "y up"
+    source = f"ModelNet40 from {base} ({layout} layout, {train.points.shape[0]} / {test.points.shape[0]} shapes, {frame})"
+    train.source = test.source = source
     return train, test, names
 
 
-def load_modelnet40_mini(root=None, num_points: int = 1024, augment: Optional[Callable] = None):
-    """(train, test, class_names) of the shipped 156-shape ModelNet40 subset (127 train / 29 test, 40 classes)."""
-    base = Path(root) if root is not None else shipped_set_dir("modelnet40_mini")
-    files = [base / "modelnet40_mini_train.h5", base / "modelnet40_mini_test.h5", base / "shape_names.txt"]
+def load_modelnet10(root=None, num_points: int = 512, augment: Optional[Callable] = None):
+    """(train, test, class_names) of the shipped ``modelnet10``: the ten ModelNet10 classes of ModelNet40, official
+    split (3,991 train / 908 test shapes), 512 points per shape (float16 read as float32), z up. ``root`` None: the
+    copy inside the package (a checkout's ``data/modelnet10``). ``num_points`` may be at most 512."""
+    base = Path(root).absolute() if root is not None else shipped_set_dir("modelnet10")
+    files = [base / "modelnet10_train.h5", base / "modelnet10_test.h5", base / "shape_names.txt"]
     missing = [p for p in files if not p.is_file()]
     if missing:
         lines = "\n".join(f"  {p}" for p in files)
         raise DatasetNotFoundError(
-            f"modelnet40_mini not found. Looked for:\n{lines}\nIt ships inside the pointcoc package (and in a "
-            f"checkout's data/modelnet40_mini/): reinstall pointcoc (or restore data/ with git), or pass "
+            f"modelnet10 not found. Looked for:\n{lines}\nIt ships inside the pointcoc package (and in a "
+            f"checkout's data/modelnet10/): reinstall pointcoc (or restore data/ with git), or pass "
             f"--data-root (root=) to point at a folder holding these files.")
-    names = _read_names(files[2], 40)
-    train = PointCloudDataset(*read_h5_split(files[0], 40, num_points), num_points, augment, names)
-    test = PointCloudDataset(*read_h5_split(files[1], 40, num_points), num_points, None, names)
+    _check_num_points(f"modelnet10 ({base})", files[:2], num_points)
+    names = _read_names(files[2], len(MODELNET10_CLASSES))
+    n = len(names)
+    train = PointCloudDataset(*read_h5_split(files[0], n, num_points), num_points, augment, names)
+    test = PointCloudDataset(*read_h5_split(files[1], n, num_points), num_points, None, names)
+    train.source = test.source = f"modelnet10 from {base} ({len(train)} / {len(test)} shapes, z up)"
     return train, test, names
 
 
-def build_point_datasets(name: str, root=None, variant: str = "PB_T50_RS", num_points: int = 1024,
-                         augment: Optional[Callable] = None):
-    """Dispatch by data-set name (one of ``POINT_DATASETS``); ``root`` None = the default folders.
+def default_num_points(name: str) -> int:
+    """``--num-points`` when not given for data set ``name``: 512 for modelnet10 (all it holds), else 1024."""
+    return DEFAULT_NUM_POINTS.get(name, 1024)
 
-    Returns (train_dataset, test_dataset, class_names).
+
+def build_point_datasets(name: str, root=None, variant: str = "PB_T50_RS", num_points: Optional[int] = None,
+                         augment: Optional[Callable] = None):
+    """Dispatch by data-set name (one of ``POINT_DATASETS``); ``root`` None = the default folders; ``num_points``
+    None = :func:`default_num_points`.
+
+    Returns (train_dataset, test_dataset, class_names); each dataset's ``.source`` says where it was read from.
     """
     if name not in POINT_DATASETS:
         raise ValueError(f"dataset must be one of {list(POINT_DATASETS)}; got {name!r}")
+    if num_points is None:
+        num_points = default_num_points(name)
     if name == "scanobjectnn":
         return load_scanobjectnn(root, variant, num_points, augment)
     if name == "modelnet40":
         return load_modelnet40(root, num_points, augment)
-    return load_modelnet40_mini(root, num_points, augment)
+    return load_modelnet10(root, num_points, augment)

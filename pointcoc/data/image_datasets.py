@@ -8,10 +8,12 @@ Labelled sets (``IMAGE_DATASETS``), each with a fixed, documented train/test spl
   Split: stratified, 20 % test per class, seed 0 (4,000 train / 1,000 test).
 * ``lfw_faces``: scikit-image's bundled ``lfw_subset`` (25x25 grey, 100 faces then 100 non-faces;
   class 0 non-face, 1 face). Split: stratified, 25 % test, seed 0 (150 train / 50 test).
-* ``modelnet_depth``: depth images rendered from the real ModelNet40 shapes of ``data/modelnet40_mini``
-  (:func:`render_depth_views`): 28x28, 8 views per shape, a grey Lambertian-shaded intensity as the
-  "camera" channel and the z-buffer depth; background pixels have depth NaN. The file's own train/test
-  split of shapes is kept, so no shape is in both (1,016 train / 232 test images, 40 class names).
+* ``modelnet_depth``: depth images rendered from real ModelNet10 shapes of the shipped ``modelnet10``
+  (:func:`render_depth_views`): the first ``MODELNET_DEPTH_SHAPES`` = (20, 5) training / test shapes of each
+  class in file (name) order, 512 points each, turned from z up to the renderer's y up; 28x28, 8 views per
+  shape, a grey Lambertian-shaded intensity (normals estimated from the points, :func:`estimate_normals`) as the
+  "camera" channel and the z-buffer depth; background pixels have depth NaN. The official train/test split of
+  shapes is kept, so no shape is in both (1,600 train / 400 test images, 10 classes).
 
 The split helper is :func:`stratified_split`: within each class, a permutation drawn from
 ``numpy.random.RandomState(seed)`` (classes in increasing order), the first ``round(fraction * n_c)``
@@ -42,6 +44,7 @@ __all__ = [
     "load_mnist5k",
     "load_lfw_faces",
     "load_modelnet_depth",
+    "estimate_normals",
     "render_depth_views",
     "stratified_split",
     "load_rgbd_frame",
@@ -55,6 +58,9 @@ RGBD_FRAMES = ("nyu", "sun", "tum", "motorcycle")
 MODELNET_VIEWS = tuple(float(a) for a in range(0, 360, 45))
 MODELNET_ELEVATION = 30.0
 MODELNET_SIZE = 28
+# modelnet_depth shapes: the first this many (train, test) shapes of each modelnet10 class; neighbours per normal
+MODELNET_DEPTH_SHAPES = (20, 5)
+MODELNET_NORMAL_NEIGHBOURS = 16
 
 
 @dataclass
@@ -207,23 +213,44 @@ def render_depth_views(points: np.ndarray, normals: np.ndarray, size: int = MODE
     return intensity, depth
 
 
+def estimate_normals(points: np.ndarray, k: int = MODELNET_NORMAL_NEIGHBOURS) -> np.ndarray:
+    """Unit normals (P, 3) of a cloud (P, 3): for each point the direction of least variance (the eigenvector of
+    the smallest eigenvalue of the covariance) of its ``k`` nearest points, itself included. The sign is
+    arbitrary; :func:`render_depth_views` shades with ``|n . l|``, which does not depend on it."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3 or not 3 <= k <= points.shape[0]:
+        raise ValueError(f"points must have shape (P, 3) with P >= k >= 3; got {points.shape}, k={k}")
+    d2 = ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+    idx = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    nb = points[idx]  # (P, k, 3)
+    centred = nb - nb.mean(axis=1, keepdims=True)
+    cov = np.einsum("pki,pkj->pij", centred, centred)
+    _, vectors = np.linalg.eigh(cov)  # eigenvalues ascending
+    return vectors[:, :, 0]
+
+
 def load_modelnet_depth(root=None) -> ImageSplits:
-    """Depth renderings of ``data/modelnet40_mini`` (see :func:`render_depth_views`), shapes split as in the file."""
+    """Depth renderings of shapes of the shipped ``modelnet10`` (see :func:`render_depth_views`): the first
+    ``MODELNET_DEPTH_SHAPES`` training / test shapes of each class, the official split kept. ``root``: a folder
+    holding ``modelnet10_{train,test}.h5`` and ``shape_names.txt`` (default: the shipped copy)."""
     import h5py
 
-    base = Path(root or shipped_set_dir("modelnet40_mini"))
-    names_path = _require(base / "shape_names.txt", "modelnet40_mini shape_names.txt")
+    base = Path(root or shipped_set_dir("modelnet10"))
+    names_path = _require(base / "shape_names.txt", "modelnet10 shape_names.txt")
     names = [s.strip() for s in names_path.read_text().splitlines() if s.strip()]
     out = []
-    for split in ("train", "test"):
-        path = _require(base / f"modelnet40_mini_{split}.h5", "modelnet40_mini file")
+    for split, per_class in zip(("train", "test"), MODELNET_DEPTH_SHAPES):
+        path = _require(base / f"modelnet10_{split}.h5", "modelnet10 file")
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("data", "normal", "label") if k not in f]
+            missing = [k for k in ("data", "label") if k not in f]
             if missing:
-                raise ValueError(f"{path} must hold datasets data, normal and label; missing {missing}")
-            points, normals = f["data"][:].astype(np.float64), f["normal"][:].astype(np.float64)
+                raise ValueError(f"{path} must hold datasets data and label; missing {missing}")
             labels = f["label"][:].reshape(-1).astype(np.int64)
-        images, depths = zip(*(render_depth_views(p, n) for p, n in zip(points, normals)))
+            keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(names))])
+            points = f["data"][np.sort(keep)].astype(np.float64)
+            labels = labels[np.sort(keep)]
+        points = points[:, :, [0, 2, 1]]  # z up (the file) -> y up (the renderer): (x, y, z) -> (x, z, y)
+        images, depths = zip(*(render_depth_views(p, estimate_normals(p)) for p in points))
         views = len(MODELNET_VIEWS)
         out.append((np.concatenate(images), np.repeat(labels, views), np.concatenate(depths)))
     (tr_x, tr_y, tr_d), (te_x, te_y, te_d) = out

@@ -60,7 +60,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=IMAGE_DATASETS, default="digits",
                    help="digits (sklearn 8x8), mnist5k (28x28, shipped), lfw_faces (skimage 25x25, face vs "
-                        "non-face), modelnet_depth (28x28 renderings of the shipped modelnet40_mini with depth) "
+                        "non-face), modelnet_depth (28x28 renderings of shapes of the shipped modelnet10 with depth) "
                         "(default: %(default)s)")
     g.add_argument("--data-root", default=None,
                    help="folder of the data set's files (default: the copy shipped in the package, or the one "

@@ -1,4 +1,4 @@
-"""Point-cloud classification runs (ScanObjectNN, ModelNet40, modelnet40_mini) behind ``pointcoc train`` and
+"""Point-cloud classification runs (ScanObjectNN, ModelNet40, modelnet10) behind ``pointcoc train`` and
 ``pointcoc evaluate``.
 
 ``pointcoc train`` (``scripts/train_scanobjectnn.py``) = ``build_train_parser()`` + ``train_main(args)``;
@@ -16,7 +16,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Subset
 
 from ..data.augment import PointCloudAugment
-from ..data.h5sets import POINT_DATASETS, SCANOBJECTNN_VARIANTS, build_point_datasets
+from ..data.h5sets import POINT_DATASETS, SCANOBJECTNN_VARIANTS, build_point_datasets, default_num_points
 from ..data.pixels import collate_pixel_sets
 from ..models.authors import AUTHORS_MODELS
 from .checkpoint import load_checkpoint
@@ -34,30 +34,43 @@ __all__ = ["build_train_parser", "train_main", "build_eval_parser", "evaluate_ma
            "USAGE_ERRORS"]
 
 
+class _DefaultNumPoints(int):
+    """The value of ``--num-points`` when it is not given: 1024, which :func:`_resolve_num_points` replaces by the
+    data set's default (512 for modelnet10, which holds no more; :func:`pointcoc.data.h5sets.default_num_points`).
+    An int, so parsed arguments compare equal to a recipe's ``num_points = 1024``."""
+
+
+def _resolve_num_points(args: argparse.Namespace) -> None:
+    if isinstance(args.num_points, _DefaultNumPoints):
+        args.num_points = default_num_points(args.dataset)
+
+
 def add_point_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Data flags of the point-cloud scripts: --dataset, --data-root, --variant, --num-points."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=POINT_DATASETS, default="scanobjectnn",
-                   help="scanobjectnn (authors' h5 files), modelnet40 (modelnet40_ply_hdf5_2048) or modelnet40_mini "
-                        "(156 real ModelNet40 shapes shipped inside the package) (default: %(default)s)")
+                   help="scanobjectnn (authors' h5 files), modelnet40 (the full ModelNet40: a checkout's "
+                        "data/modelnet40_1024, or PointNet's modelnet40_ply_hdf5_2048) or modelnet10 (its ten "
+                        "ModelNet10 classes, 512 points, shipped inside the package) (default: %(default)s)")
     g.add_argument("--data-root", default=None,
                    help="folder of the data set. Default: $POINTCOC_DATA/ScanObjectNN/h5_files, then "
-                        "./data/ScanObjectNN/h5_files (likewise modelnet40_ply_hdf5_2048 for modelnet40); the "
-                        "copy shipped in the package for modelnet40_mini. For ScanObjectNN the authors' h5_files "
-                        "folder or its parent")
+                        "./data/ScanObjectNN/h5_files; for modelnet40 $POINTCOC_DATA, ./data, then the checkout's "
+                        "data/ folder, each with modelnet40_ply_hdf5_2048/ or modelnet40_1024/; the copy shipped "
+                        "in the package for modelnet10. For ScanObjectNN the authors' h5_files folder or its parent")
     g.add_argument("--variant", default="PB_T50_RS", type=lambda s: s.upper().replace("-", "_"),
                    choices=sorted(SCANOBJECTNN_VARIANTS),
                    help="ScanObjectNN variant (default: %(default)s, the hardest split, "
                         "main_split/*_objectdataset_augmentedrot_scale75.h5)")
-    g.add_argument("--num-points", type=int, default=1024,
-                   help="use the first this many of the 2048 points per cloud (default: %(default)s)")
+    g.add_argument("--num-points", type=int, default=_DefaultNumPoints(1024),
+                   help="use the first this many points of each cloud (default: 1024; 512, all it holds, for "
+                        "modelnet10)")
     return parser
 
 
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train PointMLP / PointMLP-elite / PointMLP-CoC on ScanObjectNN (default), ModelNet40 or the "
-                    "shipped modelnet40_mini. Writes config.json, metrics.jsonl, last.pt, best.pt, results.json and "
+                    "shipped modelnet10. Writes config.json, metrics.jsonl, last.pt, best.pt, results.json and "
                     "confusion_matrix.png to --output. Multi-GPU: torchrun --nproc_per_node N "
                     "scripts/train_scanobjectnn.py ...",
         formatter_class=HelpFormatter)
@@ -87,6 +100,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _resolve_num_points(args)
     if not getattr(args, "seeds", None):
         _train_run(args)
         return 0
@@ -124,6 +138,8 @@ def _train_run(args: argparse.Namespace) -> dict:
         load_checkpoint(args.resume)  # a missing or foreign checkpoint stops the run before the data is read
     train_ds, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points,
                                                     augment=PointCloudAugment())
+    if train_ds.source and int(os.environ.get("RANK", "0")) == 0:
+        print(f"data: {train_ds.source}", flush=True)
     model_kwargs = {"num_classes": len(names), "in_channels": 0, "coord_dim": 3, **args.model_kwargs}
     if args.memory_efficient:
         model_kwargs["memory_efficient"] = True
@@ -161,7 +177,8 @@ def build_eval_parser() -> argparse.ArgumentParser:
     a.add_argument("--dataset", choices=POINT_DATASETS, default="scanobjectnn", help="test set")
     a.add_argument("--variant", default="PB_T50_RS", type=lambda s: s.upper().replace("-", "_"),
                    choices=sorted(SCANOBJECTNN_VARIANTS), help="ScanObjectNN variant")
-    a.add_argument("--num-points", type=int, default=1024, help="first this many points of each test cloud")
+    a.add_argument("--num-points", type=int, default=_DefaultNumPoints(1024),
+                   help="first this many points of each test cloud (default: 1024; 512 for modelnet10)")
     p.add_argument("--votes", type=int, default=1,
                    help="test-time voting: average softmax over the plain pass and votes-1 passes with random "
                         "anisotropic scaling U(0.85, 1.15)")
@@ -240,6 +257,7 @@ def _evaluate_authors_checkpoint(args: argparse.Namespace, device) -> int:
     """``--authors-checkpoint``: load it with ``load_authors_checkpoint``, evaluate on ``--dataset``."""
     from pointcoc.models import load_authors_checkpoint
 
+    _resolve_num_points(args)
     _, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points)
     model = load_authors_checkpoint(args.authors_checkpoint, args.model, **args.model_kwargs)
     if model.num_classes != len(names):

@@ -43,9 +43,11 @@ TEST_SPLITS = {
     "digits": "stratified, 20 % of each class, numpy seed 0 (1,438 train / 359 test)",
     "mnist5k": "stratified, 20 % of each class, numpy seed 0 (4,000 train / 1,000 test)",
     "lfw_faces": "stratified, 25 %, numpy seed 0 (150 train / 50 test)",
-    "modelnet_depth": "the shapes of modelnet40_mini's test file, 8 views each (1,016 train / 232 test)",
-    "modelnet40_mini": "the shipped test file (127 train / 29 test shapes)",
-    "modelnet40": "the PointNet release's ply_data_test*.h5 (2,468 shapes)",
+    "modelnet_depth": "the first 5 official test shapes of each modelnet10 class, 8 views each (1,600 train / 400 "
+                      "test)",
+    "modelnet10": "the official ModelNet40 test shapes of the ten ModelNet10 classes (3,991 train / 908 test shapes)",
+    "modelnet40": "the official ModelNet40 test split (2,468 shapes: modelnet40_1024_test.h5 or PointNet's "
+                  "ply_data_test*.h5)",
     "scanobjectnn": "the authors' test_*.h5 file of the variant",
 }
 
