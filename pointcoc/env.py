@@ -12,6 +12,7 @@ from typing import List
 
 import torch
 
+from ._precision import cpu_bf16_support
 from ._version import __version__
 
 __all__ = ["env_report", "PACKAGES"]
@@ -28,8 +29,10 @@ def _version(package: str) -> str:
 
 
 def _devices() -> List[str]:
+    bf16, why = cpu_bf16_support()
     lines = [f"cpu: {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads "
-             f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"]
+             f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
+             f"cpu bfloat16: {'yes, --amp trains in bfloat16' if bf16 else 'no, --amp trains in float32'} ({why})"]
     if not torch.cuda.is_available():
         built = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build of torch"
         return lines + [f"cuda: not available ({built})"]

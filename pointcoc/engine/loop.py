@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .._precision import amp_dtype
 from ..viz.curves import plot_curves, read_metrics
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
@@ -192,6 +193,13 @@ def _to_device(batch: Dict, device: torch.device) -> Dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def autocast(device: torch.device, amp: bool):
+    """The ``--amp`` autocast context of ``device`` (float16 on CUDA, bfloat16 on a CPU that has it); a no-op
+    context when ``amp`` is False."""
+    dtype = amp_dtype(device.type)[0] if amp else None
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def _forward(model: nn.Module, batch: Dict) -> torch.Tensor:
     return model(batch["xyz"], batch.get("features"), batch.get("lengths"))
 
@@ -236,7 +244,7 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: Union[str, torc
         log_probs = []
         for v in range(votes):
             b = batch if v == 0 else {**batch, "xyz": vote_transform(batch["xyz"], gen)}
-            with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+            with autocast(device, amp):
                 logits = _forward(model, b)
             if logits.dim() != 2 or logits.shape != (batch["label"].shape[0], num_classes):
                 raise ValueError(f"the model must return logits of shape (B, {num_classes}); got {tuple(logits.shape)}")
@@ -430,9 +438,9 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    amp = config.amp and device.type == "cuda"
+    amp = config.amp and amp_dtype(device.type)[0] is not None
     if config.amp and not amp:
-        warnings.warn("--amp has no effect on CPU; training in float32", stacklevel=2)
+        warnings.warn(f"--amp has no effect here, training in float32: {amp_dtype(device.type)[1]}", stacklevel=2)
     if config.compile and device.type == "cpu" and info.is_main:
         warnings.warn(COMPILE_ON_CPU, stacklevel=2)
     per_proc_batch = _per_process_batch(config.batch_size, info.world_size)
@@ -471,7 +479,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs,
                                                            eta_min=config.lr * config.min_lr_ratio)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")  # bfloat16 needs no scaling
     loader_gen = torch.Generator()
     start_epoch = 0
     selection = {"metric": None, "best_value": None, "best_epoch": None}
@@ -525,8 +533,10 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     val_loader = eval_loader(val_dataset) if val_dataset is not None else None
 
     def evaluate_on(loader):
-        return evaluate(eval_net, loader, num_classes, device, amp=amp, limit_batches=config.limit_val_batches,
-                        class_names=class_names, dist_info=info, progress=run.progress)
+        # CPU test metrics in float32, as `pointcoc evaluate` gives them (and a model card states them)
+        return evaluate(eval_net, loader, num_classes, device, amp=amp and device.type == "cuda",
+                        limit_batches=config.limit_val_batches, class_names=class_names, dist_info=info,
+                        progress=run.progress)
 
     last = None
     end_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
@@ -565,7 +575,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         last = {"record": record, "test": test, "val": val}
         state = {
             "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if amp else None,
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "epoch": epoch + 1, "rng": capture_rng_state(loader_gen), "config": config.to_dict(),
             "metrics": {"record": record, "test": _compact(test), "val": _compact(val)},
             "selection": selection, "class_names": list(class_names),
@@ -638,7 +648,7 @@ def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_cl
         batch = _to_device(batch, device)
         labels = batch["label"].long()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with autocast(device, amp):
             logits = _forward(net, batch)
         if logits.shape != (labels.shape[0], num_classes):
             raise ValueError(f"the model must return logits of shape (B, {num_classes}); got {tuple(logits.shape)}")
@@ -646,7 +656,7 @@ def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_cl
         scaler.scale(loss).backward()  # first: under DDP every process must join the gradient all-reduce
         if not bool(torch.isfinite(loss.detach())):
             raise run.diverged(f"the loss is {loss.item()}", config, amp)
-        if not amp and not _all_finite(p.grad for p in net.parameters()):
+        if not scaler.is_enabled() and not _all_finite(p.grad for p in net.parameters()):
             raise run.diverged("a gradient is NaN/inf", config, amp)
         scaler.step(optimizer)
         scaler.update()
