@@ -281,14 +281,49 @@ def test_evaluate_votes_average_transformed_passes():
         evaluate(model, loader, NUM_CLASSES, votes=0)
 
 
-def test_amp_on_cpu_warns_and_trains_in_float32(tmp_path):
+def test_amp_on_a_cpu_without_bfloat16_warns_and_trains_in_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr("pointcoc._precision.cpu_bf16_support", lambda: (False, "the CPU has none of avx512_bf16"))
     train, test = datasets()
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="--amp has no effect on CPU"):
+    with pytest.warns(UserWarning, match="--amp has no effect here, training in float32: the CPU has none"):
         amp = fit(TinyPointNet(), train, test, config(epochs=1, amp=True), tmp_path / "amp", NAMES)
     torch.manual_seed(0)
     plain = fit(TinyPointNet(), train, test, config(epochs=1), tmp_path / "plain", NAMES)
     assert amp["confusion_matrix"] == plain["confusion_matrix"]
+
+
+class DtypeRecorder(TinyPointNet):
+    """TinyPointNet that records the dtype of its first layer's output in each training and eval forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {True: set(), False: set()}
+        self.point[0].register_forward_hook(lambda mod, args, out: self.seen[self.training].add(out.dtype))
+
+
+def test_amp_on_a_cpu_with_bfloat16_trains_in_bfloat16_and_evaluates_in_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr("pointcoc._precision.cpu_bf16_support", lambda: (True, "the CPU has avx512_bf16"))
+    train, test = datasets()
+    torch.manual_seed(0)
+    model = DtypeRecorder()
+    amp = fit(model, train, test, config(epochs=1, amp=True), tmp_path / "amp", NAMES)
+    assert model.seen == {True: {torch.bfloat16}, False: {torch.float32}}
+    assert load_checkpoint(tmp_path / "amp" / "last.pt")["scaler"] is None  # bfloat16 needs no loss scaling
+    torch.manual_seed(0)
+    fit(DtypeRecorder(), train, test, config(epochs=1), tmp_path / "plain", NAMES)
+    amp_loss, plain_loss = (records(tmp_path / run / "metrics.jsonl")[0]["train_loss"] for run in ("amp", "plain"))
+    assert amp_loss != plain_loss  # the bf16 products round differently
+    assert amp_loss == pytest.approx(plain_loss, rel=0.05)
+
+
+def test_cpu_bfloat16_support_is_read_from_the_cpu_flags():
+    from pointcoc._precision import cpu_bf16_support
+
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx512f {}\nbogomips\t: 4000\n"
+    assert cpu_bf16_support(flags.format("avx512_bf16")) == (True, "the CPU has avx512_bf16")
+    assert cpu_bf16_support(flags.format("amx_bf16 avx512_bf16"))[0]
+    supported, why = cpu_bf16_support(flags.format("avx512vl"))
+    assert not supported and "none of avx512_bf16, amx_bf16" in why
 
 
 def test_compile_trains_as_eager_and_checkpoints_the_plain_weights(tmp_path, monkeypatch):
