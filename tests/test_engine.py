@@ -316,6 +316,26 @@ def test_amp_on_a_cpu_with_bfloat16_trains_in_bfloat16_and_evaluates_in_float32(
     assert amp_loss == pytest.approx(plain_loss, rel=0.05)
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])
+def test_clip_grad_norm_bounds_the_step(tmp_path, max_norm):
+    """One SGD step of lr 1 without weight decay moves the weights by the gradient clipped to max_norm: by exactly
+    max_norm when the gradient is longer, by the gradient itself when it is shorter."""
+    train, test = datasets()
+    kw = dict(epochs=1, lr=1.0, weight_decay=0.0, limit_train_batches=1)
+    norms = {}
+    for clip in (0.0, max_norm):
+        torch.manual_seed(0)
+        model = TinyPointNet()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        fit(model, train, test, config(clip_grad_norm=clip, **kw), tmp_path / str(clip), NAMES)
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        norms[clip] = float((after - before).norm())
+    assert 1e-3 < norms[0.0] < 1e3  # so one case clips and the other does not
+    assert norms[max_norm] == pytest.approx(min(norms[0.0], max_norm), rel=1e-4)
+    with pytest.raises(ValueError, match=r"clip_grad_norm \(--clip-grad-norm\) must be finite and >= 0"):
+        config(clip_grad_norm=-1.0)
+
+
 def test_cpu_bfloat16_support_is_read_from_the_cpu_flags():
     from pointcoc._precision import cpu_bf16_support
 

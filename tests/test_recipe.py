@@ -85,7 +85,8 @@ def test_modelnet40_recipes_are_one_recipe_for_every_model():
     from pointcoc.engine.recipes import load_recipe
 
     authors = dict(dataset="modelnet40", num_points=1024, epochs=300, batch_size=32, eval_batch_size=16, lr=0.1,
-                   min_lr_ratio=0.05, momentum=0.9, weight_decay=2e-4, label_smoothing=0.2, workers=8)
+                   min_lr_ratio=0.05, momentum=0.9, weight_decay=2e-4, label_smoothing=0.2, clip_grad_norm=1.0,
+                   workers=8)
     recipes = {m: load_recipe(f"modelnet40_{m}")[1] for m in ("pointmlp", "pointmlp_elite", "pointmlp_coc")}
     for model, data in recipes.items():
         assert data["command"] == "train"

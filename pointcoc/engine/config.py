@@ -59,6 +59,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     label_smoothing: float = 0.2
+    clip_grad_norm: float = 0.0
     workers: int = 4
     device: str = "auto"
     seed: int = 0
@@ -98,6 +99,7 @@ class TrainConfig:
                                ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
                                ("weight_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
                                ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+                               ("clip_grad_norm", lambda v: v >= 0, ">= 0 (0: no clipping)"),
                                ("val_fraction", lambda v: 0 <= v < 1, "in [0, 1)"),
                                ("dist_timeout_s", lambda v: v > 0, "> 0")):
             v = getattr(self, name)
@@ -116,6 +118,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(names)}")
         return cls(**d)
+
+    @classmethod
+    def saved_with_defaults(cls, saved: Dict[str, Any]) -> Dict[str, Any]:
+        """A checkpoint's config dict with the fields added since it was written at their defaults (every added
+        field's default reproduces the behaviour from before it existed, e.g. ``clip_grad_norm`` 0: no clipping)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        return {**defaults, **saved}
 
     def save_json(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -169,6 +178,9 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
                    help="label smoothing eps of the cross-entropy, authors' form: true class 1-eps, "
                         "others eps/(C-1) (default: %(default)s)")
+    g.add_argument("--clip-grad-norm", type=float, default=d.clip_grad_norm, metavar="MAX",
+                   help="before each step, scale the gradients so that their global L2 norm is at most MAX, as the "
+                        "authors' ModelNet40 script does with 1 (default: %(default)s, no clipping)")
     g.add_argument("--workers", type=int, default=d.workers,
                    help="DataLoader worker processes; the run is the same for any number (augmentation is seeded "
                         "per sample), so it may also change on --resume (default: %(default)s)")

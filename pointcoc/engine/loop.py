@@ -455,7 +455,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     state = None
     if resume is not None:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
-        check_resume_config(state["config"], config.to_dict())
+        check_resume_config(TrainConfig.saved_with_defaults(state["config"]), config.to_dict())
         _check_world_size(state, info.world_size, per_proc_batch, allow_world_size_change)
         if not isinstance(resume, dict):
             run.checkpoint, run.saved_epoch = Path(resume), int(state["epoch"])
@@ -658,6 +658,9 @@ def _train_one_epoch(net, loader, optimizer, scaler, config: TrainConfig, num_cl
             raise run.diverged(f"the loss is {loss.item()}", config, amp)
         if not scaler.is_enabled() and not _all_finite(p.grad for p in net.parameters()):
             raise run.diverged("a gradient is NaN/inf", config, amp)
+        if config.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)  # a no-op without loss scaling
+            nn.utils.clip_grad_norm_(net.parameters(), config.clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach().double() * labels.shape[0]
