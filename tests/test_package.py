@@ -166,17 +166,17 @@ def test_scanobjectnn_recipes_are_the_authors_defaults(model, epochs):
     assert from_file == from_flags
 
 
-def test_demo_recipe_is_the_demo_of_earlier_versions():
-    old = ("--dataset modelnet10 --model pointmlp_elite --num-points 256 --epochs 20 --batch-size 16 --lr 0.05 "
-           "--workers 0 --seed 0 --threads 1 --output runs/demo").split()
+def test_demo_recipe_is_the_demo_command_the_docs_spell_out():
+    old = ("--dataset modelnet10 --model pointmlp_elite --num-points 128 --epochs 20 --batch-size 32 --lr 0.1 --amp "
+           "--workers 0 --seed 0 --threads 2 --output runs/demo").split() + ["--model-kwargs", '{"k_neighbors": 16}']
     a, b = vars(_parse("train", ["--config", "demo"])), vars(_parse("train", old))
     a.pop("recipe"), b.pop("recipe")
     assert a == b
 
 
 def test_flags_override_the_recipe():
-    args = _parse("train", ["--config", "demo", "--epochs", "3", "--lr", "0.1"])
-    assert (args.epochs, args.lr, args.num_points) == (3, 0.1, 256)
+    args = _parse("train", ["--config", "demo", "--epochs", "3", "--lr", "0.2"])
+    assert (args.epochs, args.lr, args.num_points) == (3, 0.2, 128)
 
 
 def _recipe(tmp_path, text):

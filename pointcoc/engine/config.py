@@ -193,10 +193,11 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                    help="stop after epoch N as if interrupted (time-boxed jobs); continue later with --resume")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --output (without it, and without --resume, such a folder is refused)")
-    g.add_argument("--amp", action="store_true",
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision: float16 autocast on CUDA; bfloat16 autocast on a CPU with AVX512_BF16 or AMX "
                         "(`pointcoc env` says whether this one has them; elsewhere float32, with a warning). On the "
-                        "CPU the test metrics stay float32, as `pointcoc evaluate` computes them")
+                        "CPU the test metrics stay float32, as `pointcoc evaluate` computes them. --no-amp turns off "
+                        "a recipe's amp = true (default: off)")
     g.add_argument("--sync-bn", action="store_true",
                    help="under torchrun, BatchNorm statistics over the global batch instead of each process's share "
                         "(CUDA only); see docs/training.md for what a multi-process run equals")
