@@ -392,18 +392,19 @@ def test_cuda_amp_training_and_checkpoint_loads_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_pointmlp_elite_memorises_real_modelnet40_shapes(tmp_path):
-    """Engine + registered model on the shipped real shapes: 32 training shapes (of all ten classes) are learnt
-    far above chance."""
+    """Engine + registered model on the shipped real shapes: 64 training shapes of the ten classes are learnt far
+    above chance (10 %) and above always answering the largest class (14 of the 64). Measured 61 % at one thread
+    and 67 % at two."""
     import pointcoc
     from pointcoc.data import build_point_datasets
 
-    train, _, names = build_point_datasets("modelnet10", num_points=256)
-    shapes = torch.utils.data.Subset(train, [int(i) for i in torch.linspace(0, len(train) - 1, 32)])
+    train, _, names = build_point_datasets("modelnet10", num_points=128)
+    shapes = torch.utils.data.Subset(train, [int(i) for i in torch.linspace(0, len(train) - 1, 64)])
     torch.manual_seed(0)
-    model = pointcoc.create_model("pointmlp_elite", num_classes=10, k_neighbors=8, embed_dim=16)
-    res = fit(model, shapes, shapes, config(model="pointmlp_elite", epochs=25, lr=0.05, label_smoothing=0.0,
-                                            weight_decay=0.0, num_points=256), tmp_path, names)
-    assert res["test_oa"] > 25.0  # chance is 10 %
+    model = pointcoc.create_model("pointmlp_elite", num_classes=10, k_neighbors=16)
+    res = fit(model, shapes, shapes, config(model="pointmlp_elite", epochs=20, batch_size=16, lr=0.05,
+                                            label_smoothing=0.0, weight_decay=0.0, num_points=128), tmp_path, names)
+    assert res["test_oa"] >= 40.0
 
 
 def test_engine_imports_form_a_tree():
