@@ -120,6 +120,35 @@ def test_pytorch3d_matches_reference(ragged):
     assert torch.equal(farthest_point_sample(xyz, 64, lengths, backend="pytorch3d", skip_near_origin=True), ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_pytorch3d_wrapper_gives_the_reference_picks_for_every_dtype(monkeypatch, dtype):
+    """Stand-in for pytorch3d (not installed here) that computes in float32 whatever the input dtype, as its CPU
+    kernel does: the wrapper must still return the reference's picks for float16 and float64 sets."""
+    from types import SimpleNamespace
+
+    from pointcoc.ops import pytorch3d_backend
+    from pointcoc.ops.fps import fps_torch
+
+    def sample_farthest_points(xyz, lengths, K, random_start_point):
+        start = torch.zeros(xyz.shape[0], dtype=torch.long)
+        return None, fps_torch(xyz.float(), K, lengths, start, False)
+
+    monkeypatch.setattr(pytorch3d_backend._optional, "pytorch3d_ops",
+                        SimpleNamespace(sample_farthest_points=sample_farthest_points))
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, 1, 3, generator=g, dtype=torch.float64) * 1e3  # far-apart clusters of tiny ones
+    xyz = (centres + torch.randn(4, 8, 64, 3, generator=g, dtype=torch.float64) * 1e-6).reshape(4, 512, 3)
+    if dtype == torch.float16:
+        xyz = torch.rand(4, 512, 3, generator=g, dtype=torch.float64) * 2 - 1  # float16 rounds distances to ties
+    xyz = xyz.to(dtype)
+    lengths = torch.tensor([512, 400, 512, 100])
+    start = torch.zeros(4, dtype=torch.long)
+    ref = fps_torch(xyz, 96, lengths, start, False)
+    if dtype != torch.float32:  # the stand-in alone picks other points: the case tests something
+        assert not torch.equal(sample_farthest_points(xyz, lengths, 96, False)[1], ref)
+    assert torch.equal(pytorch3d_backend.fps_pytorch3d(xyz, 96, lengths, start, False), ref)
+
+
 def _near_origin_case(seed, batch, n, dim, dtype, grid=False):
     """Sets where about a third of the points lie within the 1e-3 squared-norm ball, one set entirely;
     padding holds both points at the origin and far away ones."""

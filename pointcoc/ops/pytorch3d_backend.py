@@ -23,12 +23,14 @@ def fps_pytorch3d(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, star
                   skip_near_origin: bool) -> torch.Tensor:
     """``pytorch3d.ops.sample_farthest_points`` with the signature of :func:`pointcoc.ops.fps.fps_torch`.
 
-    pytorch3d has no near-origin rule: ``skip_near_origin=True`` goes to the reference.
+    pytorch3d has no near-origin rule: ``skip_near_origin=True`` goes to the reference. Its CPU kernel computes
+    distances in float32 whatever the input dtype, which picks other points for float64 sets (digits below float32's)
+    and float16 ones (distances that float16 rounds to ties): every dtype but float32 goes to the reference.
 
     Returns:
         LongTensor (B, n_samples); entries past lengths[b] are -1.
     """
-    if skip_near_origin or bool((start != 0).any()):
+    if xyz.dtype != torch.float32 or skip_near_origin or bool((start != 0).any()):
         return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
     _, idx = _optional.pytorch3d_ops.sample_farthest_points(
         xyz, lengths=lengths, K=n_samples, random_start_point=False
