@@ -324,6 +324,16 @@ def test_shipped_weights_reproduce_their_card_accuracy(tmp_path, tag, test_sampl
     assert card["metrics"]["oa"] > least_oa  # a model worth shipping
 
 
+def test_votes_are_refused_for_pixel_set_models(capsys):
+    """The vote's per-axis rescaling suits point clouds, not a pixel grid (it took the digits weights from 98.3 to
+    92.8 %): a pixel-set checkpoint with --votes > 1 is an error that says so, before any evaluation."""
+    code = main(["evaluate", "--pretrained", "pointmlp_coc_pixels_small.digits", "--votes", "10", "--threads", "1",
+                 "--progress", "none"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--votes 10: test-time voting rescales each axis of a point cloud" in err and "--votes 1" in err
+
+
 @pytest.mark.parametrize("fmt", ["regular", "discrete"])
 def test_shipped_weights_give_the_same_logits_on_every_backend(one_thread, fmt):
     """Pixel grids are full of equal distances: every backend must keep the same neighbours among them,
