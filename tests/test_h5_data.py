@@ -1,4 +1,5 @@
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +307,16 @@ def test_shuffle_is_a_permutation_and_augment_composes():
     assert torch.equal(torch.sort(z[:, 1]).values, torch.sort(x[:, 1]).values)
     with pytest.raises(ValueError, match=r"points must be a float tensor of shape \(N, D\)"):
         shuffle_points(torch.randn(2, 4, 3))
+
+
+def test_the_reader_counts_clouds_whose_points_all_coincide(tmp_path):
+    data, labels = class_clouds(6, 32, 3, 0)
+    data[[1, 4]] = data[[1, 4], :1]  # two broken scans: every point at the first point's position
+    write_h5(tmp_path / "a.h5", data, labels)
+    with pytest.warns(UserWarning, match=r"a\.h5: 2 of 6 clouds have every point at one position"):
+        points, _ = read_h5_split(tmp_path / "a.h5", 3)
+    assert points.shape == (6, 32, 3)
+    write_h5(tmp_path / "b.h5", *class_clouds(6, 32, 3, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_h5_split(tmp_path / "b.h5", 3)  # no warning for healthy clouds

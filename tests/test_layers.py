@@ -162,3 +162,40 @@ def test_residual_block_gradient_and_shape():
     assert all(p.grad is not None for p in block.parameters())
     with pytest.raises(ValueError, match="res_expansion"):
         ResidualPointBlock(2, res_expansion=0.25)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_a_cloud_with_every_point_at_one_position_trains_with_finite_gradients(ragged):
+    """A broken scan (all points equal) has zero spread in the grouper's normalisation: the sqrt's derivative at 0
+    gave NaN gradients through torch.std. Now every gradient is finite, and the other sets' gradients of the
+    normalisation scale are those of torch.std (float64)."""
+    from pointcoc.layers.grouper import _inverse_std
+
+    g = torch.Generator().manual_seed(0)
+    diff = torch.randn(3, 16, 8, 5, generator=g, dtype=torch.float64)
+    diff[1] = 0.0  # the broken cloud's differences to its anchors are all zero
+    mask = None
+    if ragged:
+        mask = torch.ones(3, 16, 8, dtype=torch.bool)
+        mask[2, 10:] = False
+    weights = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+    x = diff.clone().requires_grad_(True)
+    (_inverse_std(x, mask) * weights).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.equal(x.grad[1], torch.zeros_like(x.grad[1]))
+    for b in (0, 2):  # the reference: 1 / (torch.std + 1e-5) over the real entries of set b alone
+        y = diff[b].clone().requires_grad_(True)
+        real = y if mask is None else y[mask[b]]
+        (weights[b] / (torch.std(real.reshape(-1)) + 1e-5)).backward()
+        torch.testing.assert_close(x.grad[b], y.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_pointmlp_elite_trains_on_a_batch_holding_a_degenerate_cloud():
+    import pointcoc
+
+    torch.manual_seed(0)
+    model = pointcoc.create_model("pointmlp_elite", num_classes=5).double().train()
+    xyz = torch.rand(4, 64, 3, dtype=torch.float64) * 2 - 1
+    xyz[2] = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)  # every point of set 2 at one position
+    torch.nn.functional.cross_entropy(model(xyz), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -18,6 +18,7 @@ stacks them into the batch dicts the engine consumes.
 from __future__ import annotations
 
 import glob
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -168,6 +169,10 @@ def read_h5_split(path, num_classes: int, min_points: int = 1) -> Tuple[np.ndarr
     if biggest > limit:
         raise DataFormatError(f"{path}: dataset 'data' holds coordinates up to {biggest:.3g} in magnitude; float32 "
                               f"squared distances overflow above about {2 * limit:.3g}: rescale the clouds")
+    collapsed = int((points == points[:, :1]).all(axis=(1, 2)).sum())
+    if collapsed:
+        warnings.warn(f"{path}: {collapsed} of {len(points)} clouds have every point at one position (broken "
+                      "scans?); they train with finite gradients but carry no shape", stacklevel=2)
     return points, labels
 
 

@@ -73,13 +73,21 @@ def masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = (x * weight).reshape(batch, -1).sum(1) / count
     centred = (x - mean.reshape(batch, *([1] * (x.dim() - 1)))) * weight
     var = centred.pow(2).reshape(batch, -1).sum(1) / (count - 1).clamp_min(1)
-    return var.sqrt()
+    return _sqrt_finite_gradient(var)
+
+
+def _sqrt_finite_gradient(var: torch.Tensor) -> torch.Tensor:
+    """sqrt(var), with a zero gradient where var is 0: a set whose entries are all equal (a cloud with every point at
+    one position) would otherwise get 0 / 0 = NaN gradients from the sqrt's derivative. The value is unchanged
+    (sqrt of the smallest normal number is 0 next to the 1e-5 added to the std)."""
+    return var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
 
 
 def _inverse_std(diff: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """1 / (std + 1e-5) per set over every real entry and channel: diff (B, ..., C), mask (B, ...) or None -> (B,)."""
+    """1 / (std + 1e-5) per set over every real entry and channel: diff (B, ..., C), mask (B, ...) or None -> (B,).
+    The gradient is finite for a set of equal entries (see :func:`_sqrt_finite_gradient`)."""
     if mask is None:
-        std = torch.std(diff.reshape(diff.shape[0], -1), dim=-1)  # one fused pass
+        std = _sqrt_finite_gradient(torch.var(diff.reshape(diff.shape[0], -1), dim=-1))  # one fused pass
     else:
         std = masked_std(diff, mask)
     return 1.0 / (std + 1e-5)
