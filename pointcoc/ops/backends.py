@@ -25,18 +25,34 @@ the k-th distance keeping the lowest indices), at any extent of the
 coordinates, so a trained model's logits do not depend on the backend; the
 tests compare them. Backends take and return plain (detached) tensors: the public
 :func:`~pointcoc.ops.knn` recomputes the chosen distances differentiably.
+
+Kernel failures. The ops call their backend through :func:`call`. A backend whose
+compiled kernel fails to compile or launch raises :class:`KernelError` (the Triton
+backend wraps every kernel launch in it). When the backend was chosen
+automatically, :func:`call` answers with the next backend in priority order,
+warns once (:class:`BackendFallbackWarning`: the kernel, the device, the kernel
+library's version, the first line of the error) and remembers the failure for
+the process per (op, backend, device, dtype): later calls go straight to the
+next backend, :func:`explain` (and so ``pointcoc env``) reports it and
+:func:`failures` lists it. A forced backend (:func:`set_backend`,
+:func:`use_backend`, ``$POINTCOC_BACKEND``, ``backend=`` of the op) is never
+replaced: its error is raised. Every backend returns the reference's results,
+so a fallback changes the time a call takes, never its result.
 """
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 __all__ = ["register", "note_unavailable", "set_backend", "get_backend", "use_backend", "available_backends",
-           "resolve", "explain"]
+           "resolve", "explain", "call", "KernelError", "BackendFallbackWarning", "Failure", "failures",
+           "clear_failures"]
 
 ENV_VAR = "POINTCOC_BACKEND"
 
@@ -55,6 +71,61 @@ _UNAVAILABLE: Dict[str, Dict[str, str]] = {}  # op -> backend name -> why it did
 _forced: Optional[str] = None
 
 
+class KernelError(RuntimeError):
+    """A backend's compiled kernel failed to compile or launch; :func:`call` falls back unless it was forced.
+
+    Attributes:
+        kernel: the kernel's name (``"knn_kernel"``).
+        device: the device it was launched for (``"cuda:0"``).
+        library: the kernel library and its version (``"triton 3.6.0"``).
+        cause: the exception the library raised (also ``__cause__``).
+        first_line: ``"<type of cause>: <first line of its message>"``.
+    """
+
+    def __init__(self, kernel: str, device, library: str, cause: BaseException):
+        self.kernel, self.device, self.library, self.cause = kernel, str(device), library, cause
+        # Triton's CompilationError begins with "at LINE:COL:" and the source; its error_message says what failed.
+        lines = str(getattr(cause, "error_message", None) or cause).strip().splitlines()
+        self.first_line = type(cause).__name__ + (f": {lines[0].strip()}" if lines else "")
+        super().__init__(f"kernel {kernel} ({library}) failed on {self.device}: {self.first_line}")
+
+
+class BackendFallbackWarning(RuntimeWarning):
+    """Issued once per (op, backend, device, dtype) when a kernel failure makes :func:`call` fall back."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A kernel failure that :func:`call` remembers: ``backend`` of ``op`` is not tried again on ``device``
+    for ``dtype`` tensors in this process; ``fallback`` answers instead."""
+
+    op: str
+    backend: str
+    device: str
+    dtype: str
+    kernel: str
+    library: str
+    error: str  # KernelError.first_line
+    fallback: str
+
+    def describe(self) -> str:
+        return (f"{self.backend} failed on {self.device} for {self.dtype} and is not tried again in this process "
+                f"(kernel {self.kernel}, {self.library}: {self.error}); those calls use {self.fallback}")
+
+
+_FAILED: Dict[Tuple[str, str, str, str], Failure] = {}  # (op, backend, device, dtype) -> Failure
+
+
+def failures() -> List[Failure]:
+    """The kernel failures recorded in this process (each made :func:`call` fall back), oldest first."""
+    return list(_FAILED.values())
+
+
+def clear_failures() -> None:
+    """Forget the recorded kernel failures: the failed backends are tried again (after a driver fix, in tests)."""
+    _FAILED.clear()
+
+
 def register(op: str, name: str, fn: Callable, devices=("cpu", "cuda"), priority: int = 0,
              forced_devices=()) -> None:
     """Register ``fn`` as implementation ``name`` of ``op`` (``forced_devices``: only when forced there)."""
@@ -66,12 +137,14 @@ def note_unavailable(op: str, name: str, reason: str) -> None:
     _UNAVAILABLE.setdefault(op, {})[name] = reason
 
 
-def available_backends(op: Optional[str] = None, device=None):
-    """Names of the registered backends of ``op`` (or a dict for every op); with ``device``, those that run there."""
+def available_backends(op: Optional[str] = None, device=None, forced: bool = False):
+    """Names of the registered backends of ``op`` (or a dict for every op); with ``device``, those that run there
+    (``forced``: also those that run there only when forced)."""
     if op is None:
-        return {o: available_backends(o, device) for o in _REGISTRY}
+        return {o: available_backends(o, device, forced) for o in _REGISTRY}
     kind = None if device is None else torch.device(device).type
-    return sorted(n for n, b in _REGISTRY.get(op, {}).items() if kind is None or kind in b.devices)
+    return sorted(n for n, b in _REGISTRY.get(op, {}).items()
+                  if kind is None or kind in b.devices + (b.forced_devices if forced else ()))
 
 
 def set_backend(name: Optional[str]) -> None:
@@ -116,15 +189,65 @@ def get_backend() -> Optional[str]:
     return name
 
 
-def resolve(op: str, device: torch.device, backend: Optional[str] = None) -> Backend:
+def resolve(op: str, device: torch.device, backend: Optional[str] = None,
+            dtype: Optional[torch.dtype] = None) -> Backend:
     """Pick the backend of ``op`` for tensors on ``device``.
 
     Args:
         op: the op name.
         device: device of the input tensors.
         backend: a backend name that overrides the global choice for this call.
+        dtype: the tensors' dtype: an automatic choice then skips the backends whose kernel failed on
+            ``device`` for that dtype (:func:`failures`), as :func:`call` does.
     """
-    return _select(op, device, backend)[0]
+    chosen, _, candidates = _select(op, device, backend)
+    if dtype is None or not candidates:
+        return chosen
+    device = torch.device(device)
+    return next((b for b in candidates if _key(op, b.name, device, dtype) not in _FAILED), _REGISTRY[op]["torch"])
+
+
+def _key(op: str, name: str, device: torch.device, dtype: torch.dtype) -> Tuple[str, str, str, str]:
+    return op, name, str(device), str(dtype).replace("torch.", "")
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside pointcoc.ops and torch: the warning names the caller's line."""
+    inside = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def call(op: str, device: torch.device, backend: Optional[str], *args):
+    """Run ``op`` on ``args`` (the first a tensor on ``device``) with the backend :func:`resolve` picks.
+
+    A forced backend (``backend`` here, or the global choice) runs or raises. An automatic one that
+    raises :class:`KernelError` is replaced by the next backend in priority order, with one
+    :class:`BackendFallbackWarning`, and is skipped for this (op, device, dtype) from then on.
+    """
+    chosen, _, candidates = _select(op, device, backend)
+    if not candidates:  # forced: what the user asked for runs, or says why not
+        return chosen.fn(*args)
+    dtype = args[0].dtype
+    for i, impl in enumerate(candidates):
+        key = _key(op, impl.name, device, dtype)
+        if key in _FAILED:
+            continue
+        try:
+            return impl.fn(*args)
+        except KernelError as err:
+            fallback = next((b.name for b in candidates[i + 1:] if _key(op, b.name, device, dtype) not in _FAILED),
+                            "torch")
+            _FAILED[key] = failure = Failure(op, impl.name, key[2], key[3], err.kernel, err.library, err.first_line,
+                                             fallback)
+            warnings.warn(f"pointcoc: {err.library.split()[0].capitalize()} kernel {err.kernel} failed on "
+                          f"{failure.device} ({failure.dtype}, {err.library}): {err.first_line.rstrip('.')}. {op} "
+                          f"uses backend {fallback!r} instead for {failure.dtype} tensors on {failure.device} for "
+                          f"the rest of this process (same results, slower); force backend={impl.name!r} to see the "
+                          f"full error", BackendFallbackWarning, stacklevel=_caller_level())
+    return _REGISTRY[op]["torch"].fn(*args)  # pragma: no cover  (torch raises no KernelError)
 
 
 def _select(op: str, device: torch.device, backend: Optional[str]):
@@ -179,4 +302,5 @@ def explain(op: str, device, backend: Optional[str] = None) -> str:
         why.append(f"not on {device.type}: {', '.join(elsewhere)}")
     why += [f"{name} {reason}" for name, reason in sorted(_UNAVAILABLE.get(op, {}).items())
             if name not in _REGISTRY[op]]
+    why += [f.describe() for f in _FAILED.values() if f.op == op and torch.device(f.device).type == device.type]
     return f"{op} on {device.type}: {chosen.name} ({'; '.join(why)})"

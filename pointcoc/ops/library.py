@@ -11,7 +11,8 @@ and take detached inputs.
 
 Inside an op the inputs are real tensors even when the caller is compiled, so
 this is where the checks that read values run (finite coordinates, lengths in
-range) and where the backend is chosen: forcing a backend with
+range) and where the backend is chosen and called (:func:`pointcoc.ops.backends.call`, which falls
+back from a kernel that fails to compile or launch): forcing a backend with
 :func:`~pointcoc.ops.set_backend` takes effect without recompiling. The
 public functions check types and shapes before calling the op.
 
@@ -49,8 +50,7 @@ def fps_op(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, random_star
         start = (torch.rand(batch, device=xyz.device) * lengths).long().clamp_max(lengths - 1)
     else:
         start = torch.zeros(batch, dtype=torch.long, device=xyz.device)
-    impl = backends.resolve("fps", xyz.device, backend)
-    return impl.fn(xyz.contiguous(), n_samples, lengths, start, skip_near_origin)
+    return backends.call("fps", xyz.device, backend, xyz.contiguous(), n_samples, lengths, start, skip_near_origin)
 
 
 @fps_op.register_fake
@@ -66,8 +66,8 @@ def knn_op(query: torch.Tensor, points: torch.Tensor, k: int, query_lengths: tor
     check_finite("points", points)
     check_length_values("query_lengths", query_lengths, query.shape[1])
     check_length_values("point_lengths", point_lengths, points.shape[1])
-    impl = backends.resolve("knn", query.device, backend)
-    dist2, idx = impl.fn(query.contiguous(), points.contiguous(), k, query_lengths, point_lengths)
+    dist2, idx = backends.call("knn", query.device, backend, query.contiguous(), points.contiguous(), k,
+                               query_lengths, point_lengths)
     return dist2, idx
 
 
