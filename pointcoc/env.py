@@ -1,7 +1,9 @@
 """The environment report for bug reports: ``pointcoc env`` (``python -m pointcoc env``) or ``pointcoc.env_report()``.
 
 It lists the versions of pointcoc and the packages it uses, the devices torch sees, and for every
-registered op on every device the backend that :func:`pointcoc.ops.backends.resolve` picks and why.
+registered op on every device the backend that :func:`pointcoc.ops.backends.resolve` picks and why, with
+the kernel failures that made an op fall back in this process. When CUDA is visible it points to
+``pointcoc gpu-check --quick``.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import torch
 from ._precision import cpu_bf16_support
 from ._version import __version__
 
-__all__ = ["env_report", "PACKAGES"]
+__all__ = ["env_report", "PACKAGES", "GPU_CHECK_HINT"]
 
+GPU_CHECK_HINT = ("first run on this GPU (or a new driver, torch or triton): `pointcoc gpu-check --quick` checks every "
+                  "backend and a training step of each model in under a minute; paste its output into a bug report")
 # Packages whose versions matter for a bug report (import names are the distribution names here).
 PACKAGES = ("torch", "numpy", "numba", "triton", "pytorch3d", "h5py", "matplotlib")
 
@@ -40,6 +44,7 @@ def _devices() -> List[str]:
         p = torch.cuda.get_device_properties(i)
         lines.append(f"cuda:{i}: {p.name}, compute capability {p.major}.{p.minor}, "
                      f"{p.total_memory / 2**30:.1f} GiB (CUDA {torch.version.cuda})")
+    lines.append(GPU_CHECK_HINT)
     return lines
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Everything that needs a GPU, in one budgeted run: CUDA tests, FPS/kNN backends, training steps.
 
-Thin wrapper over `pointcoc gpu-check` (pointcoc/commands/gpu_check.py); `--help` lists the options.
+Thin wrapper over `pointcoc gpu-check` (pointcoc/commands/gpu_check.py); `--help` lists the options;
+`--quick` is the first-contact self-test (pass/fail on one screen, under a minute on a GPU).
 """
 import sys
 

@@ -63,3 +63,30 @@ def test_pointcoc_env_reports_versions_devices_and_every_op():
         assert f"  {op} on cpu: torch (forced by $POINTCOC_BACKEND=torch" in text, op
     assert sum(line.startswith("  ") and " on cpu: " in line for line in text.splitlines()) == \
         len(backends.available_backends())  # one line per op ("not on cpu: ..." may appear inside it)
+
+
+def test_env_points_to_the_quick_gpu_check_when_cuda_is_visible(monkeypatch):
+    from pointcoc.env import GPU_CHECK_HINT, env_report
+
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert "gpu-check --quick" not in env_report() or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no device properties to read here
+    text = env_report()
+    assert GPU_CHECK_HINT in text and "`pointcoc gpu-check --quick`" in GPU_CHECK_HINT
+    assert any(line.startswith("  knn on cuda: ") for line in text.splitlines())
+
+
+def test_env_reports_a_kernel_failure(monkeypatch):
+    from pointcoc.env import env_report
+
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    failure = backends.Failure("knn", "triton", "cuda:0", "float32", "knn_kernel", "triton 3.6.0",
+                               "CompilationError: simulated", "mm")
+    monkeypatch.setattr(backends, "_FAILED", {("knn", "triton", "cuda:0", "float32"): failure})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    line = next(line for line in env_report().splitlines() if line.startswith("  knn on cuda: "))
+    assert ("triton failed on cuda:0 for float32 and is not tried again in this process (kernel knn_kernel, "
+            "triton 3.6.0: CompilationError: simulated); those calls use mm") in line
+    assert "failed" not in next(line for line in env_report().splitlines() if line.startswith("  fps on cuda: "))

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import pointcoc
 from pointcoc.bench import gpu_check
 from pointcoc.commands.gpu_check import main as MAIN  # scripts/gpu_check.py wraps it
 from pointcoc.ops import available_backends
@@ -116,3 +117,76 @@ def test_bad_out_folders_and_budgets_exit_2_with_a_message(tmp_path, capsys, tar
     assert re.search(message, err) and "Traceback" not in err, err
     with pytest.raises(ValueError, match="--budget-s must be finite and > 0"):
         gpu_check.run_gpu_check(tmp_path / "out2", device="cpu", sizes="tiny", budget_s=float("nan"))
+
+
+# ---------------------------------------------------------------------------
+# --quick: the first-contact self-test (issue 29).
+
+
+def test_quick_dry_run_passes_and_prints_one_screen(tmp_path, capsys):
+    from pointcoc.ops import backends
+
+    assert MAIN(["--quick", "--device", "cpu", "--sizes", "tiny", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].startswith("pointcoc gpu-check --quick: PASS, ") and "(tiny sizes)" in lines[0]
+    assert lines[1].startswith(f"pointcoc {pointcoc.__version__} | python ") and f"torch {torch.__version__}" in lines[1]
+    assert lines[2].startswith("device: cpu (DRY RUN: no CUDA device")
+    assert len(lines) <= 40 and max(map(len, lines)) <= 160  # one screen
+    doc = json.loads((tmp_path / "quick_check.json").read_text())
+    assert doc["format"] == gpu_check.QUICK_FORMAT and doc["passed"] is True and doc["mode"] == "cpu dry run"
+    assert (tmp_path / "quick_check.txt").read_text().splitlines()[3:] == lines[3:]  # the same verdict
+    ops_checks = {(c["op"], c["backend"]) for c in doc["checks"] if c["kind"] == "ops"}
+    for op in ("fps", "knn"):  # every backend that runs on the CPU, forced-only ones too, and the automatic choice
+        for name in backends.available_backends(op, "cpu", forced=True) + ["automatic"]:
+            assert (op, name) in ops_checks
+            assert f"pass  {op} {name} " in text
+    cases = len(gpu_check.QUICK_SIZES["tiny"].ops_cases) * len(gpu_check.QUICK_SIZES["tiny"].dtypes)
+    assert all(c["cases"] == c["passed"] == cases for c in doc["checks"] if c["kind"] == "ops")
+    train = [(c["model"], c["precision"]) for c in doc["checks"] if c["kind"] == "train"]
+    assert train == [(m, p) for m in gpu_check.QUICK_MODELS for p in ("float32", "bf16 autocast")]
+    for c in doc["checks"]:
+        if c["kind"] == "train" and c["precision"] == "float32":
+            assert c["loss"] == pytest.approx(c["torch_backends_loss"], rel=1e-3)
+    assert lines[-1] == "fallbacks: none"
+
+
+def test_quick_reports_a_failing_backend_and_the_fallback(tmp_path, capsys, monkeypatch):
+    """A backend whose kernel fails: its forced check FAILs (exit 1), the automatic choice passes by falling back,
+    and the fallback is listed; a backend with wrong answers FAILs."""
+    from pointcoc.ops import backends
+    from pointcoc.ops.knn import knn_torch
+
+    monkeypatch.setattr(backends, "_REGISTRY", {op: dict(table) for op, table in backends._REGISTRY.items()})
+    monkeypatch.setattr(backends, "_FAILED", {})
+
+    def broken(query, *args):
+        raise backends.KernelError("probe_kernel", query.device, "triton 0.0", RuntimeError("simulated: no image"))
+
+    def wrong(*args):
+        out = knn_torch(*args)
+        return type(out)(out.dist2, out.idx.flip(-1))
+
+    backends.register("knn", "broken", broken, devices=("cpu",), priority=90)
+    backends.register("fps", "wrong", lambda xyz, n, *a: torch.zeros(xyz.shape[0], n, dtype=torch.long),
+                      devices=(), forced_devices=("cpu",))
+    backends.register("knn", "wrong", wrong, devices=(), forced_devices=("cpu",))
+    assert MAIN(["--quick", "--device", "cpu", "--sizes", "tiny"]) == 1
+    text = capsys.readouterr().out
+    assert text.startswith("pointcoc gpu-check --quick: FAIL, ")
+    assert "FAIL  knn broken " in text and "KernelError: kernel probe_kernel (triton 0.0) failed on cpu" in text
+    assert "pass  knn automatic " in text and "pass  fps automatic " in text
+    assert "FAIL  fps wrong " in text and "FAIL  knn wrong " in text and "differs from the torch reference" in text
+    fallbacks = text.split("fallbacks: ")[1].splitlines()
+    assert fallbacks[0] == "" and any("broken failed on cpu for float32" in line for line in fallbacks[1:])
+    with pytest.raises(SystemExit) as exited:
+        MAIN(["--quick", "--device", "cpu", "--only", "ops"])
+    assert exited.value.code == 2
+    with pytest.raises(SystemExit) as exited:
+        MAIN(["--device", "cpu", "--sizes", "tiny"])
+    assert exited.value.code == 2 and "--out is required (except with --quick)" in capsys.readouterr().err
+
+
+def test_quick_check_documented():
+    doc = (gpu_check.ROOT / "docs" / "gpu_check.md").read_text()
+    assert "pointcoc gpu-check --quick" in doc and gpu_check.QUICK_FORMAT in doc

@@ -16,7 +16,9 @@ that no longer fits, so the whole run ends within ``budget_s``:
   memory, first loss, and the estimated time of one ScanObjectNN PB_T50_RS epoch.
 
 Without CUDA the same sections run on the CPU at reduced sizes (a dry run, said
-in the first line of the markdown). :func:`run_gpu_check` writes
+in the first line of the markdown). :func:`run_quick_check` (``--quick``) is the
+first-contact self-test: every backend and the automatic choice against the
+reference, one training step of each model, a one-screen pass/fail verdict. :func:`run_gpu_check` writes
 ``gpu_check.json`` and ``gpu_check.md`` after every section, so an interrupted
 run leaves what it measured. The format is documented in docs/gpu_check.md.
 """
@@ -47,7 +49,8 @@ from .measure import machine_description, peak_memory, random_tensor, synchroniz
 from .model_rows import reference_pair, train_step
 from .ops_rows import pixel_set_batch
 
-__all__ = ["CheckSizes", "SIZES", "run_gpu_check", "to_markdown", "FORMAT", "SCANOBJECTNN_TRAIN_OBJECTS"]
+__all__ = ["CheckSizes", "SIZES", "run_gpu_check", "to_markdown", "FORMAT", "SCANOBJECTNN_TRAIN_OBJECTS",
+           "QuickSizes", "QUICK_SIZES", "QUICK_MODELS", "QUICK_FORMAT", "run_quick_check", "quick_verdict"]
 
 FORMAT = "pointcoc-gpu-check-v1"
 SCANOBJECTNN_TRAIN_OBJECTS = 11416  # PB_T50_RS training split
@@ -495,4 +498,229 @@ def to_markdown(doc: Dict) -> str:
     for name, sec in sections.items():
         if sec["status"] == "failed":
             lines += ["", f"## {name} failed", "", "```", sec["traceback"].rstrip(), "```"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# The first-contact self-test: ``pointcoc gpu-check --quick``.
+
+QUICK_FORMAT = "pointcoc-gpu-check-quick-v1"
+QUICK_MODELS = ("pointmlp", "pointmlp_elite", "pointmlp_coc")
+
+
+@dataclass(frozen=True)
+class QuickSizes:
+    """Sizes of the quick check: ``ops_cases`` as :class:`CheckSizes` (run in each of ``dtypes``), one training
+    step of each of :data:`QUICK_MODELS` at ``train_batch`` x ``train_points`` (``model_kwargs``: overrides)."""
+
+    name: str
+    ops_cases: Tuple[Tuple[str, int, int, int, int, int], ...]
+    dtypes: Tuple[str, ...] = ("float32", "float64")
+    train_batch: int = 4
+    train_points: int = 1024
+    model_kwargs: Dict = field(default_factory=dict)
+
+
+QUICK_SIZES = {
+    # A GPU: under a minute, compiling the kernels included.
+    "full": QuickSizes("full", (("uniform", 2, 512, 3, 64, 16), ("pixels", 2, 32 * 32, 2, 64, 8),
+                                ("clusters", 2, 512, 3, 64, 16))),
+    # No GPU: the same checks on the CPU, smaller.
+    "reduced": QuickSizes("reduced", (("uniform", 2, 256, 3, 32, 8), ("pixels", 1, 16 * 16, 2, 32, 8),
+                                      ("clusters", 2, 256, 3, 32, 8)), train_batch=2, train_points=256),
+    # The test suite's dry run.
+    "tiny": QuickSizes("tiny", (("uniform", 2, 48, 3, 8, 4), ("pixels", 1, 8 * 8, 2, 8, 4)),
+                       train_batch=2, train_points=64, model_kwargs=_TWO_SMALL_STAGES),
+}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return type(err).__name__ + (f": {lines[0]}" if lines else "")
+
+
+def _quick_ops(device: torch.device, sizes: QuickSizes) -> List[Dict]:
+    """FPS and kNN with every backend (forced) and the automatic choice against the torch reference, exactly."""
+    checks = []
+    for op in ("fps", "knn"):
+        for name in ops.available_backends(op, device, forced=True) + ["automatic"]:
+            row = {"check": f"{op} {name}", "kind": "ops", "op": op, "backend": name, "cases": 0, "passed": 0,
+                   "first_call_ms": None, "failures": []}
+            for dtype_name in sizes.dtypes:
+                dtype = getattr(torch, dtype_name)
+                for kind, batch, n, dim, samples, k in sizes.ops_cases:
+                    case = f"{dtype_name} {kind} B={batch} N={n} -> {samples}" + (f" k={k}" if op == "knn" else "")
+                    row["cases"] += 1
+                    try:
+                        xyz = _case_points(kind, batch, n, dim, device).to(dtype)
+                        lengths = torch.full((batch,), n, dtype=torch.long, device=device)
+                        lengths[-1] = n - n // 8  # ragged: padding must never be picked
+                        backend = None if name == "automatic" else name
+                        if op == "fps":
+                            want = ops.farthest_point_sample(xyz, samples, lengths, backend="torch")
+                            got, seconds = timed(lambda: ops.farthest_point_sample(xyz, samples, lengths,
+                                                                                   backend=backend), device)
+                            same = torch.equal(got, want)
+                        else:
+                            query = ops.gather(xyz, ops.farthest_point_sample(xyz, samples, lengths, backend="torch"))
+                            ql = torch.full_like(lengths, samples)
+                            want = ops.knn(query, xyz, k, ql, lengths, backend="torch")
+                            got, seconds = timed(lambda: ops.knn(query, xyz, k, ql, lengths, backend=backend), device)
+                            same = torch.equal(got.dist2, want.dist2) and torch.equal(got.idx, want.idx)
+                        if row["first_call_ms"] is None:
+                            row["first_call_ms"] = 1e3 * seconds
+                        if same:
+                            row["passed"] += 1
+                        else:
+                            row["failures"].append(f"{case}: differs from the torch reference")
+                    except Exception as err:  # recorded: the user reports it
+                        row["failures"].append(f"{case}: {_first_line(err)}")
+            row["status"] = "pass" if row["passed"] == row["cases"] else "FAIL"
+            checks.append(row)
+    return checks
+
+
+def _quick_train(device: torch.device, sizes: QuickSizes) -> List[Dict]:
+    """One SGD step of each model in float32 (first loss also with the pure-torch FPS/kNN) and bf16 autocast."""
+    from ..models import create_model
+    from .model_rows import step_inputs
+
+    checks = []
+    for model_name in QUICK_MODELS:
+        losses = {}
+        for precision, dtype in (("float32", None), ("bf16 autocast", torch.bfloat16)):
+            row = {"check": f"train {model_name} {precision}", "kind": "train", "model": model_name,
+                   "precision": precision, "batch": sizes.train_batch, "points": sizes.train_points, "failures": []}
+            try:
+                def step_loss(reference: bool = False):
+                    torch.manual_seed(0)
+                    model = create_model(model_name, num_classes=15, **sizes.model_kwargs).to(device)
+                    xyz, label = step_inputs(sizes.train_batch, sizes.train_points, 15, device)
+                    step = train_step(model, xyz, label, dtype)
+                    torch.manual_seed(1)  # the same dropout draws
+                    if reference:
+                        with ops.use_backend("torch"):
+                            loss, seconds = timed(step, device)
+                    else:
+                        loss, seconds = timed(step, device)
+                    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+                    return float(loss), seconds, finite
+
+                loss, seconds, finite = step_loss()
+                row.update(loss=loss, step_s=seconds)
+                if not (math.isfinite(loss) and finite):
+                    row["failures"].append(f"loss {loss} or updated parameters not finite")
+                if dtype is None:
+                    losses["float32"] = loss
+                    ref_loss = step_loss(reference=True)[0]
+                    row["torch_backends_loss"] = ref_loss
+                    if not abs(loss - ref_loss) <= LOSS_RTOL * abs(ref_loss) + 1e-4:
+                        row["failures"].append(f"loss {loss:.5f} differs from the pure-torch FPS/kNN's {ref_loss:.5f}")
+                elif "float32" in losses:
+                    row["loss_vs_float32"] = (loss - losses["float32"]) / abs(losses["float32"])
+            except Exception as err:
+                row["failures"].append(_first_line(err))
+            finally:
+                _release(device)
+            row["status"] = "FAIL" if row["failures"] else "pass"
+            checks.append(row)
+    return checks
+
+
+def run_quick_check(device: Optional[str] = None, sizes: Optional[str] = None, out_dir=None,
+                    command: str = "") -> Dict:
+    """The first-contact self-test (``pointcoc gpu-check --quick``): backends and training steps, pass or fail.
+
+    Every FPS/kNN backend that runs on the device (forced, so that a failure shows) and the automatic
+    choice against the torch reference on small sets, exactly; one training step of each of
+    :data:`QUICK_MODELS` in float32 (first loss also against the pure-torch FPS/kNN) and bf16 autocast.
+    Under a minute on a GPU; without CUDA a dry run on the CPU. Kernel failures that made the automatic
+    choice fall back (:func:`pointcoc.ops.backends.failures`) are listed.
+
+    Args:
+        device: "cuda" or "cpu"; default cuda when available.
+        sizes: a key of :data:`QUICK_SIZES`; default "full" on CUDA, "reduced" on the CPU.
+        out_dir: when given, also writes ``quick_check.json`` and ``quick_check.txt`` (the verdict) there.
+        command: the command line, recorded.
+
+    Returns:
+        The document (format ``QUICK_FORMAT``, docs/gpu_check.md); ``doc["passed"]`` is the verdict.
+
+    Raises:
+        ValueError: CUDA requested but not available, unknown sizes, ``out_dir`` not a writable folder.
+    """
+    import warnings
+
+    from .._version import __version__
+
+    start = time.monotonic()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    chosen = sizes or ("full" if dev.type == "cuda" else "reduced")
+    if chosen not in QUICK_SIZES:
+        raise ValueError(f"sizes must be one of {sorted(QUICK_SIZES)}; got {chosen!r}")
+    out = None
+    if out_dir is not None:
+        from ..engine.rundir import create_output_dir
+
+        out = create_output_dir(out_dir, "--out")
+    env = _environment(dev, SIZES["tiny"], _Budget(60))
+    env["pointcoc"] = __version__
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ops.backends.BackendFallbackWarning)
+        checks = _quick_ops(dev, QUICK_SIZES[chosen]) + _quick_train(dev, QUICK_SIZES[chosen])
+    for w in seen:  # other warnings are shown as usual; the fallbacks are listed in the verdict
+        if not issubclass(w.category, ops.backends.BackendFallbackWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    doc = {"format": QUICK_FORMAT, "mode": "cuda" if dev.type == "cuda" else "cpu dry run", "device": str(dev),
+           "sizes": asdict(QUICK_SIZES[chosen]), "command": command,
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "environment": env, "checks": checks,
+           "automatic_backends": {op: ops.backends.resolve(op, dev, dtype=torch.float32).name
+                                  for op in ("fps", "knn")},
+           "fallbacks": [f.describe() for f in ops.backends.failures()],
+           "passed": all(c["status"] == "pass" for c in checks), "elapsed_s": time.monotonic() - start}
+    if out is not None:
+        (out / "quick_check.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (out / "quick_check.txt").write_text(quick_verdict(doc) + "\n")
+    return doc
+
+
+def quick_verdict(doc: Dict) -> str:
+    """The quick check as one screen of text for a bug report (format: docs/gpu_check.md)."""
+    env, checks = doc["environment"], doc["checks"]
+    failed = [c for c in checks if c["status"] != "pass"]
+    verdict = "PASS" if not failed else "FAIL"
+    lines = [f"pointcoc gpu-check --quick: {verdict}, {len(checks) - len(failed)} of {len(checks)} checks passed "
+             f"in {doc['elapsed_s']:.1f} s ({doc['sizes']['name']} sizes)",
+             f"pointcoc {env['pointcoc']} | python {env['python']} | torch {env['torch']} "
+             f"({'CUDA ' + env['cuda'] if env['cuda'] else 'no CUDA'}) | "
+             + " | ".join(f"{m} {env[m] or 'not installed'}" for m in ("triton", "numba", "pytorch3d"))]
+    if doc["mode"] == "cuda":
+        gpu = env["gpu"]
+        lines.append(f"device: {doc['device']}, {gpu['name']}, compute capability {gpu['capability']}, "
+                     f"{gpu['memory_bytes'] / 2**30:.1f} GiB")
+    else:
+        lines.append(f"device: cpu (DRY RUN: no CUDA device, nothing about a GPU is checked); {env['machine']}")
+    lines.append(f"automatic backends (float32): fps {doc['automatic_backends']['fps']}, "
+                 f"knn {doc['automatic_backends']['knn']}")
+    for c in checks:
+        if c["kind"] == "ops":
+            first = "" if c["first_call_ms"] is None else f", first call {c['first_call_ms']:.0f} ms"
+            detail = f"{c['passed']} of {c['cases']} cases equal the torch reference{first}"
+        else:
+            detail = f"batch {c['batch']} x {c['points']} points"
+            if "loss" in c:
+                detail += f", loss {c['loss']:.4f}"
+            if "torch_backends_loss" in c:
+                detail += f" (pure-torch FPS/kNN {c['torch_backends_loss']:.4f})"
+            if c.get("loss_vs_float32") is not None:
+                detail += f" ({100 * c['loss_vs_float32']:+.2f} % vs float32)"
+        lines.append(f"{c['status']:4}  {c['check']:34} {detail}")
+        lines += [f"      {f}" for f in c["failures"][:2]]
+        if len(c["failures"]) > 2:
+            lines.append(f"      ... {len(c['failures']) - 2} more (quick_check.json with --out)")
+    lines.append("fallbacks: " + ("none" if not doc["fallbacks"] else ""))
+    lines += [f"  {f}" for f in doc["fallbacks"]]
     return "\n".join(lines)
