@@ -193,7 +193,8 @@ def test_a_run_killed_while_saving_resumes_to_the_uninterrupted_metrics_and_file
 
 def test_ctrl_c_stops_with_one_line_naming_epoch_step_and_checkpoint(h5_root, tmp_path):
     out = tmp_path / "int"
-    proc = start_python([TRAIN, "--data-root", h5_root, "--epochs", "100", "--output", out, *FAST])
+    # so many epochs that the run cannot end before the signal, even when this process is starved of CPU
+    proc = start_python([TRAIN, "--data-root", h5_root, "--epochs", "100000", "--output", out, *FAST])
     deadline = time.monotonic() + 240
     while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
