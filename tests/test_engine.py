@@ -206,6 +206,16 @@ def test_resume_equals_uninterrupted_with_workers(tmp_path):
     assert records(tmp_path / "a" / "metrics.jsonl") == records(tmp_path / "b" / "metrics.jsonl")
 
 
+def test_an_empty_validation_split_is_refused_naming_the_class_counts():
+    labels = torch.tensor([0, 1, 2, 3])  # no class has 2 samples: nothing could go to validation
+    with pytest.raises(ValueError, match=r"--val-fraction 0.2: the validation split would be empty.*"
+                                         r"\{0: 1, 1: 1, 2: 1, 3: 1\}"):
+        stratified_split(labels, 0.2, seed=0)
+    tr, val = stratified_split(torch.tensor([0, 1, 1, 2]), 0.2, seed=0)  # one class of 2 is enough
+    assert val == [1] or val == [2]
+    assert sorted(tr + val) == [0, 1, 2, 3]
+
+
 def test_validation_split_selects_best_and_paper_protocol_is_labelled(tmp_path):
     train, test = datasets()
     tr_idx, val_idx = stratified_split(train.labels, 0.25, seed=0)

@@ -172,17 +172,26 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: floa
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int):
-    """Indices (train, val) with ~``fraction`` of every class (at least one sample of classes with >= 2) in val."""
+    """Indices (train, val) with ~``fraction`` of every class (at least one sample of classes with >= 2) in val.
+
+    Raises ValueError naming the class counts when no class has 2 samples (the validation split would be empty).
+    """
     g = torch.Generator().manual_seed(seed)
     train_idx: List[int] = []
     val_idx: List[int] = []
+    counts = {}
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
+        counts[c] = len(idx)
         idx = idx[torch.randperm(len(idx), generator=g)].tolist()
         k = int(round(fraction * len(idx)))
         k = max(k, 1) if len(idx) >= 2 else 0
         val_idx += idx[:k]
         train_idx += idx[k:]
+    if not val_idx:
+        raise ValueError(f"--val-fraction {fraction}: the validation split would be empty: it takes samples only from "
+                         f"classes with at least 2, and no class has 2 (samples per class: {counts}); use more data "
+                         "or --val-fraction 0")
     return sorted(train_idx), sorted(val_idx)
 
 
