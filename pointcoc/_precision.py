@@ -7,6 +7,7 @@ float32 there and says why.
 """
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 from typing import Optional, Tuple
@@ -26,10 +27,9 @@ def cpu_bf16_support(cpuinfo: Optional[str] = None) -> Tuple[bool, str]:
     so other systems report no support.
     """
     if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        if platform.system() != "Linux" or not path.is_file():
+        cpuinfo = _machine_cpuinfo()
+        if cpuinfo is None:
             return False, f"bfloat16 support is detected from /proc/cpuinfo on Linux only ({platform.system()})"
-        cpuinfo = path.read_text(errors="replace")
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
@@ -38,6 +38,15 @@ def cpu_bf16_support(cpuinfo: Optional[str] = None) -> Tuple[bool, str]:
     if found:
         return True, f"the CPU has {' and '.join(found)}"
     return False, f"the CPU has none of {', '.join(CPU_BF16_FLAGS)} (bfloat16 would be emulated, slower than float32)"
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_cpuinfo() -> Optional[str]:
+    """The text of /proc/cpuinfo, read once per process (autocast asks on every training step); None off Linux."""
+    path = Path("/proc/cpuinfo")
+    if platform.system() != "Linux" or not path.is_file():
+        return None
+    return path.read_text(errors="replace")
 
 
 def amp_dtype(device_type: str) -> Tuple[Optional[torch.dtype], str]:

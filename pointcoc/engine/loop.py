@@ -447,9 +447,10 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    amp = config.amp and amp_dtype(device.type)[0] is not None
+    amp_type, amp_why = amp_dtype(device.type)
+    amp = config.amp and amp_type is not None
     if config.amp and not amp:
-        warnings.warn(f"--amp has no effect here, training in float32: {amp_dtype(device.type)[1]}", stacklevel=2)
+        warnings.warn(f"--amp has no effect here, training in float32: {amp_why}", stacklevel=2)
     if config.compile and device.type == "cpu" and info.is_main:
         warnings.warn(COMPILE_ON_CPU, stacklevel=2)
     per_proc_batch = _per_process_batch(config.batch_size, info.world_size)
