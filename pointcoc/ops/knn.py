@@ -29,14 +29,20 @@ class KNNResult(NamedTuple):
     idx: torch.Tensor
 
 
-def _pairwise_dist2(query: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, m, D), (B, N, D) -> (B, m, N) squared distances, summed x then y then z."""
-    diff = query[:, :, None, 0] - points[:, None, :, 0]
-    dist2 = diff * diff
+def _pairwise_dist2(query: torch.Tensor, points: torch.Tensor, out: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """(B, m, D), (B, N, D) -> (B, m, N) squared distances, summed x then y then z, written into ``out``.
+
+    ``out`` and ``work`` are (B, m, N) buffers that the caller reuses from chunk to chunk: fresh (B, m, N)
+    temporaries for every chunk made glibc's heap grow to many GiB over one 50k-point self-kNN (its mmap threshold
+    rises to the chunk size after the first free, and the freed chunks fragment). Each square is rounded before
+    it is added, as ``dist2 + diff * diff`` does.
+    """
+    torch.sub(query[:, :, None, 0], points[:, None, :, 0], out=work)
+    torch.mul(work, work, out=out)
     for d in range(1, query.shape[-1]):
-        diff = query[:, :, None, d] - points[:, None, :, d]
-        dist2 = dist2 + diff * diff
-    return dist2
+        torch.sub(query[:, :, None, d], points[:, None, :, d], out=work)
+        out.add_(work.mul_(work))
+    return out
 
 
 def knn_torch(
@@ -59,11 +65,15 @@ def knn_torch(
     n = points.shape[1]
     kk = min(k, n)
     padded_points = torch.arange(n, device=points.device)[None, None, :] >= point_lengths[:, None, None]
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, batch * n))
+    chunk = max(1, min(m, _CHUNK_ELEMENTS // max(1, batch * n)))
+    dtype = torch.promote_types(query.dtype, points.dtype)
+    out = torch.empty(batch, chunk, n, dtype=dtype, device=query.device)
+    work = torch.empty_like(out)
     dists, idxs = [], []
     for s in range(0, m, chunk):
-        dist2 = _pairwise_dist2(query[:, s : s + chunk], points)
-        dist2 = dist2.masked_fill(padded_points, float("inf"))
+        size = min(chunk, m - s)
+        dist2 = _pairwise_dist2(query[:, s : s + size], points, out[:, :size], work[:, :size])
+        dist2.masked_fill_(padded_points, float("inf"))
         d, i = _lowest_k(dist2, kk)
         dists.append(d)
         idxs.append(i)
