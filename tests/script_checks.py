@@ -1,6 +1,7 @@
 """Running the scripts in subprocesses and checking what a training run writes."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,17 @@ def run_python(args, timeout=300, cwd=ROOT, env=None):
                           env=_env(env), cwd=cwd)
 
 
+def _default_sigint():
+    # A test suite started in the background of a non-interactive shell (`pytest &`) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler in the child: the Ctrl-C tests would test nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_python(args, cwd=ROOT):
-    """``python ARGS...`` as ``run_python``, started in the background: a Popen with text stdout/stderr pipes."""
+    """``python ARGS...`` as ``run_python``, started in the background: a Popen with text stdout/stderr pipes.
+    SIGINT is restored to its default in the child, so that Python raises KeyboardInterrupt on it."""
     return subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), cwd=cwd)
+                            text=True, env=_env(), cwd=cwd, preexec_fn=_default_sigint)
 
 
 # Runs SCRIPT ARGS... and SIGKILLs the process inside its N-th torch.save, after the temp file got a few bytes:
