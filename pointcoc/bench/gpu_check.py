@@ -383,12 +383,7 @@ def run_gpu_check(out_dir, device: Optional[str] = None, sizes: Optional[str] = 
         raise ValueError(f"--budget-s must be finite and > 0; got {budget_s!r}")
     start = time.monotonic()
     budget = _Budget(budget_s)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    chosen = sizes or ("full" if dev.type == "cuda" else "reduced")
-    if chosen not in SIZES:
-        raise ValueError(f"sizes must be one of {sorted(SIZES)}; got {chosen!r}")
+    dev, chosen = _device_and_sizes(device, sizes, SIZES)
     names = list(SECTIONS) if only is None else list(only)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
@@ -654,12 +649,7 @@ def run_quick_check(device: Optional[str] = None, sizes: Optional[str] = None, o
     from .._version import __version__
 
     start = time.monotonic()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    chosen = sizes or ("full" if dev.type == "cuda" else "reduced")
-    if chosen not in QUICK_SIZES:
-        raise ValueError(f"sizes must be one of {sorted(QUICK_SIZES)}; got {chosen!r}")
+    dev, chosen = _device_and_sizes(device, sizes, QUICK_SIZES)
     out = None
     if out_dir is not None:
         from ..engine.rundir import create_output_dir
@@ -724,3 +714,15 @@ def quick_verdict(doc: Dict) -> str:
     lines.append("fallbacks: " + ("none" if not doc["fallbacks"] else ""))
     lines += [f"  {f}" for f in doc["fallbacks"]]
     return "\n".join(lines)
+
+
+def _device_and_sizes(device, sizes, table):
+    """(torch.device, size name) of a check: ``device`` or CUDA when available, else the CPU; ``sizes`` or "full" on
+    CUDA and "reduced" elsewhere, which must be a key of ``table``."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    chosen = sizes or ("full" if dev.type == "cuda" else "reduced")
+    if chosen not in table:
+        raise ValueError(f"sizes must be one of {sorted(table)}; got {chosen!r}")
+    return dev, chosen
