@@ -10,7 +10,7 @@ from ..ops import backends
 from ..ops.fps import fps_torch
 from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
-__all__ = ["pixel_set_batch", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+__all__ = ["pixel_set_batch", "DENSITY_KINDS", "density_set", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
            "bench_context_cluster"]
 
 
@@ -37,6 +37,38 @@ def pixel_set_batch(fmt: str, height: int, width: int, batch: int, keep: float =
     for b, s in enumerate(sets):
         xyz[b, : len(s)] = s
     return xyz, lengths
+
+
+DENSITY_KINDS = ("uniform", "outlier", "blob + sparse", "gaussian clusters")
+
+
+def density_set(kind: str, n: int, seed: int = 0):
+    """One 3-D set of ``n`` points whose density is uniform or far from it (issue 30), for benchmarks and tests.
+
+    Args:
+        kind: one of :data:`DENSITY_KINDS`: "uniform" (in [0, 1)^3); "outlier" (``n - 1`` uniform points
+            and one at (100, 100, 100)); "blob + sparse" (90 % uniform in a 0.01 cube, 10 % uniform in
+            [-100, 100)^3); "gaussian clusters" (10 clusters of sigma 0.01 around uniform centres).
+        n: number of points (>= 10); seed: the generator's seed.
+
+    Returns:
+        (xyz FloatTensor (1, n, 3), lengths LongTensor (1,) holding n). The points come in random order.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if kind == "uniform":
+        xyz = torch.rand(n, 3, generator=g)
+    elif kind == "outlier":
+        xyz = torch.cat([torch.rand(n - 1, 3, generator=g), torch.full((1, 3), 100.0)])
+    elif kind == "blob + sparse":
+        dense = n * 9 // 10
+        xyz = torch.cat([torch.rand(dense, 3, generator=g) * 0.01, torch.rand(n - dense, 3, generator=g) * 200 - 100])
+    elif kind == "gaussian clusters":
+        centres = torch.rand(10, 3, generator=g)
+        xyz = centres[torch.arange(n) % 10] + 0.01 * torch.randn(n, 3, generator=g)
+    else:
+        raise ValueError(f"kind must be one of {DENSITY_KINDS}; got {kind!r}")
+    xyz = xyz[torch.randperm(n, generator=g)]
+    return xyz[None].contiguous(), torch.tensor([n])
 
 
 def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048))) -> List[Row]:

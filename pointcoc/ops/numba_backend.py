@@ -2,7 +2,9 @@
 
 Brute-force kernels for small sets; above measured sizes (``CELLS_CROSSOVER``, ``FPS_CELLS_CROSSOVER``)
 kNN and FPS search a uniform cell list instead (:mod:`pointcoc.ops.cells`; :func:`knn_cells`,
-:func:`fps_cells`, also forced as backend ``"cells"``), with the very same results.
+:func:`fps_cells`, also forced as backend ``"cells"``), with the very same results. Sets whose points
+crowd into few cells (density far from uniform) go to balanced k-d trees (:func:`knn_kdtree`, forced
+as backend ``"kdtree"``), again with the same results.
 
 Both return exactly what the torch references return: the same float
 operations in the same order (squared distances summed x, then y, then z, in
@@ -27,7 +29,8 @@ from .fps import fps_torch, initial_min_dist2
 from .cells import cell_steps, distance_margin
 from .knn import KNNResult, knn_torch
 
-__all__ = ["WITH_NUMBA", "fps_numba", "fps_cells", "knn_numba", "knn_cells", "CELLS_CROSSOVER", "CELLS_PER_CELL"]
+__all__ = ["WITH_NUMBA", "fps_numba", "fps_cells", "knn_numba", "knn_cells", "knn_kdtree", "CELLS_CROSSOVER",
+           "CELLS_PER_CELL", "CELLS_CROWDING", "TREE_LEAF"]
 
 try:  # numba is optional: without it the torch backends do the work.
     import numba
@@ -45,9 +48,14 @@ CELLS_CROSSOVER = {2: 256, 3: 256}
 # fps_numba uses the cell list (fps_cells) for sets of at least this many points and picks (measured), with
 # this many points per cell.
 FPS_CELLS_CROSSOVER = 2048
+# Leaves of the k-d trees hold at most this many points (measured, docs/benchmarks.md).
+TREE_LEAF = 32
 FPS_CELLS_MIN_SAMPLES = 64
 FPS_PER_CELL = 256.0
 CELLS_PER_CELL = {2: 2.0, 3: 3.0}
+# knn_cells hands a set to a k-d tree (knn_kdtree) when a point's cell holds on average more than this many
+# times CELLS_PER_CELL points (:func:`_crowding`; measured, docs/benchmarks.md "kNN on non-uniform density").
+CELLS_CROWDING = 3.0
 
 if WITH_NUMBA:
 
@@ -383,6 +391,165 @@ if WITH_NUMBA:
                     _keep_ordered(best_d, best_i, _sq_dist(query, b, i, coords, p, dim), index[p])
 
 
+    @numba.njit(cache=True, nogil=True)
+    def _select(coords, index, lo, hi, kth, axis):
+        """Reorder rows lo..hi-1 of coords (and index alike) so that row ``kth`` holds the value it would hold
+        sorted along ``axis``, rows before it no larger and rows after it no smaller (quickselect)."""
+        dim = coords.shape[1]
+        while hi - lo > 1:
+            a, b, c = coords[lo, axis], coords[(lo + hi - 1) // 2, axis], coords[hi - 1, axis]
+            pivot = max(min(a, b), min(max(a, b), c))  # the median of three
+            i, j = lo, hi - 1
+            while i <= j:
+                while coords[i, axis] < pivot:
+                    i += 1
+                while coords[j, axis] > pivot:
+                    j -= 1
+                if i <= j:
+                    for d in range(dim):
+                        coords[i, d], coords[j, d] = coords[j, d], coords[i, d]
+                    index[i], index[j] = index[j], index[i]
+                    i += 1
+                    j -= 1
+            if kth <= j:
+                hi = j + 1
+            elif kth >= i:
+                lo = i
+            else:
+                return
+
+    @numba.njit(cache=True, nogil=True)
+    def _tree_build(points, lengths, node_off, node_count, first_point, box, bounds, coords, index, first, stop):
+        """Balanced k-d trees of sets first..stop-1 (those with ``node_count[b] > 0``), in heap order.
+
+        Node j of set b (flat ``node_off[b] + j``; children 2j + 1 and 2j + 2) holds the sorted points
+        bounds[flat, 0] .. bounds[flat, 1] - 1 and box[flat] (2, 3) float64, their lowest and highest
+        coordinates (0 on the axes a 2-D set lacks). An inner node splits its points at the median of
+        its box's widest axis; the last half of a set's nodes are leaves. coords / index as the grid's.
+        """
+        dim = points.shape[2]
+        for b in range(first, stop):
+            count = node_count[b]
+            if count == 0:
+                continue
+            n, base, nb = lengths[b], first_point[b], node_off[b]
+            for j in range(n):
+                for d in range(dim):
+                    coords[base + j, d] = points[b, j, d]
+                index[base + j] = j
+            bounds[nb, 0], bounds[nb, 1] = base, base + n
+            for node in range(count):
+                flat = nb + node
+                lo, hi = bounds[flat, 0], bounds[flat, 1]
+                for d in range(3):
+                    box[flat, 0, d], box[flat, 1, d] = (np.inf, -np.inf) if d < dim else (0.0, 0.0)
+                for p in range(lo, hi):
+                    for d in range(dim):
+                        v = np.float64(coords[p, d])
+                        box[flat, 0, d] = min(box[flat, 0, d], v)
+                        box[flat, 1, d] = max(box[flat, 1, d], v)
+                if node >= count // 2:
+                    continue
+                axis = 0
+                for d in range(1, dim):
+                    if box[flat, 1, d] - box[flat, 0, d] > box[flat, 1, axis] - box[flat, 0, axis]:
+                        axis = d
+                mid = lo + (hi - lo) // 2
+                _select(coords, index, lo, hi, mid, axis)
+                left = nb + 2 * node + 1
+                bounds[left, 0], bounds[left, 1] = lo, mid
+                bounds[left + 1, 0], bounds[left + 1, 1] = mid, hi
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _box_gap2(box, flat, qx, qy, qz):
+        """Squared distance (float64) from (qx, qy, qz) to box[flat]: at most any point's in it, up to rounding."""
+        ex = max(box[flat, 0, 0] - qx, qx - box[flat, 1, 0], 0.0)
+        ey = max(box[flat, 0, 1] - qy, qy - box[flat, 1, 1], 0.0)
+        ez = max(box[flat, 0, 2] - qz, qz - box[flat, 1, 2], 0.0)
+        return ex * ex + ey * ey + ez * ez
+
+    @numba.njit(cache=True, nogil=True)
+    def _tree_query_order(query, query_lengths, node_off, node_count, box, bounds, coords, order, first, stop):
+        """order[b * M:(b + 1) * M] = set b's flat query indices by the leaf each falls in, padding after
+        (sets with a tree only); a query goes down to the child whose box is nearer."""
+        m, dim = query.shape[1], query.shape[2]
+        for b in range(first, stop):
+            count = node_count[b]
+            if count == 0:
+                continue
+            n, nb = query_lengths[b], node_off[b]
+            leaves = count - count // 2
+            keys = np.empty(n, dtype=np.int64)
+            seen = np.zeros(leaves + 1, dtype=np.int64)
+            for i in range(n):
+                qx, qy = np.float64(query[b, i, 0]), np.float64(query[b, i, 1])
+                qz = np.float64(query[b, i, 2]) if dim == 3 else 0.0
+                node = 0
+                while node < count // 2:
+                    left = 2 * node + 1
+                    node = left if _box_gap2(box, nb + left, qx, qy, qz) <= _box_gap2(box, nb + left + 1, qx, qy,
+                                                                                        qz) else left + 1
+                keys[i] = node - count // 2
+                seen[keys[i] + 1] += 1
+            for c in range(leaves):
+                seen[c + 1] += seen[c]
+            for i in range(n):
+                order[b * m + seen[keys[i]]] = b * m + i
+                seen[keys[i]] += 1
+            for i in range(n, m):
+                order[b * m + i] = b * m + i
+
+    @numba.njit(cache=True, nogil=True)
+    def _knn_tree(query, order, query_lengths, node_off, node_count, box, bounds, coords, index, shrink, floor,
+                  out_d, out_i, first, stop):
+        """kNN of the queries order[first:stop] (flat t = b * M + i) through the trees of :func:`_tree_build`.
+
+        Depth first, the nearer child first; a node is skipped when a rounding-safe lower bound on its
+        points' distances (its box's, shrunk by ``distance_margin``) exceeds the k-th distance found.
+        Candidates are kept in (distance, index) order, so the result is the brute-force kernel's,
+        ties included. out_d must hold inf and out_i -1.
+        """
+        m, dim = query.shape[1], query.shape[2]
+        k = out_d.shape[2]
+        stack = np.empty(128, dtype=np.int64)
+        gaps = np.empty(128)
+        for u in range(first, stop):
+            t = order[u]
+            b = t // m
+            i = t - b * m
+            if i >= query_lengths[b]:
+                continue
+            best_d = out_d[b, i]
+            best_i = out_i[b, i]
+            nb, inner = node_off[b], node_count[b] // 2
+            qx, qy = np.float64(query[b, i, 0]), np.float64(query[b, i, 1])
+            qz = np.float64(query[b, i, 2]) if dim == 3 else 0.0
+            limit = np.inf  # the k-th distance, widened by the rounding margin
+            stack[0], gaps[0], top = 0, 0.0, 1
+            while top > 0:
+                top -= 1
+                node = stack[top]
+                if gaps[top] > limit:
+                    continue
+                if node >= inner:
+                    for p in range(bounds[nb + node, 0], bounds[nb + node, 1]):
+                        if _keep_ordered(best_d, best_i, _sq_dist(query, b, i, coords, p, dim), index[p]) \
+                                and best_i[k - 1] >= 0:
+                            limit = (np.float64(best_d[k - 1]) + floor) / shrink
+                    continue
+                left = 2 * node + 1
+                g_left, g_right = _box_gap2(box, nb + left, qx, qy, qz), _box_gap2(box, nb + left + 1, qx, qy, qz)
+                near, g_near, far, g_far = left, g_left, left + 1, g_right
+                if g_right < g_left:
+                    near, g_near, far, g_far = left + 1, g_right, left, g_left
+                if g_far <= limit:
+                    stack[top], gaps[top] = far, g_far
+                    top += 1
+                if g_near <= limit:
+                    stack[top], gaps[top] = near, g_near
+                    top += 1
+
+
 _POOLS = {}  # one thread pool per process id: a forked child never uses its parent's threads
 
 
@@ -504,28 +671,100 @@ def knn_cells(
     Same signature and the same results as the brute-force :func:`knn_numba`
     (distances bit for bit, ties to the lowest indices): only the order in
     which points are visited changes, and a query stops only when no unvisited
-    point can come first. On sets far from uniform (clusters far apart) a cell
-    may hold many points, so it degrades towards brute force, never to a wrong
-    answer. :func:`knn_numba` calls it for sets of at least
-    ``CELLS_CROSSOVER[D]`` points.
+    point can come first. Sets far from uniform (one far outlier, a dense blob
+    in sparse surroundings, tight clusters) crowd their points into few cells
+    of a grid sized from the bounding box; a set whose crowding (:func:`_crowding`)
+    exceeds ``CELLS_CROWDING * CELLS_PER_CELL[D]`` is searched through a k-d tree
+    instead (:func:`knn_kdtree`, the same results). :func:`knn_numba` calls it for
+    sets of at least ``CELLS_CROSSOVER[D]`` points.
     """
     if query.dtype not in _DTYPES:
         return knn_torch(query, points, k, query_lengths, point_lengths)
     batch, m, dim = query.shape
     per_cell = CELLS_PER_CELL[dim]
-    q = query.detach().contiguous().numpy()
-    origin, inv, dims, offset, starts, coords, index = _build_cells(points.detach().contiguous().numpy(),
-                                                                    point_lengths.numpy(), per_cell)
+    q, p = query.detach().contiguous().numpy(), points.detach().contiguous().numpy()
+    ql, pl = query_lengths.numpy(), point_lengths.numpy()
+    origin, inv, dims, offset, starts, coords, index = _build_cells(p, pl, per_cell)
+    crowded = _crowding(starts, dims, pl) > CELLS_CROWDING * per_cell
+    shrink, floor = distance_margin(query.dtype)
+    dist2, idx = _empty_result(batch, m, k, query.dtype)
+    if crowded.any():
+        _knn_tree_sets(q, ql, p, pl, crowded, (shrink, floor), dist2.numpy(), idx.numpy())
+    if crowded.all():
+        return KNNResult(dist2, idx)
     order = np.empty(batch * m, dtype=np.int64)
-    _run_split(_query_order, batch, q, query_lengths.numpy(), origin, inv, dims, order)
+    _run_split(_query_order, batch, q, ql, origin, inv, dims, order)
+    order = order.reshape(batch, m)[~crowded].reshape(-1)
     # Search offsets out to a few cells past the radius that holds k points on average.
     reach = (k / (per_cell * (math.pi if dim == 2 else 4 * math.pi / 3))) ** (1 / dim)
     steps, step_gap = cell_steps(dim, int(math.ceil(reach)) + 2)
-    shrink, floor = distance_margin(query.dtype)
-    dist2, idx = _empty_result(batch, m, k, query.dtype)
-    _run_split(_knn_cells, batch * m, q, order, query_lengths.numpy(), origin, inv, dims, offset, starts, coords, index,
+    _run_split(_knn_cells, order.shape[0], q, order, ql, origin, inv, dims, offset, starts, coords, index,
                steps.numpy(), step_gap.numpy(), shrink, floor, dist2.numpy(), idx.numpy())
     return KNNResult(dist2, idx)
+
+
+def _crowding(starts: "np.ndarray", dims: "np.ndarray", lengths: "np.ndarray") -> "np.ndarray":
+    """float64 (B,): per set, the mean number of points in a point's cell (sum of squared counts / points).
+
+    About ``per_cell + 1`` for uniform points; as large as the set when one far point stretches the grid.
+    """
+    counts = np.diff(starts).astype(np.float64)
+    cells = dims.prod(1)
+    return np.bincount(np.repeat(np.arange(len(cells)), cells), counts * counts, len(cells)) / lengths
+
+
+def knn_kdtree(
+    query: torch.Tensor,
+    points: torch.Tensor,
+    k: int,
+    query_lengths: torch.Tensor,
+    point_lengths: torch.Tensor,
+) -> KNNResult:
+    """Exact kNN through a balanced k-d tree per set: O(N log N) whatever the density.
+
+    Same signature and the same results as the brute-force :func:`knn_numba` (distances
+    bit for bit, ties to the lowest indices). :func:`knn_cells` hands it the sets whose
+    cells are crowded (``CELLS_CROWDING``); forced as backend ``"kdtree"``.
+    """
+    if query.dtype not in _DTYPES:
+        return knn_torch(query, points, k, query_lengths, point_lengths)
+    batch, m, _ = query.shape
+    dist2, idx = _empty_result(batch, m, k, query.dtype)
+    _knn_tree_sets(query.detach().contiguous().numpy(), query_lengths.numpy(), points.detach().contiguous().numpy(),
+                   point_lengths.numpy(), np.ones(batch, dtype=np.bool_), distance_margin(query.dtype),
+                   dist2.numpy(), idx.numpy())
+    return KNNResult(dist2, idx)
+
+
+def _knn_tree_sets(q, query_lengths, points, point_lengths, sets, margin, out_d, out_i) -> None:
+    """kNN of the sets where ``sets`` (bool (B,)) is true through k-d trees, into out_d / out_i (B, M, k).
+
+    q (B, M, D), points (B, N, D) numpy arrays; the other sets' rows are left as they are.
+    """
+    batch, m, _ = q.shape
+    node_off, node_count, box, bounds, coords, index = _build_tree(points, point_lengths, sets)
+    order = np.empty(batch * m, dtype=np.int64)
+    _run_split(_tree_query_order, batch, q, query_lengths, node_off, node_count, box, bounds, coords, order)
+    order = order.reshape(batch, m)[sets].reshape(-1)
+    _run_split(_knn_tree, order.shape[0], q, order, query_lengths, node_off, node_count, box, bounds, coords, index,
+               margin[0], margin[1], out_d, out_i)
+
+
+def _build_tree(points: "np.ndarray", lengths: "np.ndarray", sets: "np.ndarray"):
+    """Balanced k-d trees (``_tree_build``) of the sets where ``sets`` is true, leaves of at most ``TREE_LEAF``
+    points: numpy arrays (node_off, node_count, box, bounds, coords, index); a set without a tree has 0 nodes."""
+    levels = np.ceil(np.log2(np.maximum(lengths / TREE_LEAF, 1.0))).astype(np.int64)
+    levels += (lengths > TREE_LEAF * 2**levels)  # float rounding of the logarithm
+    node_count = np.where(sets, 2 ** (levels + 1) - 1, 0)
+    node_off = np.cumsum(node_count) - node_count
+    first_point = np.cumsum(lengths) - lengths
+    nodes, n_valid = int(node_count.sum()), int(lengths.sum())
+    box, bounds = np.empty((nodes, 2, 3)), np.empty((nodes, 2), dtype=np.int64)
+    coords = np.empty((n_valid, points.shape[2]), dtype=points.dtype)
+    index = np.empty(n_valid, dtype=np.int64)
+    _run_split(_tree_build, points.shape[0], points, lengths, node_off, node_count, first_point, box, bounds, coords,
+               index)
+    return node_off, node_count, box, bounds, coords, index
 
 
 def _build_cells(points: "np.ndarray", lengths: "np.ndarray", per_cell: float):
@@ -552,8 +791,10 @@ if WITH_NUMBA:
     # The cell list at every size: forced only (tests, benchmarks); knn_numba uses it above the crossover.
     backends.register("knn", "cells", knn_cells, devices=(), priority=9, forced_devices=("cpu",))
     backends.register("fps", "cells", fps_cells, devices=(), priority=9, forced_devices=("cpu",))
+    backends.register("knn", "kdtree", knn_kdtree, devices=(), priority=8, forced_devices=("cpu",))
 else:  # pragma: no cover - exercised only where numba is missing
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "numba", "not importable")
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "cells", "needs numba (not importable)")
+    backends.note_unavailable("knn", "kdtree", "needs numba (not importable)")
