@@ -130,18 +130,22 @@ class _Parsed(Exception):
 
 def _parse_only(call) -> argparse.Namespace:
     """Run ``call()`` up to the end of its command's final ``parse_args`` and return the namespace."""
-    original = argparse.ArgumentParser.parse_args
+    from pointcoc.engine import recipes
+
+    original, read_checkpoint = argparse.ArgumentParser.parse_args, recipes.apply_checkpoint_defaults
 
     def parse_and_stop(self, args=None, namespace=None):
         raise _Parsed(original(self, args, namespace))
 
     argparse.ArgumentParser.parse_args = parse_and_stop
+    recipes.apply_checkpoint_defaults = lambda parser, path, command: None  # documented runs/... do not exist here
     try:
         call()
     except _Parsed as parsed:
         return parsed.namespace
     finally:
         argparse.ArgumentParser.parse_args = original
+        recipes.apply_checkpoint_defaults = read_checkpoint
     raise AssertionError("the command returned without parsing its arguments")
 
 

@@ -61,7 +61,8 @@ def test_resume_with_redrawn_masks_repeats_the_uninterrupted_run(tmp_path):
     assert run_inprocess([*common, "--output", tmp_path / "full"]) == 0
     assert run_inprocess([*common, "--output", tmp_path / "part", "--stop-after-epoch", "1"]) == 0
     assert len(lines(tmp_path / "part" / "metrics.jsonl")) == 1
-    assert run_inprocess([*common, "--output", tmp_path / "part", "--resume", tmp_path / "part" / "last.pt"]) == 0
+    # the checkpoint alone: its recorded format, keep, masks, model, limits, seed and folder are the defaults
+    assert run_inprocess(["--resume", tmp_path / "part" / "last.pt"]) == 0
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
     resumed = torch.load(tmp_path / "part" / "last.pt", weights_only=False)["model"]
     for k in full:
@@ -94,6 +95,17 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
         run_inprocess(["--keep", "1.5"])
     assert exc.value.code == 2
     assert "expected a fraction in (0, 1]" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_the_other_training_command_names_the_command_that_resumes_it(trained, capsys):
+    from pointcoc.engine import pointcloud_task
+
+    out, _ = trained
+    assert pointcloud_task.run_cli(pointcloud_task.train_main, pointcloud_task.build_train_parser(),
+                                   ["--resume", str(out / "last.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --resume {out / 'last.pt'} is a checkpoint of `pointcoc train-pixels`; resume it with "
+                   f"`pointcoc train-pixels --resume {out / 'last.pt'}`")
 
 
 def test_resume_refuses_another_format(trained, tmp_path, capsys):

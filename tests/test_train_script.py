@@ -203,13 +203,76 @@ def test_ctrl_c_stops_with_one_line_naming_epoch_step_and_checkpoint(h5_root, tm
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     msg = last_line(err)
-    m = re.fullmatch(r"interrupted at epoch (\d+), step (\d+); resume with --resume (.+) \(saved after epoch (\d+)\)",
-                     msg)
+    m = re.fullmatch(r"interrupted at epoch (\d+), step (\d+); last.pt holds epoch (\d+). Resume with: pointcoc train "
+                     r"--resume (.+)", msg)
     assert m, msg
-    epoch, step, path, saved = int(m[1]), int(m[2]), m[3], int(m[4])
+    epoch, step, saved, path = int(m[1]), int(m[2]), int(m[3]), m[4]
     assert path == str(out / "last.pt") and load_checkpoint(path)["epoch"] == saved
     assert saved in (epoch - 1, epoch) and 0 <= step <= 4  # 32 samples / batch 8; a save at step 4 keeps its epoch
     assert [r["epoch"] for r in lines(out / "metrics.jsonl")][-1] >= saved
+
+
+def test_the_checkpoint_alone_resumes_the_run_to_the_uninterrupted_metrics(trained, h5_root, tmp_path):
+    out = tmp_path / "alone"
+    first = run([TRAIN, "--data-root", h5_root, "--epochs", "2", "--output", out, "--seed", "1", *FAST,
+                 "--stop-after-epoch", "1"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    config = (out / "config.json").read_text()
+    elsewhere = tmp_path / "cwd"  # data, model, seed, output folder and threads all come from the checkpoint
+    elsewhere.mkdir()
+    again = run([TRAIN, "--resume", out / "last.pt"], cwd=elsewhere)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not list(elsewhere.iterdir())
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in recs]
+
+    assert strip(lines(out / "metrics.jsonl")) == strip(lines(trained[0] / "metrics.jsonl"))
+    assert (out / "config.json").read_text() == config
+    state = load_checkpoint(out / "last.pt")
+    assert state["num_threads"] == 1 and state["data"]["train"]["count"] == 32
+    assert state["data"]["test"]["count"] == 15 and len(state["data"]["train"]["labels_sha256"]) == 64
+
+
+def test_a_resume_on_other_data_is_refused_and_another_thread_count_warns(trained, h5_root, tmp_path, capsys):
+    from pointcoc.engine.pointcloud_task import build_train_parser, run_cli, train_main
+
+    other = tmp_path / "other" / "h5_files"
+    write_scanobjectnn(other, n_train=32, n_test=15, points=128, seed=7)  # same sizes, other clouds and labels
+    ckpt = trained[0] / "last.pt"
+    assert run_cli(train_main, build_train_parser(), ["--resume", str(ckpt), "--data-root", str(other),
+                                                      "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --resume: the data in --data-root {other} is not the data the checkpoint trained on (train: " \
+           f"checkpoint 32 samples, labels " in err and "--allow-data-change" in err
+    assert not (tmp_path / "o").exists()
+    with pytest.warns(UserWarning, match="trained with 1 torch threads, this run has 2.*--threads 1"):
+        assert run_cli(train_main, build_train_parser(), ["--resume", str(ckpt), "--threads", "2", "--epochs", "3",
+                                                          "--output", str(tmp_path / "t"), "--stop-after-epoch",
+                                                          "3"]) == 0
+    assert [r["epoch"] for r in lines(tmp_path / "t" / "metrics.jsonl")] == [3]
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_143_and_a_resume_command_that_works(h5_root, tmp_path):
+    import shlex
+
+    out = tmp_path / "term"
+    proc = start_python([TRAIN, "--data-root", h5_root, "--epochs", "100000", "--output", out, *FAST])
+    deadline = time.monotonic() + 240
+    while not (out / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    m = re.fullmatch(r"terminated \(SIGTERM\) at epoch (\d+), step (\d+); last.pt holds epoch (\d+). Resume with: "
+                     r"(pointcoc train --resume .+)", last_line(err))
+    assert m, last_line(err)
+    saved, command = int(m[3]), shlex.split(m[4])
+    assert command[-1] == str(out / "last.pt") and load_checkpoint(command[-1])["epoch"] == saved
+    again = run(["-m", "pointcoc", *command[1:], "--stop-after-epoch", saved + 1], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r["epoch"] for r in lines(out / "metrics.jsonl")] == list(range(1, saved + 2))
 
 
 BAD_INPUTS = [  # (arguments after the common ones, message); each exits 2 with one line and no traceback

@@ -1,7 +1,7 @@
 """What every script shares: turning errors into exit codes, JSON flags, output-path checks.
 
 Exit codes: 0 success; 2 a usage error or a stopped run (one ``error: ...`` line, no traceback);
-130 interrupted by Ctrl-C (one line saying where and how to resume).
+130 interrupted by Ctrl-C, 143 stopped by SIGTERM during training (one line saying where and how to resume).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ __all__ = ["HelpFormatter", "USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "r
 # Errors that mean "fix your input" or "the run stopped for a reason you can act on": exit code 2.
 USAGE_ERRORS = (FileNotFoundError, ValueError, RunStopped)
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C (a run stopped by SIGTERM: 143)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -75,11 +75,14 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
     its exit code.
 
     Usage errors and stopped runs print ``error: <message>`` and return 2; a full disk says so and returns 2;
-    Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130.
+    Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130 (a
+    training run stopped by SIGTERM: its line and 143). ``args.command`` is ``parser.prog`` (``pointcoc train``),
+    which a training run names in its resume line.
     """
     command = getattr(parser, "recipe_command", None)
     try:
         args = parse_with_recipe(parser, argv, command) if command else parser.parse_args(argv)
+        args.command = parser.prog
         return main(args)
     except USAGE_ERRORS as err:
         if not getattr(err, "quiet", False):  # quiet: another torchrun rank printed the message
@@ -93,4 +96,4 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
         return EXIT_USAGE
     except KeyboardInterrupt as err:
         print(str(err) or "interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return getattr(err, "exit_code", EXIT_INTERRUPTED)

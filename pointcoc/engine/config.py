@@ -188,7 +188,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                    help="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed; the same seed gives the same run (default: %(default)s)")
     g.add_argument("--output", default="runs/train", help="output folder for config, metrics, checkpoints, plots (default: %(default)s)")
-    g.add_argument("--resume", default=None, metavar="PATH", help="continue exactly from a checkpoint (last.pt)")
+    g.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue exactly from a checkpoint (last.pt): the checkpoint's recorded settings (data, "
+                        "model, recipe, output folder, thread count) are the defaults, so no other flag is needed; "
+                        "flags given beside it must agree with the checkpoint")
     g.add_argument("--stop-after-epoch", type=_positive_int, default=None, metavar="N",
                    help="stop after epoch N as if interrupted (time-boxed jobs); continue later with --resume")
     g.add_argument("--overwrite", action="store_true",
@@ -227,6 +230,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                     help="with --resume: accept a checkpoint written by another number of processes (the data "
                          "order, per-process batch and BatchNorm statistics then change, so the resumed run is "
                          "not the run the checkpoint started); refused with exit 2 without this flag")
+    g.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: accept data other than the checkpoint's (checkpoints record each split's "
+                        "sample count and a hash of its labels; another --data-root holding other files is "
+                        "refused with exit 2 without this flag)")
     add_progress_arg(g)
     return parser
 

@@ -19,6 +19,9 @@ import hashlib
 import json
 import math
 import random
+import shlex
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +42,7 @@ from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, d
 from .errors import TrainingDiverged, TrainingInterrupted
 from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
 from .progress import format_epoch, progress_bar, resolve_progress
+from .resume_checks import check_data, check_threads, data_fingerprints
 from .rundir import RunFolderLock, check_resume_config, create_output_dir, prepare_output_dir, rewind_metrics
 
 __all__ = ["fit", "evaluate", "collate_point_dicts", "smoothed_cross_entropy", "resolve_device",
@@ -330,8 +334,11 @@ def _check_world_size(state: Dict, world_size: int, per_proc_batch: int, allow: 
 class _Run:
     """Bookkeeping of one ``fit`` call (files, where training is: ``epoch`` and ``step``, both 1-based)."""
 
-    def __init__(self, output_dir: Path, info: Optional[DistInfo] = None, progress: str = "none"):
+    def __init__(self, output_dir: Path, info: Optional[DistInfo] = None, progress: str = "none",
+                 command: Optional[str] = None):
         self.dir = output_dir
+        self.command = command  # the command that started the run ("pointcoc train"), for the resume line
+        self.terminated = False  # SIGTERM (not Ctrl-C) stopped the run
         self.info = info or DistInfo()
         self.progress = progress  # bar, line or none (resolved)
         self.epoch = 0
@@ -344,11 +351,27 @@ class _Run:
         self.checkpoint, self.saved_epoch = self.dir / "last.pt", epoch
 
     def interrupted(self) -> TrainingInterrupted:
-        where = f"interrupted at epoch {self.epoch}, step {self.step}" if self.epoch else "interrupted before training"
+        """The exception that ends a run stopped by Ctrl-C (exit code 130) or SIGTERM (143): where it stopped and
+        a command that continues it."""
+        stopped = "terminated (SIGTERM)" if self.terminated else "interrupted"
+        where = f"{stopped} at epoch {self.epoch}, step {self.step}" if self.epoch else f"{stopped} before training"
         if self.checkpoint is None:
-            return TrainingInterrupted(f"{where}; no checkpoint was saved yet: start the run again")
-        return TrainingInterrupted(f"{where}; resume with --resume {self.checkpoint} "
-                                   f"(saved after epoch {self.saved_epoch})")
+            err = TrainingInterrupted(f"{where}; no checkpoint was saved yet: start the run again")
+        else:
+            err = TrainingInterrupted(f"{where}; {self.checkpoint.name} holds epoch {self.saved_epoch}. Resume "
+                                      f"with: {self.resume_command()}")
+        err.exit_code = 143 if self.terminated else 130  # 128 + the signal, as a shell reports it
+        return err
+
+    def resume_command(self) -> str:
+        """A command line that continues the run from its checkpoint (a call of ``fit`` for API runs)."""
+        path = shlex.quote(str(self.checkpoint))
+        if self.command is None:
+            return f"fit(..., resume={str(self.checkpoint)!r})"
+        command = self.command
+        if self.info.world_size > 1:
+            command = f"torchrun --nproc_per_node {self.info.world_size} -m {command}"
+        return f"{command} --resume {path}"
 
     def diverged(self, what: str, config: TrainConfig, amp: bool) -> TrainingDiverged:
         kept = (f"{self.checkpoint} (epoch {self.saved_epoch}) is intact" if self.checkpoint is not None
@@ -383,7 +406,8 @@ def _make_loader(dataset, batch_size, shuffle, workers, collate_fn, generator, s
 def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config: TrainConfig, output_dir,
         class_names: Sequence[str], collate_fn: Optional[Callable] = None, val_dataset: Optional[Dataset] = None,
         resume: Union[None, str, Path, Dict] = None, stop_after_epoch: Optional[int] = None,
-        overwrite: bool = False, progress: str = "auto", allow_world_size_change: bool = False) -> Dict:
+        overwrite: bool = False, progress: str = "auto", allow_world_size_change: bool = False,
+        allow_data_change: bool = False, command: Optional[str] = None) -> Dict:
     """Train ``model`` with SGD + cosine schedule + smoothed cross-entropy; evaluate, checkpoint, log.
 
     Args:
@@ -411,6 +435,10 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
         allow_world_size_change: resume a checkpoint written by another number of processes (checkpoints
             record ``world_size`` and ``per_process_batch``); without it such a resume raises CheckpointError
             saying what would change.
+        allow_data_change: resume on data whose fingerprint (sample count and labels of each split, recorded in
+            checkpoints) differs from the checkpoint's; without it such a resume raises CheckpointError.
+        command: the command line that started the run without its flags (``"pointcoc train"``), for the
+            line that says how to resume an interrupted run (default: a call of ``fit``).
 
     Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, training uses a
     DistributedSampler (``config.batch_size`` is global), evaluation metrics are reduced over processes
@@ -421,23 +449,50 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
     the best test epoch instead (the paper protocol, labelled as such in results.json).
 
     Stops with TrainingDiverged (the last checkpoint intact) when the loss, a gradient or a weight becomes
-    NaN/inf, and with TrainingInterrupted (a KeyboardInterrupt naming epoch, step and checkpoint) on Ctrl-C.
+    NaN/inf, and with TrainingInterrupted (a KeyboardInterrupt naming epoch, step, checkpoint and the command
+    that resumes; ``exit_code`` 130) on Ctrl-C, or on SIGTERM (``exit_code`` 143) when called in the main thread.
+    A checkpoint records the torch thread count and the data's fingerprint besides the config: a resume under
+    another thread count warns, one on other data is refused (``allow_data_change``).
 
     Returns the results dict that is also written to ``results.json``.
     """
-    run = _Run(Path(output_dir), progress=resolve_progress(progress))
+    run = _Run(Path(output_dir), progress=resolve_progress(progress), command=command)
     try:
-        return _fit(run, model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
-                    stop_after_epoch, overwrite, allow_world_size_change)
+        with _sigterm_as_interrupt(run):
+            return _fit(run, model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset,
+                        resume, stop_after_epoch, overwrite, allow_world_size_change, allow_data_change)
     except KeyboardInterrupt:
         raise run.interrupted() from None
+    except Exception:
+        if run.terminated:  # e.g. a DataLoader worker killed by the same SIGTERM, noticed before the handler ran
+            raise run.interrupted() from None
+        raise
     finally:
         if run.lock is not None:
             run.lock.release()
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt(run: _Run):
+    """While the block runs, SIGTERM (docker stop, Slurm preemption, ``kill``) stops training as Ctrl-C does
+    (checkpoints are written atomically, so the last one stays intact). Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        run.terminated = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, collate_fn, val_dataset, resume,
-         stop_after_epoch, overwrite, allow_world_size_change=False) -> Dict:
+         stop_after_epoch, overwrite, allow_world_size_change=False, allow_data_change=False) -> Dict:
     num_classes = len(class_names)
     if num_classes < 2:
         raise ValueError(f"class_names must name at least 2 classes; got {list(class_names)}")
@@ -462,11 +517,15 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     if len(train_dataset) < config.batch_size:
         raise ValueError(f"the training set ({len(train_dataset)} samples) is smaller than one batch "
                          f"(batch_size {config.batch_size}); lower --batch-size")
+    fingerprints = data_fingerprints(train_dataset, test_dataset, val_dataset)
     state = None
     if resume is not None:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
         check_resume_config(TrainConfig.saved_with_defaults(state["config"]), config.to_dict())
         _check_world_size(state, info.world_size, per_proc_batch, allow_world_size_change)
+        check_data(state, fingerprints, allow_data_change, config.data_root)
+        if info.is_main:
+            check_threads(state, torch.get_num_threads(), device.type)
         if not isinstance(resume, dict):
             run.checkpoint, run.saved_epoch = Path(resume), int(state["epoch"])
     output_dir = run.dir
@@ -590,6 +649,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
             "metrics": {"record": record, "test": _compact(test), "val": _compact(val)},
             "selection": selection, "class_names": list(class_names),
             "world_size": info.world_size, "per_process_batch": per_proc_batch,
+            "num_threads": torch.get_num_threads(), "data": fingerprints,
         }
         if info.is_main:
             save_checkpoint(state, output_dir / "last.pt")

@@ -154,7 +154,8 @@ def _train_run(args: argparse.Namespace) -> dict:
     return fit(model, train_ds, test_ds, config, args.output, names, collate_fn=collate_point_dicts,
                val_dataset=val_ds, resume=args.resume, stop_after_epoch=args.stop_after_epoch, overwrite=args.overwrite,
                progress=args.progress,
-               allow_world_size_change=getattr(args, "allow_world_size_change", False))
+               allow_world_size_change=getattr(args, "allow_world_size_change", False),
+        allow_data_change=getattr(args, "allow_data_change", False), command=getattr(args, "command", None))
 
 
 def build_eval_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from .resume_args import apply_checkpoint_defaults, resume_path_in
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -137,8 +139,14 @@ def recipe_argv(parser: argparse.ArgumentParser, path: Path, args: Dict) -> List
 def parse_with_recipe(parser: argparse.ArgumentParser, argv: Optional[List[str]], command: str) -> argparse.Namespace:
     """Parse ``argv`` with ``parser``, reading ``--config NAME|PATH`` first: the recipe's options go before the
     typed ones, so typed flags override the file. A recipe for another command, or a bad file, is a usage error
-    (``parser.error``: exit 2 with one message)."""
+    (``parser.error``: exit 2 with one message).
+
+    With ``--resume PATH`` the checkpoint's recorded settings are the defaults below both
+    (:func:`pointcoc.engine.resume_args.apply_checkpoint_defaults`; its errors propagate as usage errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    resume = resume_path_in(argv)
+    if resume is not None:  # the checkpoint's settings as defaults: `--resume PATH` alone continues the run
+        apply_checkpoint_defaults(parser, resume, command)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", dest="recipe", default=None)
     known, _ = pre.parse_known_args(argv)
