@@ -30,7 +30,7 @@ from .cells import cell_steps, distance_margin
 from .knn import KNNResult, knn_torch
 
 __all__ = ["WITH_NUMBA", "fps_numba", "fps_cells", "knn_numba", "knn_cells", "knn_kdtree", "CELLS_CROSSOVER",
-           "CELLS_PER_CELL", "CELLS_CROWDING", "TREE_LEAF"]
+           "CELLS_PER_CELL", "CELLS_CROWDING", "TREE_LEAF", "fps_kdtree"]
 
 try:  # numba is optional: without it the torch backends do the work.
     import numba
@@ -48,13 +48,15 @@ CELLS_CROSSOVER = {2: 256, 3: 256}
 # fps_numba uses the cell list (fps_cells) for sets of at least this many points and picks (measured), with
 # this many points per cell.
 FPS_CELLS_CROSSOVER = 2048
-# Leaves of the k-d trees hold at most this many points (measured, docs/benchmarks.md).
+# Leaves of the k-d trees of kNN / FPS hold at most this many points (half as many at least; measured,
+# docs/benchmarks.md "kNN and FPS on non-uniform density").
 TREE_LEAF = 32
+FPS_TREE_LEAF = 256
 FPS_CELLS_MIN_SAMPLES = 64
 FPS_PER_CELL = 256.0
 CELLS_PER_CELL = {2: 2.0, 3: 3.0}
 # knn_cells hands a set to a k-d tree (knn_kdtree) when a point's cell holds on average more than this many
-# times CELLS_PER_CELL points (:func:`_crowding`; measured, docs/benchmarks.md "kNN on non-uniform density").
+# times CELLS_PER_CELL points (:func:`_crowding`; measured, docs/benchmarks.md "kNN and FPS on non-uniform density").
 CELLS_CROWDING = 3.0
 
 if WITH_NUMBA:
@@ -260,8 +262,9 @@ if WITH_NUMBA:
 
     @numba.njit(cache=True, nogil=True)
     def _fps_cells_sets(points, init, lengths, start, n_samples, origin, inv, dims, offset, starts, coords, index,
-                        shrink, floor, out, first, stop):
-        """Exact FPS of sets first..stop-1 through the cells of :func:`_build_cells`; writes out (B, n_samples).
+                        shrink, floor, skip, out, first, stop):
+        """Exact FPS of sets first..stop-1 (but those where ``skip``) through the cells of :func:`_build_cells`;
+        writes out (B, n_samples).
 
         The picks are :func:`_fps_sets`'s: the same distances (x, then y, then z) and running minimum,
         the first maximum (lowest index). A pick only lowers the minimum of points nearer to it than
@@ -271,6 +274,8 @@ if WITH_NUMBA:
         """
         dim = points.shape[2]
         for b in range(first, stop):
+            if skip[b]:
+                continue
             n_valid = lengths[b]
             cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
             lo_p = starts[offset[b]]
@@ -550,6 +555,65 @@ if WITH_NUMBA:
                     top += 1
 
 
+    @numba.njit(cache=True, nogil=True)
+    def _fps_tree_sets(points, init, lengths, start, n_samples, node_off, node_count, box, bounds, coords, index,
+                       shrink, floor, out, first, stop):
+        """Exact FPS of sets first..stop-1 (those with a tree) through the leaves of :func:`_tree_build`; writes
+        out (B, n_samples).
+
+        The picks are :func:`_fps_sets`'s: the same distances (x, then y, then z) and running minimum,
+        the first maximum (lowest index). A pick only lowers the minimum of points nearer to it than
+        their current minimum, so a leaf whose box is, by a rounding-safe lower bound, no nearer to
+        the pick than its largest minimum is left as it is; each leaf keeps its largest minimum and
+        the lowest index holding it, and the next pick is the best over leaves.
+        """
+        dim = points.shape[2]
+        for b in range(first, stop):
+            n_valid, count = lengths[b], node_count[b]
+            if count == 0:
+                continue
+            leaf0, leaves = node_off[b] + count // 2, count - count // 2
+            base = bounds[node_off[b], 0]
+            mins = np.empty(n_valid, dtype=points.dtype)  # by sorted position
+            for p in range(n_valid):
+                mins[p] = init[b, index[base + p]]
+            leaf_max = np.empty(leaves, dtype=points.dtype)
+            leaf_at = np.empty(leaves, dtype=np.int64)
+            for c in range(leaves):
+                best, at = -2.0, n_valid
+                for p in range(bounds[leaf0 + c, 0], bounds[leaf0 + c, 1]):
+                    if mins[p - base] > best or (mins[p - base] == best and index[p] < at):
+                        best, at = mins[p - base], index[p]
+                leaf_max[c], leaf_at[c] = best, at
+            farthest = start[b]
+            for i in range(n_samples):
+                if i >= n_valid:
+                    out[b, i] = -1
+                    continue
+                out[b, i] = farthest
+                fx, fy = np.float64(points[b, farthest, 0]), np.float64(points[b, farthest, 1])
+                fz = np.float64(points[b, farthest, 2]) if dim == 3 else 0.0
+                for c in range(leaves):
+                    if leaf_max[c] < 0:  # empty, or every point excluded (-1 stays -1)
+                        continue
+                    if _box_gap2(box, leaf0 + c, fx, fy, fz) * shrink - floor >= leaf_max[c]:
+                        continue  # every point of the leaf is at least as far as its own minimum
+                    best, at = -2.0, n_valid
+                    for p in range(bounds[leaf0 + c, 0], bounds[leaf0 + c, 1]):
+                        # (p - f)^2 as (f - p)^2: the same squares, bit for bit
+                        nearest = min(mins[p - base], _sq_dist(points, b, farthest, coords, p, dim))
+                        mins[p - base] = nearest
+                        if nearest > best or (nearest == best and index[p] < at):
+                            best, at = nearest, index[p]
+                    leaf_max[c], leaf_at[c] = best, at
+                best, farthest = -1.0, -1
+                for c in range(leaves):
+                    if leaf_max[c] > best or (leaf_max[c] == best and best >= 0 and leaf_at[c] < farthest):
+                        best, farthest = leaf_max[c], leaf_at[c]
+                if best < 0:
+                    farthest = 0  # no candidate left (all -1): index 0, as the reference
+
+
 _POOLS = {}  # one thread pool per process id: a forked child never uses its parent's threads
 
 
@@ -608,21 +672,50 @@ def fps_cells(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: t
     running minimum (most of them once the picks are dense), and the next pick is the best of
     the cells' maxima; see ``_fps_cells_sets``. Same signature and results as :func:`fps_numba`
     (ties to the lowest index, -1 past the lengths, ``skip_near_origin`` as the reference).
-    :func:`fps_numba` calls it for sets of at least ``FPS_CELLS_CROSSOVER`` points and at least
-    ``FPS_CELLS_MIN_SAMPLES`` picks.
+    A set whose points crowd into few cells (:func:`_crowding` above ``CELLS_CROWDING * FPS_PER_CELL``:
+    one far outlier, tight clusters) uses the leaves of a k-d tree as its cells instead (as
+    :func:`fps_kdtree`). :func:`fps_numba` calls it for sets of at least ``FPS_CELLS_CROSSOVER``
+    points and at least ``FPS_CELLS_MIN_SAMPLES`` picks.
     """
     if xyz.dtype not in _DTYPES:
         return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
     batch = xyz.shape[0]
     xyz = xyz.detach()
-    points = xyz.contiguous().numpy()
+    points, pl = xyz.contiguous().numpy(), lengths.numpy()
     init = initial_min_dist2(xyz, lengths, skip_near_origin).numpy()
-    origin, inv, dims, offset, starts, coords, index = _build_cells(points, lengths.numpy(), FPS_PER_CELL)
+    origin, inv, dims, offset, starts, coords, index = _build_cells(points, pl, FPS_PER_CELL)
+    crowded = _crowding(starts, dims, pl) > CELLS_CROWDING * FPS_PER_CELL
     shrink, floor = distance_margin(xyz.dtype)
     out = np.empty((batch, n_samples), dtype=np.int64)
-    _run_split(_fps_cells_sets, batch, points, init, lengths.numpy(), start.numpy(), n_samples, origin, inv, dims,
-               offset, starts, coords, index, shrink, floor, out)
+    if crowded.any():
+        _fps_tree(points, init, pl, start.numpy(), n_samples, crowded, (shrink, floor), out)
+    if not crowded.all():
+        _run_split(_fps_cells_sets, batch, points, init, pl, start.numpy(), n_samples, origin, inv, dims, offset,
+                   starts, coords, index, shrink, floor, crowded, out)
     return torch.from_numpy(out)
+
+
+def fps_kdtree(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, start: torch.Tensor,
+               skip_near_origin: bool) -> torch.Tensor:
+    """Exact FPS through the leaves of a k-d tree per set (``_fps_tree_sets``): :func:`fps_cells` with leaves of
+    ``FPS_TREE_LEAF / 2`` to ``FPS_TREE_LEAF`` points in place of grid cells. Same signature and results;
+    forced as backend ``"kdtree"`` (:func:`fps_cells` uses it for crowded sets)."""
+    if xyz.dtype not in _DTYPES:
+        return fps_torch(xyz, n_samples, lengths, start, skip_near_origin)
+    batch = xyz.shape[0]
+    xyz = xyz.detach()
+    init = initial_min_dist2(xyz, lengths, skip_near_origin).numpy()
+    out = np.empty((batch, n_samples), dtype=np.int64)
+    _fps_tree(xyz.contiguous().numpy(), init, lengths.numpy(), start.numpy(), n_samples,
+              np.ones(batch, dtype=np.bool_), distance_margin(xyz.dtype), out)
+    return torch.from_numpy(out)
+
+
+def _fps_tree(points, init, lengths, start, n_samples, sets, margin, out) -> None:
+    """FPS of the sets where ``sets`` (bool (B,)) is true through k-d tree leaves, into out (B, n_samples)."""
+    tree = _build_tree(points, lengths, sets, FPS_TREE_LEAF)
+    _run_split(_fps_tree_sets, points.shape[0], points, init, lengths, start, n_samples, *tree, margin[0], margin[1],
+               out)
 
 
 def knn_numba(
@@ -742,7 +835,7 @@ def _knn_tree_sets(q, query_lengths, points, point_lengths, sets, margin, out_d,
     q (B, M, D), points (B, N, D) numpy arrays; the other sets' rows are left as they are.
     """
     batch, m, _ = q.shape
-    node_off, node_count, box, bounds, coords, index = _build_tree(points, point_lengths, sets)
+    node_off, node_count, box, bounds, coords, index = _build_tree(points, point_lengths, sets, TREE_LEAF)
     order = np.empty(batch * m, dtype=np.int64)
     _run_split(_tree_query_order, batch, q, query_lengths, node_off, node_count, box, bounds, coords, order)
     order = order.reshape(batch, m)[sets].reshape(-1)
@@ -750,11 +843,11 @@ def _knn_tree_sets(q, query_lengths, points, point_lengths, sets, margin, out_d,
                margin[0], margin[1], out_d, out_i)
 
 
-def _build_tree(points: "np.ndarray", lengths: "np.ndarray", sets: "np.ndarray"):
-    """Balanced k-d trees (``_tree_build``) of the sets where ``sets`` is true, leaves of at most ``TREE_LEAF``
+def _build_tree(points: "np.ndarray", lengths: "np.ndarray", sets: "np.ndarray", leaf: int):
+    """Balanced k-d trees (``_tree_build``) of the sets where ``sets`` is true, leaves of at most ``leaf``
     points: numpy arrays (node_off, node_count, box, bounds, coords, index); a set without a tree has 0 nodes."""
-    levels = np.ceil(np.log2(np.maximum(lengths / TREE_LEAF, 1.0))).astype(np.int64)
-    levels += (lengths > TREE_LEAF * 2**levels)  # float rounding of the logarithm
+    levels = np.ceil(np.log2(np.maximum(lengths / leaf, 1.0))).astype(np.int64)
+    levels += (lengths > leaf * 2**levels)  # float rounding of the logarithm
     node_count = np.where(sets, 2 ** (levels + 1) - 1, 0)
     node_off = np.cumsum(node_count) - node_count
     first_point = np.cumsum(lengths) - lengths
@@ -792,9 +885,11 @@ if WITH_NUMBA:
     backends.register("knn", "cells", knn_cells, devices=(), priority=9, forced_devices=("cpu",))
     backends.register("fps", "cells", fps_cells, devices=(), priority=9, forced_devices=("cpu",))
     backends.register("knn", "kdtree", knn_kdtree, devices=(), priority=8, forced_devices=("cpu",))
+    backends.register("fps", "kdtree", fps_kdtree, devices=(), priority=8, forced_devices=("cpu",))
 else:  # pragma: no cover - exercised only where numba is missing
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "numba", "not importable")
     for _op in ("fps", "knn"):
         backends.note_unavailable(_op, "cells", "needs numba (not importable)")
-    backends.note_unavailable("knn", "kdtree", "needs numba (not importable)")
+    for _op in ("fps", "knn"):
+        backends.note_unavailable(_op, "kdtree", "needs numba (not importable)")
