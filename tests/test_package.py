@@ -423,8 +423,45 @@ def test_export_weights_round_trip_through_the_cache(tmp_path, monkeypatch, caps
     assert all(torch.equal(x, y) for x, y in zip(from_path.state_dict().values(), ref.state_dict().values()))
     with pytest.raises(ValueError, match="checkpoint of model 'pointmlp_pixels_small'"):
         pointcoc.create_model("pointmlp_coc_pixels_small", pretrained=out / "last.pt")
-    main(["weights"])
+    capsys.readouterr()
+    assert main(["weights"]) == 0
     assert "pointmlp_pixels_small.mine" in capsys.readouterr().out
+
+
+def test_export_weights_neither_shadows_shipped_weights_nor_replaces_its_own_silently(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--format", "discrete", "--keep", "0.5", "--model", "pointmlp_pixels_small",
+            "--output", str(out), *TINY_PIXELS]
+    assert pixel_task.run_cli(pixel_task.train_main, pixel_task.build_train_parser(), argv) == 0
+    cache, shipped = tmp_path / "cache", tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "pointmlp_pixels_small.taken.json").write_text("{}")
+    monkeypatch.setenv(pretrained_mod.WEIGHTS_ENV_VAR, str(cache))
+    monkeypatch.setattr(pretrained_mod, "shipped_dir", lambda: shipped)
+    export = ["export-weights", str(out / "last.pt"), "--progress", "none", "--tag"]
+    capsys.readouterr()
+    assert main([*export, "taken"]) == 2
+    assert "pointcoc ships weights 'pointmlp_pixels_small.taken'" in capsys.readouterr().err
+    assert not cache.exists()
+    assert main([*export, "mine"]) == 0
+    first = (cache / "pointmlp_pixels_small.mine.json").read_text()
+    capsys.readouterr()
+    assert main([*export, "mine"]) == 2
+    assert f"{cache / 'pointmlp_pixels_small.mine.json'} already exists: pass --overwrite" in capsys.readouterr().err
+    assert (cache / "pointmlp_pixels_small.mine.json").read_text() == first
+    assert main([*export, "mine", "--overwrite"]) == 0
+    (tmp_path / "file").write_text("x")
+    assert main([*export, "other", "--out", str(tmp_path / "file" / "w")]) == 2
+    assert f"--out {tmp_path / 'file' / 'w'}: {tmp_path / 'file'} is a file" in capsys.readouterr().err
+    # one damaged card: `pointcoc weights` lists the others, names the broken file and exits 2
+    (cache / "pointmlp_pixels_small.bad.json").write_text("not json")
+    (cache / "pointmlp_pixels_small.old.json").write_text('{"model": "pointmlp_pixels_small"}')
+    capsys.readouterr()
+    assert main(["weights"]) == 2
+    listed = capsys.readouterr()
+    assert "pointmlp_pixels_small.mine" in listed.out and "discrete (keep 0.5)" in listed.out
+    assert f"the model card {cache / 'pointmlp_pixels_small.bad.json'} is damaged: not a JSON file" in listed.err
+    assert "pointmlp_pixels_small.old.json is damaged: it lacks model_kwargs, file, sha256" in listed.err
 
 
 # ---------------------------------------------------------------- metadata

@@ -60,13 +60,19 @@ def _weights(argv, prog):
     argparse.ArgumentParser(prog=prog, description="List the trained weights available to "
                                                    "create_model(name, pretrained=TAG), with their measured "
                                                    "accuracy.").parse_args(argv)
+    broken = 0
     for tag in list_pretrained():
-        card = pretrained_card(tag)
-        m = card["metrics"]
+        try:
+            card = pretrained_card(tag)
+        except ValueError as err:  # one damaged card: the others are still listed
+            print(f"{tag:40s} unusable: {err}", file=sys.stderr)
+            broken += 1
+            continue
+        m, data = card["metrics"], card["data"]
         where = "cache" if str(card["card_path"]).startswith(str(cache_dir())) else "shipped"
-        print(f"{tag:40s} {card['data']['dataset']}, {card['data']['format']} (keep {card['data']['keep']}): "
-              f"test OA {m['oa']:.2f}%  mAcc {m['macc']:.2f}%  [{where}]")
-    return 0
+        what = "points" if data.get("format", "points") == "points" else f"{data['format']} (keep {data.get('keep')})"
+        print(f"{tag:40s} {data.get('dataset')}, {what}: test OA {m['oa']:.2f}%  mAcc {m['macc']:.2f}%  [{where}]")
+    return 2 if broken else 0
 
 
 # name -> (one-line description, runner(argv, prog) -> exit code)

@@ -22,13 +22,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import __version__ as pointcoc_version
-from ..models.pretrained import cache_dir, file_sha256
+from ..models.pretrained import cache_dir, check_new_weights, file_sha256
 from .checkpoint import atomic_write, load_checkpoint
 from .cli import HelpFormatter, run_cli
 from .config import TrainConfig
 from .loop import build_model_from_checkpoint, evaluate
 from .pointcloud_task import config_test_set
 from .progress import add_progress_arg
+from .rundir import writable_folder
 from .threads import add_threads_arg, torch_threads
 
 __all__ = ["build_export_parser", "export_main", "model_card", "write_pretrained", "run_cli"]
@@ -75,6 +76,8 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", required=True, help="name of the weights: create_model(model, pretrained=TAG)")
     p.add_argument("--out", default=None, help="folder to write to (default: the local weights cache, "
                                                "$POINTCOC_WEIGHTS or ~/.cache/pointcoc/weights)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace weights of the same model and tag already in the folder (refused without it)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     add_threads_arg(p, default=1)
     add_progress_arg(p, epochs=False)
@@ -122,6 +125,17 @@ def model_card(state: dict, metrics: dict, names, full_tag: str) -> dict:
     }
 
 
+def _check_out_folder(folder: Path) -> None:
+    """Before the evaluation: ``folder`` is a writable folder, or can be created below its nearest existing
+    ancestor (ValueError naming ``--out`` otherwise)."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {folder}: {existing} is a file, not a folder")
+    writable_folder(existing, "--out")
+
+
 def export_main(args: argparse.Namespace) -> int:
     with torch_threads(args.threads):
         if args.batch_size < 1:
@@ -131,12 +145,15 @@ def export_main(args: argparse.Namespace) -> int:
         state = load_checkpoint(args.checkpoint)
         cfg = TrainConfig.from_dict(state["config"])
         full_tag = f"{cfg.model}.{args.tag}"
+        folder = Path(args.out).expanduser() if args.out else cache_dir()
+        _check_out_folder(folder)
+        check_new_weights(full_tag, folder, args.overwrite)
         test_ds, names, collate = config_test_set(cfg)
         model = build_model_from_checkpoint(state)
         loader = DataLoader(test_ds, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
         metrics = evaluate(model, loader, len(names), "cpu", class_names=names, progress=args.progress)
         card = model_card(state, metrics, names, full_tag)
-        path = write_pretrained(cfg.model, args.tag, state["model"], card, args.out or cache_dir())
+        path = write_pretrained(cfg.model, args.tag, state["model"], card, folder)
     print(f"{full_tag}: OA {metrics['oa']:.2f}%  mAcc {metrics['macc']:.2f}%  ({metrics['count']} test samples); "
           f"wrote {path} and {path.with_suffix('.pt')}")
     return 0

@@ -31,7 +31,7 @@ from torch import nn
 from .._checkpoint_format import CHECKPOINT_FORMAT, check_checkpoint
 
 __all__ = ["WEIGHTS_ENV_VAR", "DEFAULT_TAGS", "weights_dirs", "list_pretrained", "pretrained_card",
-           "resolve_pretrained", "load_pretrained", "file_sha256"]
+           "resolve_pretrained", "load_pretrained", "file_sha256", "check_new_weights", "CARD_KEYS"]
 
 WEIGHTS_ENV_VAR = "POINTCOC_WEIGHTS"
 # The tag that pretrained=True picks for a model.
@@ -51,9 +51,34 @@ def cache_dir() -> Path:
     return Path(base) / "pointcoc" / "weights"
 
 
+# What every model card holds (export-weights writes more); a card without one of them is reported as damaged.
+CARD_KEYS = ("model", "model_kwargs", "file", "sha256", "data", "metrics")
+
+
+def shipped_dir() -> Path:
+    """The package's own weights folder (``pointcoc/weights``, in the wheel)."""
+    return Path(str(resources.files("pointcoc"))) / "weights"
+
+
 def weights_dirs() -> List[Path]:
     """The folders searched for ``<model>.<tag>.{pt,json}``, in order: the package's, then the local cache."""
-    return [Path(str(resources.files("pointcoc"))) / "weights", cache_dir()]
+    return [shipped_dir(), cache_dir()]
+
+
+def check_new_weights(full_tag: str, folder, overwrite: bool = False) -> None:
+    """Refuse (ValueError) to write weights ``full_tag`` (``<model>.<tag>``) into ``folder`` when the package
+    ships weights of that name (the shipped ones are found first, so the new ones would never load), or when
+    ``folder`` already holds them and not ``overwrite``."""
+    folder = Path(folder).expanduser()
+    shipped = shipped_dir() / f"{full_tag}.json"
+    if shipped.is_file() and folder.resolve() != shipped_dir().resolve():
+        raise ValueError(f"--tag {full_tag.split('.', 1)[1]}: pointcoc ships weights {full_tag!r}, which are "
+                         f"found before {folder}, so create_model and `pointcoc weights` would keep giving the "
+                         "shipped ones; choose another --tag")
+    existing = [p for p in (folder / f"{full_tag}.json", folder / f"{full_tag}.pt") if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} already exists: pass --overwrite to replace the weights {full_tag!r} in "
+                         f"{folder}, or choose another --tag")
 
 
 def _cards() -> Dict[str, Path]:
@@ -86,8 +111,15 @@ def pretrained_card(full_tag: str) -> Dict:
         raise ValueError(f"no trained weights {full_tag!r}. Available: {', '.join(sorted(cards)) or 'none'}. "
                          f"Searched: {', '.join(map(str, weights_dirs()))}. Nothing is downloaded; "
                          f"`pointcoc export-weights` adds your own runs to the cache")
-    card = json.loads(cards[full_tag].read_text())
-    card["card_path"] = str(cards[full_tag])
+    path = cards[full_tag]
+    try:
+        card = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the model card {path} is damaged: not a JSON file ({err})") from None
+    missing = [k for k in CARD_KEYS if k not in card] if isinstance(card, dict) else list(CARD_KEYS)
+    if missing:
+        raise ValueError(f"the model card {path} is damaged: it lacks {', '.join(missing)}")
+    card["card_path"] = str(path)
     return card
 
 
