@@ -266,6 +266,9 @@ def test_the_code_blocks_of_a_page_run_in_order(page, tmp_path, monkeypatch, cap
             argv = argv + TRAIN_FAST
         elif sub in ("recipes", "weights", "env"):
             expect = 0
+        elif sub == "export-weights" and Path(namespace.out or "-") == Path("pointcoc/weights"):
+            parsed_only.append(command)  # re-exports the shipped weights into a checkout's package folder
+            continue
         elif sub in RUN_EXTRA or sub in ("visualize-clusters", "plot-runs"):
             inputs = _inputs(sub, namespace)
             if inputs and all(_under(p, written) for p in inputs):
