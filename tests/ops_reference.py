@@ -144,3 +144,14 @@ def check_against_float64(points, k, lengths, result):
     assert bool((result.idx < lengths[:, None, None]).all()) and bool((result.idx[~valid[..., 0]] == -1).all())
     distinct = result.idx.sort(-1).values
     assert bool(((distinct[..., 1:] != distinct[..., :-1]) | (distinct[..., 1:] < 0)).all())
+
+
+def density_case(kind, seed, n=1200, dim=3):
+    """Two sets of one of issue 30's distributions (:func:`pointcoc.bench.ops_rows.density_set`), the second
+    300 points shorter (ragged, zero padding), first ``dim`` coordinates: (xyz (2, n, dim), lengths (2,))."""
+    from pointcoc.bench.ops_rows import density_set
+
+    xyz = torch.zeros(2, n, dim)
+    xyz[0] = density_set(kind, n, seed)[0][0, :, :dim]
+    xyz[1, : n - 300] = density_set(kind, n - 300, seed + 1)[0][0, :, :dim]
+    return xyz, torch.tensor([n, n - 300])

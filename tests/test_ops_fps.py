@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from ops_reference import kernel_block_size, numpy_fps, numpy_fps_kernel, random_lengths
+from ops_reference import density_case, kernel_block_size, numpy_fps, numpy_fps_kernel, random_lengths
 from pointcoc import _optional
+from pointcoc.bench.ops_rows import DENSITY_KINDS
 from pointcoc.ops import available_backends, farthest_point_sample, use_backend
 from pointcoc.ops.fps import near_origin
 
@@ -31,6 +32,16 @@ def test_matches_numpy_reference(backend, dim, ragged, batch, n, n_samples):
     expected = numpy_fps(xyz.numpy(), n_samples, lengths.numpy(), np.zeros(batch, dtype=np.int64))
     assert idx.dtype == torch.long and idx.shape == (batch, n_samples)
     np.testing.assert_array_equal(idx.numpy(), expected)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", DENSITY_KINDS)
+def test_non_uniform_density(backend, kind):
+    """Issue 30's sets (one far outlier, a dense blob in sparse surroundings, tight clusters), above the numba
+    backend's cell-list crossover: the reference's picks on every backend."""
+    xyz, lengths = density_case(kind, seed=3, n=2400)
+    idx = farthest_point_sample(xyz, 300, lengths, backend=backend)
+    np.testing.assert_array_equal(idx.numpy(), numpy_fps(xyz.numpy(), 300, lengths.numpy(), np.zeros(2, np.int64)))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from ops_reference import SPREAD_KINDS, check_against_float64, numpy_knn_dist2, random_lengths, spread_case
+from ops_reference import (SPREAD_KINDS, check_against_float64, density_case, numpy_knn_dist2, random_lengths,
+                           spread_case)
 from pointcoc import _optional
 from pointcoc.bench import peak_cpu_memory
-from pointcoc.bench.ops_rows import pixel_set_batch
+from pointcoc.bench.ops_rows import DENSITY_KINDS, pixel_set_batch
 from pointcoc.ops import available_backends, knn, use_backend
 
 knn_impl = importlib.import_module("pointcoc.ops.knn")
@@ -133,6 +134,19 @@ def test_exact_at_any_extent(backend, kind):
     check_against_float64(xyz, 16, lengths, out)
     assert torch.equal(out.dist2, knn(xyz, xyz, 16, lengths, lengths, backend="torch").dist2)
     assert bool((out.dist2[..., 0][out.idx[..., 0] >= 0] == 0).all())  # each point is its own nearest
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", DENSITY_KINDS)
+@pytest.mark.parametrize("dim", [2, 3])
+def test_exact_on_non_uniform_density(backend, kind, dim):
+    """Issue 30's sets (one far outlier, a dense blob in sparse surroundings, tight clusters), small: the
+    reference's distances and indices on every backend."""
+    xyz, lengths = density_case(kind, seed=dim, dim=dim)
+    ref = knn(xyz, xyz, 16, lengths, lengths, backend="torch")
+    out = knn(xyz, xyz, 16, lengths, lengths, backend=backend)
+    assert torch.equal(out.dist2, ref.dist2) and torch.equal(out.idx, ref.idx)
+    check_against_float64(xyz, 16, lengths, out)
 
 
 @pytest.mark.parametrize("precision", ["high", "medium"])

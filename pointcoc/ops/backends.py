@@ -15,7 +15,9 @@ kernels, FPS and kNN; when numba imports), ``"mm"`` (kNN by chunked matrix
 products that provably keep every true neighbour among their candidates, then
 exact distances, CPU and CUDA), ``"cells"`` (numba FPS and kNN through a uniform
 cell list, exact; only when forced: ``"numba"`` itself uses them above measured
-sizes), ``"triton"`` (FPS and kNN kernels, CUDA; on
+sizes), ``"kdtree"`` (numba FPS and kNN through balanced k-d trees, exact; only
+when forced: ``"cells"`` hands them the sets whose density is far from uniform),
+``"triton"`` (FPS and kNN kernels, CUDA; on
 CPU tensors only when forced, in Triton's interpreter), ``"triton-cells"`` (the
 Triton cell-list kNN; only when forced: ``"triton"`` uses it for large 2-D
 sets), ``"pytorch3d"`` (FPS and

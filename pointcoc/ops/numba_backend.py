@@ -45,19 +45,20 @@ _DTYPES = (torch.float32, torch.float64)
 # dimension; below, brute force is as fast (docs/benchmarks.md, "kNN at large N").
 CELLS_CROSSOVER = {2: 256, 3: 256}
 # Average points per cell of that list, by coordinate dimension (measured, docs/benchmarks.md).
+CELLS_PER_CELL = {2: 2.0, 3: 3.0}
 # fps_numba uses the cell list (fps_cells) for sets of at least this many points and picks (measured), with
 # this many points per cell.
 FPS_CELLS_CROSSOVER = 2048
-# Leaves of the k-d trees of kNN / FPS hold at most this many points (half as many at least; measured,
-# docs/benchmarks.md "kNN and FPS on non-uniform density").
-TREE_LEAF = 32
-FPS_TREE_LEAF = 256
 FPS_CELLS_MIN_SAMPLES = 64
 FPS_PER_CELL = 256.0
-CELLS_PER_CELL = {2: 2.0, 3: 3.0}
-# knn_cells hands a set to a k-d tree (knn_kdtree) when a point's cell holds on average more than this many
-# times CELLS_PER_CELL points (:func:`_crowding`; measured, docs/benchmarks.md "kNN and FPS on non-uniform density").
+# knn_cells / fps_cells hand a set to a k-d tree when a point's cell holds on average more than this many times
+# the points per cell aimed at (:func:`_crowding`): the grid, sized from the bounding box, is then far from
+# uniform (measured, docs/benchmarks.md "kNN and FPS on non-uniform density").
 CELLS_CROWDING = 3.0
+# Leaves of those k-d trees hold at most this many points (at least half as many), for kNN and for FPS (measured,
+# same section).
+TREE_LEAF = 32
+FPS_TREE_LEAF = 256
 
 if WITH_NUMBA:
 
