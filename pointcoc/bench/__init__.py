@@ -24,14 +24,14 @@ from .measure import (Row, SectionUnavailable, machine_description, median_speed
 from .memory import bench_memory
 from .model_rows import (MODEL_LABELS, STEP_GROUPS, bench_model_vs_reference, bench_models, check_models,
                          reference_pair)
-from .ops_rows import (bench_context_cluster, bench_fps, bench_fps_large, bench_gather, bench_knn, bench_knn_crossover, bench_knn_large,
+from .ops_rows import (bench_context_cluster, bench_fps, bench_fps_large, bench_gather, bench_knn, bench_knn_crossover, bench_knn_density, bench_knn_large,
                        bench_masked_norm, bench_pointwise, bench_transfer)
 from .profiles import profile_model_vs_reference, profile_train_step
 from .report import plot_model_vs_reference, to_json, to_markdown
 
 __all__ = [
     "synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory", "Row",
-    "SectionUnavailable", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer",
+    "SectionUnavailable", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_knn_density", "bench_gather", "bench_pointwise", "bench_transfer",
     "bench_masked_norm", "bench_context_cluster", "bench_models", "bench_memory", "bench_compile",
     "bench_model_vs_reference", "reference_pair", "profile_model_vs_reference", "plot_model_vs_reference", "run_all",
     "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS", "MODEL_SECTIONS",
@@ -44,6 +44,7 @@ SECTIONS = {
     "knn": bench_knn,
     "knn_large": bench_knn_large,
     "knn_crossover": bench_knn_crossover,
+    "knn_density": bench_knn_density,
     "gather": bench_gather,
     "pointwise": bench_pointwise,
     "transfer": bench_transfer,
@@ -64,6 +65,7 @@ QUICK_CASES = {
     "fps_large": dict(cases=(("uniform 3-D", 5000, 512), ("pixels discrete", 64, 512)), brute=False),
     "knn_large": dict(cases=(("uniform 3-D", 5000, 1.0), ("pixels discrete", 64, 0.5)), brute=False),
     "knn_crossover": dict(sizes=(256, 2048), batch=4),
+    "knn_density": dict(grid=32),
     "gather": dict(cases=((8, 512, 64, 256, 24),)),
     "pointwise": dict(cases=((4, 128, 256 * 24),)),
     "transfer": dict(cases=((4, 256, 24, 64),)),
@@ -75,8 +77,8 @@ QUICK_CASES = {
     "memory": dict(models=("pointmlp_elite",), batches=(2,), memory_efficient=(True,)),
 }
 # Run only when named in ``only``: compiling takes minutes on a CPU; the large kNN rows time today's brute force
-# (seconds per call) and the crossover sweep takes a minute.
-OPT_IN = ("compile", "fps_large", "knn_large", "knn_crossover")
+# (seconds per call), the crossover sweep takes a minute, the density sweep a few minutes (up to 1M points).
+OPT_IN = ("compile", "fps_large", "knn_large", "knn_crossover", "knn_density")
 # Sections whose models and batch sizes ``run_all``'s ``models`` and ``batches`` choose.
 MODEL_SECTIONS = ("model_vs_reference", "memory")
 

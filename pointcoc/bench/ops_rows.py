@@ -10,7 +10,7 @@ from ..ops import backends
 from ..ops.fps import fps_torch
 from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
-__all__ = ["pixel_set_batch", "DENSITY_KINDS", "density_set", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
+__all__ = ["pixel_set_batch", "DENSITY_KINDS", "density_set", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_knn_density", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
            "bench_context_cluster"]
 
 
@@ -258,6 +258,114 @@ def bench_knn_large(device="cpu", quick=False, k=16, cases=KNN_LARGE_CASES, brut
             rows.append(Row("kNN large", case, ours_name, "numba brute force (before)", t_ours, t_slow,
                             note="same indices" if same_brute else "INDICES DIFFER"))
     return rows
+
+
+KNN_DENSITY_SIZES = {"uniform": (10_000, 50_000, 200_000, 1_000_000), "outlier": (10_000, 50_000, 200_000),
+                     "blob + sparse": (10_000, 50_000, 200_000), "gaussian clusters": (10_000, 50_000, 200_000)}
+
+
+def bench_knn_density(device="cpu", quick=False, k=16, sizes=None, grid=224, fps_case=(50_000, 4096),
+                      before_up_to=50_000) -> List[Row]:
+    """Self-kNN on sets of uniform and far from uniform density (issue 30): the default CPU backend vs cKDTree,
+    the time's growth with N, and FPS on the same sets.
+
+    ``sizes``: {kind of :func:`density_set`: set sizes} (default ``KNN_DENSITY_SIZES``); ``grid``: also a
+    ``grid`` x ``grid`` regular pixel set (0: none). cKDTree is built and queried in each call with ``workers``
+    = torch's thread count; timings interleave the two (medians of 5, 3 at 1M points). Each case's note
+    says whether 256 random rows equal the torch reference's (distances and indices). Per kind, a
+    "scaling" row gives the exponents a of time ~ N^a fitted (least squares on logs) over its sizes.
+    Sets of at most ``before_up_to`` points are also timed once with the grid alone (the cell list
+    before issue 30, ``CELLS_CROWDING`` = inf). ``fps_case`` (N, picks): FPS of each kind against the
+    brute-force numba kernel.
+    """
+    if torch.device(device).type != "cpu":
+        raise SectionUnavailable("knn_density compares CPU backends")
+    ckdtree = import_or_skip("scipy.spatial", "cKDTree")
+    from ..ops import numba_backend
+
+    if sizes is None:
+        sizes = {kind: (2000, 8000) for kind in DENSITY_KINDS} if quick else KNN_DENSITY_SIZES
+    workers = torch.get_num_threads()
+    tree_name = f"cKDTree (workers={workers})"
+    rows = []
+    for kind, ns in sizes.items():
+        times = []
+        for n in ns:
+            xyz, lengths = density_set(kind, n, seed=7)
+            row, before = _knn_density_row(xyz, lengths, k, f"{kind}, {n:,} points, k={k}", ckdtree, workers,
+                                           repeat=3 if n >= 1_000_000 or quick else 5,
+                                           before=n <= before_up_to and not quick)
+            rows.append(row)
+            times.append((n, row.ours_s, row.ref_s))
+            if before is not None:
+                rows.append(before)
+        if len(ns) > 1:
+            a_ours, a_tree = (_growth_exponent([t[0] for t in times], [t[j] for t in times]) for j in (1, 2))
+            rows.append(Row("kNN density scaling", f"{kind}, N = {ns[0]:,} .. {ns[-1]:,}", rows[-1].ours, tree_name,
+                            times[-1][1], times[-1][2], note=f"time ~ N^{a_ours:.2f} (cKDTree: N^{a_tree:.2f})"))
+    if grid:
+        xyz, lengths = pixel_set_batch("regular", grid, grid, batch=1, keep=1.0, seed=0)
+        rows.append(_knn_density_row(xyz, lengths, k, f"{grid}x{grid} pixels, regular, k={k}", ckdtree, workers,
+                                     repeat=5, before=False)[0])
+    if fps_case and not quick:
+        n, picks = fps_case
+        for kind in sizes:
+            xyz, lengths = density_set(kind, n, seed=7)
+            ours = lambda: ops.farthest_point_sample(xyz, picks, lengths)  # noqa: E731
+
+            def brute():
+                saved = numba_backend.FPS_CELLS_CROSSOVER
+                numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
+                try:
+                    return ops.farthest_point_sample(xyz, picks, lengths, backend="numba")
+                finally:
+                    numba_backend.FPS_CELLS_CROSSOVER = saved
+
+            same = torch.equal(ours(), brute())
+            t_ours, t_brute = time_pair(ours, brute, device, repeat=5)
+            rows.append(Row("FPS density", f"{kind}, {n:,} points -> {picks:,}", backends.resolve("fps", xyz.device).name,
+                            "numba brute force", t_ours, t_brute, note="same indices" if same else "INDICES DIFFER"))
+    return rows
+
+
+def _knn_density_row(xyz, lengths, k, case, ckdtree, workers, repeat, before):
+    """(Row of the default backend vs cKDTree on one set, Row of it vs the grid alone or None)."""
+    from ..ops import numba_backend
+
+    ours_name = backends.resolve("knn", xyz.device).name
+    ours = lambda: ops.knn(xyz, xyz, k, lengths, lengths)  # noqa: E731
+    pts = xyz[0, : int(lengths[0])].numpy()
+    tree = lambda: ckdtree(pts).query(pts, k, workers=workers)  # noqa: E731
+    out = ours()
+    rows = torch.randperm(int(lengths[0]), generator=torch.Generator().manual_seed(0))[:256]
+    ref = ops.knn(xyz[:, rows], xyz, k, torch.tensor([len(rows)]), lengths, backend="torch")
+    exact = torch.equal(out.dist2[:, rows], ref.dist2) and torch.equal(out.idx[:, rows], ref.idx)
+    t_ours, t_tree = time_pair(ours, tree, "cpu", repeat=repeat)
+    note = "256 random rows = torch reference (distances and indices)" if exact else "ROWS DIFFER from the reference"
+    row = Row("kNN density", case, ours_name, f"cKDTree (workers={workers})", t_ours, t_tree, note=note)
+    if not before:
+        return row, None
+
+    def grid_alone():
+        saved = numba_backend.CELLS_CROWDING
+        numba_backend.CELLS_CROWDING = float("inf")
+        try:
+            return ops.knn(xyz, xyz, k, lengths, lengths)
+        finally:
+            numba_backend.CELLS_CROWDING = saved
+
+    same = torch.equal(grid_alone().idx, out.idx)
+    t_ours, t_grid = time_pair(ours, grid_alone, "cpu", repeat=1, warmup=0)
+    return row, Row("kNN density", case, ours_name, "grid alone (before)", t_ours, t_grid,
+                    note="same indices" if same else "INDICES DIFFER")
+
+
+def _growth_exponent(ns, seconds) -> float:
+    """The exponent a of the least-squares fit seconds ~ c * N^a on logarithms."""
+    x = torch.tensor(ns, dtype=torch.float64).log()
+    y = torch.tensor(seconds, dtype=torch.float64).log()
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
 
 
 def bench_knn_crossover(device="cpu", quick=False, k=24, sizes=(256, 512, 1024, 2048, 4096), batch=32) -> List[Row]:

@@ -782,13 +782,11 @@ def knn_cells(
     crowded = _crowding(starts, dims, pl) > CELLS_CROWDING * per_cell
     shrink, floor = distance_margin(query.dtype)
     dist2, idx = _empty_result(batch, m, k, query.dtype)
-    if crowded.any():
-        _knn_tree_sets(q, ql, p, pl, crowded, (shrink, floor), dist2.numpy(), idx.numpy())
-    if crowded.all():
-        return KNNResult(dist2, idx)
     order = np.empty(batch * m, dtype=np.int64)
     _run_split(_query_order, batch, q, ql, origin, inv, dims, order)
-    order = order.reshape(batch, m)[~crowded].reshape(-1)
+    if crowded.any():
+        _knn_tree_sets(q, ql, p, pl, crowded, (shrink, floor), dist2.numpy(), idx.numpy())
+        order = order.reshape(batch, m)[~crowded].reshape(-1)  # the grid's queries
     # Search offsets out to a few cells past the radius that holds k points on average.
     reach = (k / (per_cell * (math.pi if dim == 2 else 4 * math.pi / 3))) ** (1 / dim)
     steps, step_gap = cell_steps(dim, int(math.ceil(reach)) + 2)
