@@ -26,4 +26,7 @@ def check_checkpoint(state: Any, path) -> Dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} lacks keys {missing}")
+    record = state["metrics"].get("record") if isinstance(state["metrics"], dict) else None
+    if not isinstance(state["config"], dict) or not isinstance(record, dict):
+        raise CheckpointError(f"{path} is damaged: its config and metrics.record must be dicts")
     return state

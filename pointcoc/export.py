@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ._atomic import check_output_file
+
 __all__ = ["export_model", "load_exported"]
 
 
@@ -36,7 +38,8 @@ def export_model(model: nn.Module, example_inputs: Sequence[Optional[torch.Tenso
             training flag restored afterwards.
         example_inputs: ``(xyz (B, N, D),)``, ``(xyz, features (B, N, C) or None)`` or
             ``(xyz, features or None, lengths (B,) long or None)``.
-        path: where to ``torch.export.save`` the program (``.pt2``); None: not saved.
+        path: where to ``torch.export.save`` the program (``.pt2``); None: not saved. Checked first: a folder,
+            a missing or unwritable folder raise ValueError before anything is exported.
         dynamic_batch: the batch size B is a dynamic dimension (the example needs B >= 2: torch.export
             specialises a dimension of size 1); False fixes it to the example's.
         check: run the program on the example and raise a RuntimeError unless its logits match eager mode's
@@ -46,6 +49,8 @@ def export_model(model: nn.Module, example_inputs: Sequence[Optional[torch.Tenso
         The ``torch.export.ExportedProgram``; ``program.module()(*args)`` gives the logits, with ``args`` of
         the example's form: as many arguments, None where the example has None.
     """
+    if path is not None:
+        check_output_file(path, "path")  # before the minutes of exporting
     inputs, dynamic_shapes = example_and_dynamic_shapes(example_inputs, dynamic_batch)
     was_training = model.training
     model.eval()
@@ -91,9 +96,13 @@ def example_and_dynamic_shapes(example_inputs: Sequence[Optional[torch.Tensor]],
 def load_exported(path: os.PathLike) -> nn.Module:
     """The callable module of a program saved by :func:`export_model` (``torch.export.load(path).module()``).
 
-    Raises FileNotFoundError for a missing file.
+    Raises FileNotFoundError for a missing file, ValueError for a file that is not such a program.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported program not found: {path}")
     from . import models  # noqa: F401 - registers the custom ops the program calls
-    return torch.export.load(path).module()
+    try:
+        program = torch.export.load(path)
+    except Exception as err:  # torch raises many types for foreign or damaged files
+        raise ValueError(f"{path} is not a program saved by export_model ({type(err).__name__}: {err})") from None
+    return program.module()

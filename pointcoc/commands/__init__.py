@@ -7,7 +7,8 @@
     pointcoc env                                         # versions and devices, for bug reports
 
 ``python -m pointcoc`` is the same program; the files in the repository's ``scripts/`` folder are thin
-wrappers over these subcommands. Exit codes: 0 success, 2 a usage error (one ``error:`` line), 130 Ctrl-C.
+wrappers over these subcommands. Exit codes: 0 success, 2 a usage error (one ``error:`` line), 130 Ctrl-C, 143
+SIGTERM during training, 1 any other error (one line; ``pointcoc --debug ...`` shows its traceback).
 """
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ def _usage() -> str:
              "Deep learning on point sets: PointMLP, PointMLP-elite, PointMLP-CoC; images as sets of pixels.", "",
              "commands:"]
     lines += [f"  {name:{width}s}  {text}" for name, (text, _) in SUBCOMMANDS.items()]
-    lines += ["", "`pointcoc <command> --help` lists a command's options."]
+    lines += ["", "`pointcoc <command> --help` lists a command's options; `pointcoc --debug <command> ...` (or "
+              "POINTCOC_DEBUG=1) shows the traceback of an error instead of its one line."]
     return "\n".join(lines)
 
 
@@ -135,6 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _dispatch(argv: List[str]) -> int:
+    if argv and argv[0] == "--debug":  # tracebacks instead of one-line errors (pointcoc.engine.cli)
+        import os
+        os.environ["POINTCOC_DEBUG"] = "1"
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2

@@ -18,6 +18,7 @@ import sys
 import torch
 
 from pointcoc import bench as benchmark
+from pointcoc._atomic import check_output_file
 
 
 def main(argv=None, prog=None) -> int:
@@ -44,6 +45,12 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--out", metavar="TXT", help="with --profile-vs-reference: also write the text here")
     parser.add_argument("--png", metavar="OUT", help="with model_vs_reference rows: bar chart of the step times")
     args = parser.parse_args(argv)
+    for flag in ("json", "markdown", "png", "out"):  # before minutes of measuring
+        if getattr(args, flag):
+            try:
+                check_output_file(getattr(args, flag), f"--{flag}")
+            except ValueError as err:
+                parser.error(str(err))
     if args.profile:
         print(benchmark.profile_train_step(args.profile, device=args.device, backend=args.backend))
         return 0

@@ -42,9 +42,12 @@ def image_from_file(path, image_shape: Sequence[int], invert: bool = False) -> t
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    with Image.open(path) as img:
-        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BOX)
-        array = np.asarray(img, dtype=np.float32) / 255.0
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.Resampling.BOX)
+            array = np.asarray(img, dtype=np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: unknown format, empty or truncated file
+        raise ValueError(f"{path} is not a readable image ({type(err).__name__}: {err})") from None
     tensor = torch.from_numpy(array.reshape(h, w, c)).permute(2, 0, 1).contiguous()
     return 1.0 - tensor if invert else tensor
 

@@ -8,7 +8,9 @@ Exit code 2 (and a message) when a run has no readable metrics.jsonl or the labe
 """
 import argparse
 import sys
+from pathlib import Path
 
+from pointcoc._atomic import check_output_file
 from pointcoc.viz.curves import plot_runs
 
 
@@ -25,6 +27,8 @@ def main(argv=None, prog=None) -> int:
     """Exit code 0 on success, 2 when a run has no readable metrics.jsonl or the labels do not fit."""
     args = build_parser(prog).parse_args(argv)
     try:
+        if not Path(args.output).is_dir():  # (plot_runs says what a folder given as --output should be)
+            check_output_file(args.output, "--output")  # before the runs are read
         path = plot_runs(args.runs, args.output, args.labels, args.title)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -136,6 +137,8 @@ def load_mnist5k(root=None) -> ImageSplits:
             table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
         except ValueError as err:
             raise ValueError(f"{path}: expected comma-separated integers, 785 per row ({err})") from None
+        except (OSError, EOFError, zlib.error) as err:  # not gzip, or cut short
+            raise ValueError(f"{path} is damaged: not a complete gzip file ({type(err).__name__}: {err})") from None
     if table.shape[1] != 785:
         raise ValueError(f"{path}: expected 785 columns (784 pixels + label); got {table.shape[1]}")
     pixels, labels = table[:, :784], table[:, 784]

@@ -5,15 +5,14 @@ The format itself (tag, required keys, :func:`check_checkpoint`, :class:`Checkpo
 """
 from __future__ import annotations
 
-import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import numpy as np
 import torch
 
+from .._atomic import atomic_write as base_atomic_write
 from .._checkpoint_format import CHECKPOINT_FORMAT, CheckpointError, check_checkpoint
 from .errors import DiskFullError, disk_full_cause
 
@@ -22,32 +21,20 @@ __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoin
 
 
 def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync, then ``os.replace`` it onto ``path``.
-
-    A crash leaves the old file (or none), never a partial one; an interrupted write removes its temp file
-    (a killed process leaves ``.NAME.*.tmp``, which :func:`pointcoc.engine.rundir.prepare_output_dir` removes).
-    The file gets mode 0666 minus the umask, like any other output. A full disk raises DiskFullError.
+    """:func:`pointcoc._atomic.atomic_write` (temp file, fsync, rename: a crash leaves the old file or none)
+    where a full disk raises DiskFullError saying whether the previous file is intact. Temp files of killed
+    writes (``.NAME.*.tmp``) are removed by :func:`pointcoc.engine.rundir.prepare_output_dir`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return base_atomic_write(path, write)
     except BaseException as err:
-        if tmp.exists():
-            tmp.unlink()
         full = disk_full_cause(err)  # torch.save raises a RuntimeError with the OSError as its context
         if full is not None:
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
             raise DiskFullError(f"the disk is full: could not write {path} ({full.strerror}); {kept}. "
                                 "Free some space and resume") from None
         raise
-    return path
 
 
 def save_checkpoint(state: Dict[str, Any], path) -> Path:

@@ -1,30 +1,40 @@
 """What every script shares: turning errors into exit codes, JSON flags, output-path checks.
 
 Exit codes: 0 success; 2 a usage error or a stopped run (one ``error: ...`` line, no traceback);
-130 interrupted by Ctrl-C, 143 stopped by SIGTERM during training (one line saying where and how to resume).
+130 interrupted by Ctrl-C, 143 stopped by SIGTERM during training (one line saying where and how to resume);
+1 any other error (one ``error:`` line naming its type). ``POINTCOC_DEBUG=1`` (or ``pointcoc --debug ...``)
+shows the traceback of every error instead.
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import json
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Optional
 
+from .._atomic import check_output_file
 from .errors import RunStopped, disk_full_cause
 from .recipes import parse_with_recipe
-from .rundir import writable_folder
 
-__all__ = ["HelpFormatter", "USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "run_cli", "json_dict",
-           "check_output_file"]
+__all__ = ["HelpFormatter", "USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_ERROR", "DEBUG_ENV_VAR",
+           "debug_requested", "run_cli", "json_dict", "check_output_file"]
 
 # Errors that mean "fix your input" or "the run stopped for a reason you can act on": exit code 2.
 USAGE_ERRORS = (FileNotFoundError, ValueError, RunStopped)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C (a run stopped by SIGTERM: 143)
+EXIT_ERROR = 1  # an error that is not a usage error: likely a bug; POINTCOC_DEBUG=1 shows where
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DEBUG_ENV_VAR = "POINTCOC_DEBUG"
+
+
+def debug_requested() -> bool:
+    """Whether ``POINTCOC_DEBUG`` asks for tracebacks (set, and not empty or 0)."""
+    return os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
 
 
 # A help text that states its option's default: "(default: X)", "(default X", "default: ..." or "Default: ..."
@@ -55,19 +65,6 @@ def json_dict(text: str) -> dict:
     return d
 
 
-def check_output_file(path, flag: str) -> Path:
-    """Check before any work that a file can be written at ``path`` (given as ``flag``); returns it as a Path.
-
-    Raises ValueError when ``path`` is a folder, or its folder is missing, not a folder or not writable.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; give a file name (e.g. {path / 'out'})")
-    if not path.parent.is_dir():
-        what = "is not a folder" if path.parent.exists() else "does not exist"
-        raise ValueError(f"{flag} {path}: its folder {path.parent} {what}")
-    writable_folder(path.parent, flag)
-    return path
 
 
 def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) -> int:
@@ -75,6 +72,8 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
     its exit code.
 
     Usage errors and stopped runs print ``error: <message>`` and return 2; a full disk says so and returns 2;
+    any other exception prints one ``error:`` line with its type and returns 1 (with ``POINTCOC_DEBUG=1``
+    every error is raised, traceback and all);
     Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130 (a
     training run stopped by SIGTERM: its line and 143). ``args.command`` is ``parser.prog`` (``pointcoc train``),
     which a training run names in its resume line.
@@ -85,15 +84,21 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
         args.command = parser.prog
         return main(args)
     except USAGE_ERRORS as err:
+        if debug_requested():
+            raise
         if not getattr(err, "quiet", False):  # quiet: another torchrun rank printed the message
             print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - a full disk anywhere in the chain is one line; the rest re-raised
         full = disk_full_cause(err)
-        if full is None:
+        if full is not None:
+            print(f"error: the disk is full ({full})", file=sys.stderr)
+            return EXIT_USAGE
+        if debug_requested():
             raise
-        print(f"error: the disk is full ({full})", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"error: {type(err).__name__}: {err} (unexpected; {DEBUG_ENV_VAR}=1 shows the traceback, please "
+              "include it in a bug report)", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt as err:
         print(str(err) or "interrupted", file=sys.stderr)
         return getattr(err, "exit_code", EXIT_INTERRUPTED)

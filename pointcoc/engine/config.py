@@ -127,7 +127,8 @@ class TrainConfig:
         return {**defaults, **saved}
 
     def save_json(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from .._atomic import atomic_write_bytes
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
 
 
 def _positive_int(text: str) -> int:

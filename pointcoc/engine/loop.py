@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .._precision import amp_dtype
 from ..viz.curves import plot_curves, read_metrics
-from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
+from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, decide_on_rank0, init_distributed
@@ -693,7 +693,7 @@ def _final_results(output_dir: Path, selection: Dict, last: Optional[Dict], clas
                "per_class_acc": test["per_class_acc"], "confusion_matrix": test["confusion_matrix"],
                "checkpoint": str(source)}
     if info.is_main:
-        (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write(output_dir / "results.json", lambda f: f.write((json.dumps(results, indent=1) + "\n").encode()))
         plot_confusion_matrix(torch.tensor(test["confusion_matrix"]), output_dir / "confusion_matrix.png",
                               class_names, title=f"test OA {test['oa']:.2f}%  mAcc {test['macc']:.2f}%  "
                                                  f"(epoch {epoch}; {protocol})")

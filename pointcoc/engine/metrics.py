@@ -6,6 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .._atomic import save_png
+
 __all__ = ["confusion_matrix", "summarize_confusion", "per_class_table", "format_per_class_table",
            "confusion_figure", "plot_confusion_matrix"]
 
@@ -126,7 +128,4 @@ def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = No
 
 def plot_confusion_matrix(cm: torch.Tensor, path, class_names: Optional[Sequence[str]] = None, title: str = "") -> Path:
     """Write :func:`confusion_figure` of ``cm`` as a PNG at ``path``; returns the path."""
-    fig = confusion_figure(cm, class_names, title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_png(confusion_figure(cm, class_names, title), Path(path), dpi=110)

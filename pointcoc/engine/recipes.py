@@ -24,6 +24,7 @@ TOML because its parser is in the standard library (``tomllib``, Python 3.11+; t
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from importlib import resources
@@ -73,7 +74,7 @@ def load_recipe(name_or_path: str) -> Tuple[Path, Dict]:
     """(path, parsed TOML) of a recipe; ValueError for a file that is not a valid recipe, naming the file."""
     path = recipe_path(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark some editors write
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"--config {path}: not a valid TOML file ({err})") from None
     unknown = sorted(set(data) - {"command", "description", "args"})
@@ -103,12 +104,23 @@ def _options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
     return out
 
 
+def _holds_datetime(value) -> bool:
+    """Whether a TOML value is, or (in a table or array) holds, a date, time or date-time."""
+    if isinstance(value, dict):
+        return any(map(_holds_datetime, value.values()))
+    if isinstance(value, list):
+        return any(map(_holds_datetime, value))
+    return isinstance(value, (datetime.date, datetime.time))  # datetime.datetime is a date
+
+
 def recipe_argv(parser: argparse.ArgumentParser, path: Path, args: Dict) -> List[str]:
     """The recipe's ``[args]`` as command-line tokens of ``parser``; ValueError naming the file for an option the
     command does not have or a value of the wrong kind."""
     options = _options(parser)
     tokens: List[str] = []
     for key, value in args.items():
+        if _holds_datetime(value):
+            raise ValueError(f"--config {path}: {key} holds a TOML date or time ({value!r}); no option takes one")
         name = key.replace("-", "_")
         if name not in options:
             raise ValueError(f"--config {path}: {parser.prog} has no option {key!r}; its options: "

@@ -90,7 +90,7 @@ def _same_folder(a: Path, b: Path) -> bool:
 
 def _logs_record(metrics: Path, record: Dict) -> bool:
     """Whether the metrics file logs ``record`` (the line of its epoch equals it): the file is of its run."""
-    for line in metrics.read_text().splitlines():
+    for line in metrics.read_text(errors="replace").splitlines():  # undecodable bytes: lines of no record
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -193,10 +193,10 @@ def rewind_metrics(path, epoch: int, record: Dict) -> None:
     if not path.is_file():
         return
     kept = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
+        except json.JSONDecodeError:  # a line cut short by a crash (or damaged bytes)
             continue
         e = rec.get("epoch") if isinstance(rec, dict) else None
         if isinstance(e, int) and 1 <= e < epoch and e not in kept:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import save_png
 from ..layers import ContextCluster, record_assignments
 from ..models.convnet import pixel_cells
 
@@ -214,8 +215,4 @@ def cluster_maps_figure(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap],
 def plot_cluster_maps(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap], str]], path,
                       panel_size: float = 2.6) -> Path:
     """Write :func:`cluster_maps_figure` of ``rows`` as a PNG at ``path`` (folders are created); returns the path."""
-    fig = cluster_maps_figure(rows, panel_size)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return save_png(cluster_maps_figure(rows, panel_size), Path(path), dpi=110)

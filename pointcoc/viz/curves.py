@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from .._atomic import save_png
+
 __all__ = ["read_metrics", "curves_figure", "plot_curves", "plot_runs", "loss_ticks"]
 
 SPLITS = ("train", "val", "test")
@@ -22,15 +24,19 @@ def read_metrics(run) -> List[Dict]:
 
     Raises:
         FileNotFoundError: if there is no metrics.jsonl.
-        ValueError: if a line is not a JSON record with ``epoch``.
+        ValueError: if the file is not text or a line is not a JSON record with an integer ``epoch`` >= 1.
     """
     path = Path(run)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl at {path}: pass a run folder written by a training script")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a metrics file: not UTF-8 text ({err})") from None
     records = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -39,19 +45,16 @@ def read_metrics(run) -> List[Dict]:
             raise ValueError(f"{path} line {i} is not JSON ({err})") from None
         if not isinstance(rec, dict) or "epoch" not in rec:
             raise ValueError(f"{path} line {i} is not a metrics record with an 'epoch'")
+        epoch = rec["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise ValueError(f"{path} line {i}: 'epoch' must be an integer >= 1; got {epoch!r}")
         records.append(rec)
     return records
 
 
 def plot_curves(runs: Mapping[str, Sequence[Dict]], path, title: str = "") -> Path:
     """Write :func:`curves_figure` of ``runs`` as a PNG at ``path``; returns the path."""
-    import matplotlib.pyplot as plt
-
-    fig = curves_figure(runs, title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(curves_figure(runs, title), Path(path), dpi=100)
 
 
 def curves_figure(runs: Mapping[str, Sequence[Dict]], title: str = ""):
