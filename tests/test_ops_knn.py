@@ -309,3 +309,19 @@ def test_thread_count_does_not_change_results(threads):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(out.idx, ref.idx) and torch.equal(out.dist2, ref.dist2)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_thread_count_does_not_change_results_on_mixed_density(threads):
+    """A batch of a uniform set (searched in the grid) and a crowded one (in a k-d tree), split over threads."""
+    uniform, _ = density_case("uniform", seed=1)
+    outlier, _ = density_case("outlier", seed=1)
+    xyz, lengths = torch.cat([outlier[:1], uniform[:1], outlier[1:]]), torch.tensor([1200, 1200, 900])
+    ref = knn(xyz, xyz, 12, lengths, lengths, backend="torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = knn(xyz, xyz, 12, lengths, lengths)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out.idx, ref.idx) and torch.equal(out.dist2, ref.dist2)
