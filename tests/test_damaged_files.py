@@ -173,3 +173,51 @@ def test_a_full_disk_while_writing_a_figure_leaves_no_empty_png_and_names_the_fi
     monkeypatch.setattr(_atomic.os, "fsync", real_fsync)
     plot_confusion_matrix(torch.eye(3, dtype=torch.long), path, ["a", "b", "c"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- flags checked before the data (item 6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr=-0.1"], r"lr \(--lr\) must be finite and > 0; got -0.1"),
+    (["--model-kwargs", '{"reducers": 0}'], "reducers must be an int >= 1; got 0"),
+    (["--model-kwargs", '{"embed_dim": -4}'], "embed_dim must be an int >= 1; got -4"),
+])
+def test_flags_and_model_arguments_are_checked_before_the_data_set_is_looked_for(pixel_run, tmp_path, capsys, argv,
+                                                                                 message):
+    import re
+
+    argv = [a.replace("{ckpt}", str(pixel_run / "last.pt")) for a in argv]
+    # ScanObjectNN is not here: a check that came after the data would report the missing data set instead
+    code = main(["train", "--data-root", str(tmp_path / "no_data"), "--output", str(tmp_path / "o"), *argv])
+    line = one_error_line(capsys, code)
+    assert re.search(message, line), line
+
+
+def test_resume_and_overwrite_exclude_each_other(pixel_run, capsys):
+    code = main(["train-pixels", "--resume", str(pixel_run / "last.pt"), "--overwrite"])
+    assert "--resume continues the run in its folder and --overwrite replaces" in one_error_line(capsys, code)
+
+
+def test_a_num_classes_that_contradicts_the_data_names_both(tmp_path, capsys):
+    code = main(["train-pixels", "--dataset", "digits", "--model-kwargs", '{"num_classes": 5}', "--output",
+                 str(tmp_path / "o"), *TINY])
+    assert "--model-kwargs num_classes 5 contradicts the 10 classes of digits" in one_error_line(capsys, code)
+
+
+def test_seeds_refuse_an_existing_seed_folder_before_the_first_seed_trains(pixel_run, tmp_path, capsys):
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "last.pt").write_bytes((pixel_run / "last.pt").read_bytes())
+    code = main(["train", "--dataset", "modelnet10", "--seeds", "0", "1", "--output", str(tmp_path)])
+    assert f"--output {tmp_path / 'seed1'} already holds a run" in one_error_line(capsys, code)
+    assert not (tmp_path / "seed0").exists()
+
+
+def test_evaluate_and_benchmark_check_their_numbers(pixel_run, capsys):
+    code = main(["evaluate", str(pixel_run / "last.pt"), "--seed", str(2**64)])
+    assert "--seed must be an int in [0, 2**63 - 1]" in one_error_line(capsys, code)
+    for argv, message in ((["--profile", "nope"], "--profile 'nope' is no registered model"),
+                          (["--profile-vs-reference", "0"], "--profile-vs-reference takes a batch size >= 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["benchmark", *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -51,6 +51,12 @@ def main(argv=None, prog=None) -> int:
                 check_output_file(getattr(args, flag), f"--{flag}")
             except ValueError as err:
                 parser.error(str(err))
+    if args.profile is not None:
+        from pointcoc.models import list_models
+        if args.profile not in list_models():
+            parser.error(f"--profile {args.profile!r} is no registered model; one of {', '.join(list_models())}")
+    if args.profile_vs_reference is not None and args.profile_vs_reference < 1:
+        parser.error(f"--profile-vs-reference takes a batch size >= 1; got {args.profile_vs_reference}")
     if args.profile:
         print(benchmark.profile_train_step(args.profile, device=args.device, backend=args.backend))
         return 0

@@ -19,7 +19,8 @@ from typing import Any, Dict, Optional
 
 from .progress import add_progress_arg
 
-__all__ = ["TrainConfig", "add_training_args", "config_from_args", "AUTHORS_EPOCHS", "recipe_epochs"]
+__all__ = ["TrainConfig", "add_training_args", "config_from_args", "check_before_data", "check_num_classes",
+           "AUTHORS_EPOCHS", "recipe_epochs"]
 
 # The only recipe item in which the authors' scripts differ between models (their --epoch default).
 AUTHORS_EPOCHS = {"pointmlp": 200, "pointmlp_elite": 200, "pointmlp_coc": 250}
@@ -237,6 +238,26 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                         "refused with exit 2 without this flag)")
     add_progress_arg(g)
     return parser
+
+
+def check_before_data(args: argparse.Namespace, model_name: str, model_kwargs: Dict[str, Any]) -> None:
+    """Check every flag and model argument of a training command before any data is read: ValueError naming the
+    flag. ``model_kwargs`` are the model's arguments with placeholders for what the data decides (the number
+    of classes, channels); the model is built once with them and dropped."""
+    from ..models import create_model
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in its folder and --overwrite replaces a run; give one")
+    config_from_args(args, model=model_name, model_kwargs=model_kwargs)
+    create_model(model_name, **model_kwargs)
+
+
+def check_num_classes(model_kwargs: Dict[str, Any], num_classes: int, dataset: str) -> None:
+    """A ``num_classes`` in ``--model-kwargs`` must be the data's (ValueError naming both otherwise)."""
+    given = model_kwargs.get("num_classes")
+    if given is not None and given != num_classes:
+        raise ValueError(f"--model-kwargs num_classes {given!r} contradicts the {num_classes} classes of {dataset}; "
+                         "leave num_classes out: it is set from the data")
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:

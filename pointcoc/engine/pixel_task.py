@@ -20,7 +20,7 @@ from ..data.image_datasets import IMAGE_DATASETS, load_image_dataset
 from ..data.pixels import PIXEL_FORMATS, PixelSetDataset, collate_pixel_sets
 from .checkpoint import load_checkpoint
 from .cli import HelpFormatter, json_dict, run_cli
-from .config import TrainConfig, add_training_args, config_from_args
+from .config import TrainConfig, add_training_args, check_before_data, check_num_classes, config_from_args
 from .loop import fit, resolve_device, seed_everything, stratified_split
 from .threads import add_threads_arg, torch_threads
 
@@ -171,8 +171,12 @@ def _train(args: argparse.Namespace) -> int:
     model_name = default_model(args.dataset) if args.model == "auto" else args.model
     if args.resume:
         load_checkpoint(args.resume)  # a missing or foreign checkpoint stops the run before the data is read
+    rgbd = args.fmt == "rgbd"  # placeholders for what the data decides: classes, feature channels, coordinates
+    check_before_data(args, model_name, {"num_classes": 2, "in_channels": 2 if rgbd else 1,
+                                         "coord_dim": 3 if rgbd else 2, **args.model_kwargs})
     train_ds, test_ds, names = pixel_datasets(args.dataset, args.fmt, keep, args.mask_seed, args.data_root,
                                               redraw=args.redraw_masks)
+    check_num_classes(args.model_kwargs, len(names), args.dataset)
     model_kwargs = {"num_classes": len(names), "in_channels": train_ds.feature_dim,
                     "coord_dim": train_ds.point_dim, **args.model_kwargs}
     extra = {"task": "pixels", "format": args.fmt, "keep": keep, "mask_seed": args.mask_seed,

@@ -21,12 +21,13 @@ from ..data.pixels import collate_pixel_sets
 from ..models.authors import AUTHORS_MODELS
 from .checkpoint import load_checkpoint
 from .cli import HelpFormatter, USAGE_ERRORS, check_output_file, json_dict, run_cli
-from .config import TrainConfig, add_training_args, config_from_args
+from .config import TrainConfig, add_training_args, check_before_data, check_num_classes, config_from_args
 from .loop import (build_model_from_checkpoint, collate_point_dicts, evaluate, fit, resolve_device,
                    seed_everything, stratified_split)
 from .metrics import format_per_class_table, per_class_table
 from .pixel_task import pixel_test_set
 from .progress import add_progress_arg
+from .rundir import check_new_run_folder
 from .seeds import summarize_seed_runs, write_seed_summary
 from .threads import add_threads_arg, torch_threads
 
@@ -111,9 +112,10 @@ def _train(args: argparse.Namespace) -> int:
     if repeated:
         raise ValueError(f"--seeds must name each seed once; {repeated} given more than once (a seed gives the same "
                          "run every time)")
-    for seed in args.seeds:  # every seed checked before the first run trains
+    for seed in args.seeds:  # every seed and run folder checked before the first run trains
         config_from_args(argparse.Namespace(**{**vars(args), "seed": seed}),
                          model_kwargs={"num_classes": 2, **args.model_kwargs})
+        check_new_run_folder(Path(args.output) / f"seed{seed}", args.overwrite)
     runs = []
     for seed in args.seeds:
         out = str(Path(args.output) / f"seed{seed}")
@@ -136,8 +138,11 @@ def _train_run(args: argparse.Namespace) -> dict:
     resolve_device(args.device)  # an unavailable device stops the run before the data is read
     if args.resume:
         load_checkpoint(args.resume)  # a missing or foreign checkpoint stops the run before the data is read
+    check_before_data(args, args.model, {"num_classes": 2, "in_channels": 0, "coord_dim": 3, **args.model_kwargs,
+                                         **({"memory_efficient": True} if args.memory_efficient else {})})
     train_ds, test_ds, names = build_point_datasets(args.dataset, args.data_root, args.variant, args.num_points,
                                                     augment=PointCloudAugment())
+    check_num_classes(args.model_kwargs, len(names), args.dataset)
     if train_ds.source and int(os.environ.get("RANK", "0")) == 0:
         print(f"data: {train_ds.source}", flush=True)
     model_kwargs = {"num_classes": len(names), "in_channels": 0, "coord_dim": 3, **args.model_kwargs}
@@ -205,6 +210,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     if args.votes < 1 or args.batch_size < 1:
         raise ValueError(f"--votes and --batch-size must be >= 1; got {args.votes}, {args.batch_size}")
+    if isinstance(args.seed, bool) or not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be an int in [0, 2**63 - 1]; got {args.seed}")
     if (args.limit_val_batches is not None and args.limit_val_batches < 1) or args.workers < 0:
         raise ValueError(f"--limit-val-batches must be >= 1 and --workers >= 0; got {args.limit_val_batches}, "
                          f"{args.workers}")

@@ -27,6 +27,7 @@ except ImportError:  # not POSIX (Windows): runs are not locked
     fcntl = None
 
 __all__ = ["RUN_MARKERS", "RUN_OUTPUTS", "RESUMABLE_CHANGES", "LOCK_NAME", "writable_folder", "create_output_dir",
+           "check_new_run_folder",
            "prepare_output_dir", "rewind_metrics", "check_resume_config", "RunFolderLock"]
 
 # Files whose presence means the folder holds a run (config.json alone does not: nothing was trained yet).
@@ -98,6 +99,16 @@ def _logs_record(metrics: Path, record: Dict) -> bool:
         if isinstance(rec, dict) and rec.get("epoch") == record.get("epoch"):
             return rec == json.loads(json.dumps(record))
     return False
+
+
+def check_new_run_folder(output_dir, overwrite: bool, flag: str = "--output") -> None:
+    """Refuse (ValueError), before any work, a folder that holds a saved run when a new run without
+    ``overwrite`` is to be written there (what :func:`prepare_output_dir` refuses later)."""
+    out = Path(output_dir)
+    found = [name for name in SAVED_MARKERS if (out / name).exists()]
+    if found and not overwrite:
+        raise ValueError(f"{flag} {out} already holds a run ({', '.join(found)}); continue it with "
+                         f"--resume {out / 'last.pt'}, replace it with --overwrite, or choose another {flag}")
 
 
 def prepare_output_dir(output_dir, resuming: bool, overwrite: bool = False, flag: str = "--output",

@@ -143,6 +143,13 @@ class PointMLPStage(nn.Module):
         return index.xyz, h, index.lengths, point_mask
 
 
+def _count(name: str, value) -> int:
+    """A number of blocks: an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must hold ints >= 0 (blocks per stage); got {value!r}")
+    return value
+
+
 def _per_stage(name: str, value, stages: int) -> list:
     if isinstance(value, (int, float)) or value is None:
         return [value] * stages
@@ -216,11 +223,24 @@ class PointMLP(PointSetClassifier):
             raise ValueError(f"in_channels must be an int >= 0; got {in_channels!r}")
         if cluster not in (None, "grouped", "set"):
             raise ValueError(f"cluster must be None, 'grouped' or 'set'; got {cluster!r}")
+        if isinstance(pre_blocks, (int, float, str)) or pre_blocks is None:
+            raise ValueError(f"pre_blocks must be a list with one entry per stage (it sets the number of stages); "
+                             f"got {pre_blocks!r}")
+        pre_blocks = [_count("pre_blocks", n) for n in pre_blocks]
         stages = len(pre_blocks)
         k_neighbors = [check_positive_int("k_neighbors", k) for k in _per_stage("k_neighbors", k_neighbors, stages)]
-        reducers = _per_stage("reducers", reducers, stages)
-        dim_expansion = _per_stage("dim_expansion", dim_expansion, stages)
-        pos_blocks = _per_stage("pos_blocks", pos_blocks, stages)
+        reducers = [check_positive_int("reducers", r) for r in _per_stage("reducers", reducers, stages)]
+        dim_expansion = [check_positive_int("dim_expansion", e)
+                         for e in _per_stage("dim_expansion", dim_expansion, stages)]
+        pos_blocks = [_count("pos_blocks", n) for n in _per_stage("pos_blocks", pos_blocks, stages)]
+        embed_dim = check_positive_int("embed_dim", embed_dim)
+        classifier_dims = [check_positive_int("classifier_dims", d) for d in classifier_dims]
+        if isinstance(res_expansion, bool) or not isinstance(res_expansion, (int, float)) or \
+                not 0 < res_expansion < float("inf") or int(embed_dim * res_expansion) < 1:
+            raise ValueError(f"res_expansion must be a finite number > 0 that leaves embed_dim * res_expansion >= 1 "
+                             f"hidden channels; got {res_expansion!r} (embed_dim {embed_dim})")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
         centers = _per_stage("cluster_centers", cluster_centers, stages)
         if cluster == "set" and any(c is None for c in centers):
             raise ValueError(f"cluster='set' needs cluster_centers (one int per stage); got {cluster_centers!r}")
