@@ -133,6 +133,8 @@ def test_layout_is_explicit_and_a_channels_last_looking_shape_is_refused():
     (dict(image=torch.rand(8, 8)), r"image must have shape \(C, H, W\)"),
     (dict(image=torch.ones(1, 8, 8, dtype=torch.uint8)), "image must be floating point"),
     (dict(image=torch.full((1, 8, 8), float("nan"))), "finite colours"),
+    (dict(image=torch.full((1, 8, 8), 1e300, dtype=torch.float64)), "image colours up to 1e\\+300 in magnitude do "
+                                                                    "not fit float32"),
     (dict(image=torch.rand(1, 8, 8), keep=torch.ones(8, 7, dtype=torch.bool)), r"keep must have shape \(H, W\) = \(8, 8\)"),
     (dict(image=torch.rand(1, 8, 8), keep=torch.ones(8, 8)), "keep must be a bool mask"),
     (dict(image=torch.rand(1, 8, 8), keep=torch.zeros(8, 8, dtype=torch.bool)), "keep mask is all False"),

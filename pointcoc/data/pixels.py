@@ -136,6 +136,10 @@ def image_to_point_set(image: ArrayLike, depth: Optional[ArrayLike] = None,
         raise ValueError(f"image must have shape (C, H, W) with C, H, W >= 1; got shape {tuple(img.shape)}")
     if not bool(torch.isfinite(img).all()):
         raise ValueError("image must hold only finite colours; it contains NaN or inf")
+    biggest = float(img.detach().abs().max())
+    if biggest > torch.finfo(torch.float32).max:  # checked before the cast to float32, which would give inf
+        raise ValueError(f"image colours up to {biggest:.3g} in magnitude do not fit float32 (the point set's dtype, "
+                         f"at most {torch.finfo(torch.float32).max:.3g}); rescale the image")
     present = torch.ones(h, w, dtype=torch.bool)
     if keep is not None:
         mask = _as_tensor("keep", keep, 2, f"(H, W) = ({h}, {w})")

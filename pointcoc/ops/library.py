@@ -34,7 +34,8 @@ from typing import Optional, Tuple
 import torch
 
 from . import backends
-from .validation import check_coordinates, check_finite, check_length_values
+from .validation import (check_coordinates, check_finite, check_length_values, rescaled, scale_exponents,
+                         times_power_of_two)
 
 __all__ = ["fps_op", "knn_op", "check_point_inputs_op"]
 
@@ -50,6 +51,9 @@ def fps_op(xyz: torch.Tensor, n_samples: int, lengths: torch.Tensor, random_star
         start = (torch.rand(batch, device=xyz.device) * lengths).long().clamp_max(lengths - 1)
     else:
         start = torch.zeros(batch, dtype=torch.long, device=xyz.device)
+    exponents = None if skip_near_origin else scale_exponents([(xyz, lengths)])  # (the rule's 1e-3 is absolute)
+    if exponents is not None:  # squared distances would overflow or be subnormal: an exact rescaling
+        xyz = rescaled(xyz, exponents)
     return backends.call("fps", xyz.device, backend, xyz.contiguous(), n_samples, lengths, start, skip_near_origin)
 
 
@@ -66,8 +70,13 @@ def knn_op(query: torch.Tensor, points: torch.Tensor, k: int, query_lengths: tor
     check_finite("points", points)
     check_length_values("query_lengths", query_lengths, query.shape[1])
     check_length_values("point_lengths", point_lengths, points.shape[1])
+    exponents = scale_exponents([(query, query_lengths), (points, point_lengths)])
+    if exponents is not None:  # squared distances would overflow or be subnormal: an exact rescaling
+        query, points = rescaled(query, exponents), rescaled(points, exponents)
     dist2, idx = backends.call("knn", query.device, backend, query.contiguous(), points.contiguous(), k,
                                query_lengths, point_lengths)
+    if exponents is not None:
+        dist2 = times_power_of_two(dist2, 2 * exponents)
     return dist2, idx
 
 

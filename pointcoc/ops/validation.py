@@ -13,7 +13,7 @@ type checks are static and run while tracing as in eager mode.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -68,6 +68,57 @@ def coordinate_bound(dtype: torch.dtype, dim: int) -> float:
     """The largest coordinate magnitude whose squared distances stay finite in ``dtype``: two points with
     coordinates in [-M, M]^D are at most 4 D M**2 apart squared, so M = sqrt(max / (4 D))."""
     return math.sqrt(torch.finfo(dtype).max / (4 * max(dim, 1)))
+
+
+def scale_exponents(sets: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Optional[torch.Tensor]:
+    """Per-set power-of-two exponents that bring coordinates whose squared distances would leave the dtype's
+    normal range back into it, or None when no set needs one (the common case: nothing changes).
+
+    ``sets``: pairs (x (B, N_i, D), lengths (B,)) of the same B sets (kNN's queries and points); only the first
+    ``lengths[b]`` rows of set b count. A set whose largest |coordinate| m lies above :func:`coordinate_bound`
+    (squared distances overflow) or in (0, 2 sqrt(tiny) / eps) (squared distances of points one ulp apart are
+    subnormal) gets e with m / 2**e in [0.5, 1); the others get 0. Multiplying by 2**-e is exact, and so are the
+    differences, squares and sums computed from the result when they stay normal: the order of squared distances,
+    hence FPS's and kNN's picks, is that of exact arithmetic (kNN's distances are multiplied back by 4**e).
+    Only float32 and float64 (in float16 even a unit-sized set has subnormal squared distances at its ulp, which
+    no scale fixes). Computed in numpy on the CPU (no torch parallel region before a numba kernel, see
+    :func:`check_finite`); None while torch.compile traces.
+    """
+    x0 = sets[0][0]
+    if not values_checked() or x0.dtype not in (torch.float32, torch.float64) or x0.numel() == 0:
+        return None
+    info = torch.finfo(x0.dtype)
+    high, low = coordinate_bound(x0.dtype, x0.shape[-1]), 2 * math.sqrt(info.tiny) / info.eps
+    biggest = torch.zeros(x0.shape[0], dtype=torch.float64)
+    for x, lengths in sets:
+        if x.device.type == "cpu":
+            a = np.abs(x.detach().numpy())
+            per_set = torch.tensor([float(a[b, :n].max()) for b, n in enumerate(lengths.tolist())],
+                                   dtype=torch.float64)
+        else:
+            valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+            per_set = x.detach().abs().masked_fill(~valid[..., None], 0).amax(dim=(1, 2)).double().cpu()
+        biggest = torch.maximum(biggest, per_set.double())
+    outside = (biggest > high) | ((biggest > 0) & (biggest < low))
+    if not bool(outside.any()):
+        return None
+    return torch.where(outside, torch.frexp(biggest).exponent.long(), 0).to(x0.device)
+
+
+def times_power_of_two(x: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, ...) times 2**exponents[b] per set, in steps of at most 2**60 (each factor, and each product
+    that stays in range, is exact; a single factor 2**200 would itself overflow, and 0 * inf is NaN)."""
+    left = exponents.view(-1, *([1] * (x.dim() - 1))).long()
+    while bool((left != 0).any()):
+        step = left.clamp(-60, 60)
+        x = x * torch.pow(2.0, step.double()).to(x.dtype)
+        left = left - step
+    return x
+
+
+def rescaled(x: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, N, D) times 2**-exponents[b] per set (exact: powers of two)."""
+    return times_power_of_two(x, -exponents)
 
 
 def check_coordinates(name: str, x: torch.Tensor) -> None:
