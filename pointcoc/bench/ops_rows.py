@@ -274,8 +274,8 @@ def bench_knn_density(device="cpu", quick=False, k=16, sizes=None, grid=224, fps
     = torch's thread count; timings interleave the two (medians of 5, 3 at 1M points). Each case's note
     says whether 256 random rows equal the torch reference's (distances and indices). Per kind, a
     "scaling" row gives the exponents a of time ~ N^a fitted (least squares on logs) over its sizes.
-    Sets of at most ``before_up_to`` points are also timed once with the grid alone (the cell list
-    before issue 30, ``CELLS_CROWDING`` = inf). ``fps_case`` (N, picks): FPS of each kind against the
+    Sets of at most ``before_up_to`` points are also timed with the grid alone (the cell list before
+    issue 30, ``CELLS_CROWDING`` = inf; medians of 3). ``fps_case`` (N, picks): FPS of each kind against the
     brute-force numba kernel.
     """
     if torch.device(device).type != "cpu":
@@ -355,7 +355,7 @@ def _knn_density_row(xyz, lengths, k, case, ckdtree, workers, repeat, before):
             numba_backend.CELLS_CROWDING = saved
 
     same = torch.equal(grid_alone().idx, out.idx)
-    t_ours, t_grid = time_pair(ours, grid_alone, "cpu", repeat=1, warmup=0)
+    t_ours, t_grid = time_pair(ours, grid_alone, "cpu", repeat=3, warmup=0)
     return row, Row("kNN density", case, ours_name, "grid alone (before)", t_ours, t_grid,
                     note="same indices" if same else "INDICES DIFFER")
 
