@@ -80,6 +80,36 @@ def test_fps_and_knn_rows_check_parity_and_measure_memory():
     assert all(r.ref_mem >= 4 * 2**20 for r in brute)
 
 
+def test_knn_density_rows_check_exactness_fit_exponents_and_time_fps():
+    """The issue-30 section on tiny sizes: rows vs cKDTree, the grid alone, a scaling row, FPS rows."""
+    pytest.importorskip("scipy.spatial")
+    pytest.importorskip("numba")
+    rows = benchmark.bench_knn_density(sizes={"outlier": (400, 800)}, grid=8, fps_case=(2500, 64), before_up_to=400)
+    cases = [(r.group, r.reference) for r in rows]
+    assert cases == [("kNN density", "cKDTree (workers=%d)" % torch.get_num_threads()),
+                     ("kNN density", "grid alone (before)"), ("kNN density", cases[0][1]),
+                     ("kNN density scaling", cases[0][1]), ("kNN density", cases[0][1]),
+                     ("FPS density", "numba brute force")]
+    tree_rows = [r for r in rows if r.group == "kNN density" and r.reference.startswith("cKDTree")]
+    assert all("= torch reference" in r.note for r in tree_rows)
+    assert rows[1].note == "same indices" and rows[-1].note == "same indices"
+    assert rows[3].note.startswith("time ~ N^")
+
+
+def test_density_sets_are_what_they_say():
+    from pointcoc.bench.ops_rows import DENSITY_KINDS, density_set
+
+    for kind in DENSITY_KINDS:
+        xyz, lengths = density_set(kind, 1000, seed=1)
+        assert xyz.shape == (1, 1000, 3) and lengths.tolist() == [1000] and bool(torch.isfinite(xyz).all())
+    xyz, _ = density_set("outlier", 1000)
+    assert int((xyz[0] == 100.0).all(-1).sum()) == 1
+    xyz, _ = density_set("blob + sparse", 1000)
+    assert int((xyz[0].abs() <= 0.01).all(-1).sum()) >= 900
+    with pytest.raises(ValueError, match="kind must be one of"):
+        density_set("gaussian", 100)
+
+
 def test_script_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(benchmark, "SECTIONS", {"fps": lambda device, quick, **cases: [Row("FPS", "tiny", "a", "b", 1.0, 2.0)]})
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"

@@ -24,14 +24,16 @@ from .measure import (Row, SectionUnavailable, machine_description, median_speed
 from .memory import bench_memory
 from .model_rows import (MODEL_LABELS, STEP_GROUPS, bench_model_vs_reference, bench_models, check_models,
                          reference_pair)
-from .ops_rows import (bench_context_cluster, bench_fps, bench_fps_large, bench_gather, bench_knn, bench_knn_crossover, bench_knn_density, bench_knn_large,
-                       bench_masked_norm, bench_pointwise, bench_transfer)
+from .ops_rows import (bench_context_cluster, bench_fps, bench_fps_large, bench_gather, bench_knn,
+                       bench_knn_crossover, bench_knn_density, bench_knn_large, bench_masked_norm, bench_pointwise,
+                       bench_transfer)
 from .profiles import profile_model_vs_reference, profile_train_step
 from .report import plot_model_vs_reference, to_json, to_markdown
 
 __all__ = [
     "synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory", "Row",
-    "SectionUnavailable", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_knn_density", "bench_gather", "bench_pointwise", "bench_transfer",
+    "SectionUnavailable", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover",
+    "bench_knn_density", "bench_gather", "bench_pointwise", "bench_transfer",
     "bench_masked_norm", "bench_context_cluster", "bench_models", "bench_memory", "bench_compile",
     "bench_model_vs_reference", "reference_pair", "profile_model_vs_reference", "plot_model_vs_reference", "run_all",
     "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS", "MODEL_SECTIONS",

@@ -10,8 +10,9 @@ from ..ops import backends
 from ..ops.fps import fps_torch
 from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
-__all__ = ["pixel_set_batch", "DENSITY_KINDS", "density_set", "bench_fps", "bench_fps_large", "bench_knn", "bench_knn_large", "bench_knn_crossover", "bench_knn_density", "bench_gather", "bench_pointwise", "bench_transfer", "bench_masked_norm",
-           "bench_context_cluster"]
+__all__ = ["pixel_set_batch", "DENSITY_KINDS", "density_set", "bench_fps", "bench_fps_large", "bench_knn",
+           "bench_knn_large", "bench_knn_crossover", "bench_knn_density", "bench_gather", "bench_pointwise",
+           "bench_transfer", "bench_masked_norm", "bench_context_cluster"]
 
 
 def pixel_set_batch(fmt: str, height: int, width: int, batch: int, keep: float = 1.0, seed: int = 0):
@@ -323,8 +324,9 @@ def bench_knn_density(device="cpu", quick=False, k=16, sizes=None, grid=224, fps
 
             same = torch.equal(ours(), brute())
             t_ours, t_brute = time_pair(ours, brute, device, repeat=5)
-            rows.append(Row("FPS density", f"{kind}, {n:,} points -> {picks:,}", backends.resolve("fps", xyz.device).name,
-                            "numba brute force", t_ours, t_brute, note="same indices" if same else "INDICES DIFFER"))
+            rows.append(Row("FPS density", f"{kind}, {n:,} points -> {picks:,}",
+                            backends.resolve("fps", xyz.device).name, "numba brute force", t_ours, t_brute,
+                            note="same indices" if same else "INDICES DIFFER"))
     return rows
 
 

@@ -29,8 +29,8 @@ from .fps import fps_torch, initial_min_dist2
 from .cells import cell_steps, distance_margin
 from .knn import KNNResult, knn_torch
 
-__all__ = ["WITH_NUMBA", "fps_numba", "fps_cells", "knn_numba", "knn_cells", "knn_kdtree", "CELLS_CROSSOVER",
-           "CELLS_PER_CELL", "CELLS_CROWDING", "TREE_LEAF", "fps_kdtree"]
+__all__ = ["WITH_NUMBA", "fps_numba", "fps_cells", "fps_kdtree", "knn_numba", "knn_cells", "knn_kdtree",
+           "CELLS_CROSSOVER", "CELLS_PER_CELL", "CELLS_CROWDING", "TREE_LEAF", "FPS_TREE_LEAF"]
 
 try:  # numba is optional: without it the torch backends do the work.
     import numba
@@ -396,7 +396,6 @@ if WITH_NUMBA:
                 for p in range(starts[base], starts[base + nx * ny * nz]):
                     _keep_ordered(best_d, best_i, _sq_dist(query, b, i, coords, p, dim), index[p])
 
-
     @numba.njit(cache=True, nogil=True)
     def _select(coords, index, lo, hi, kth, axis):
         """Reorder rows lo..hi-1 of coords (and index alike) so that row ``kth`` holds the value it would hold
@@ -475,7 +474,7 @@ if WITH_NUMBA:
         return ex * ex + ey * ey + ez * ez
 
     @numba.njit(cache=True, nogil=True)
-    def _tree_query_order(query, query_lengths, node_off, node_count, box, bounds, coords, order, first, stop):
+    def _tree_query_order(query, query_lengths, node_off, node_count, box, order, first, stop):
         """order[b * M:(b + 1) * M] = set b's flat query indices by the leaf each falls in, padding after
         (sets with a tree only); a query goes down to the child whose box is nearer."""
         m, dim = query.shape[1], query.shape[2]
@@ -554,7 +553,6 @@ if WITH_NUMBA:
                 if g_near <= limit:
                     stack[top], gaps[top] = near, g_near
                     top += 1
-
 
     @numba.njit(cache=True, nogil=True)
     def _fps_tree_sets(points, init, lengths, start, n_samples, node_off, node_count, box, bounds, coords, index,
@@ -836,7 +834,7 @@ def _knn_tree_sets(q, query_lengths, points, point_lengths, sets, margin, out_d,
     batch, m, _ = q.shape
     node_off, node_count, box, bounds, coords, index = _build_tree(points, point_lengths, sets, TREE_LEAF)
     order = np.empty(batch * m, dtype=np.int64)
-    _run_split(_tree_query_order, batch, q, query_lengths, node_off, node_count, box, bounds, coords, order)
+    _run_split(_tree_query_order, batch, q, query_lengths, node_off, node_count, box, order)
     order = order.reshape(batch, m)[sets].reshape(-1)
     _run_split(_knn_tree, order.shape[0], q, order, query_lengths, node_off, node_count, box, bounds, coords, index,
                margin[0], margin[1], out_d, out_i)
