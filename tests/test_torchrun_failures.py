@@ -136,3 +136,45 @@ def test_the_timeout_flag_is_checked_and_recorded(tmp_path):
     for bad in (0.0, float("nan"), -1.0):
         with pytest.raises(ValueError, match=r"dist_timeout_s \(--dist-timeout\) must be finite and > 0"):
             TrainConfig(dist_timeout_s=bad)
+
+
+# Runs SCRIPT ARGS... with rank 0 slowed down: "save" sleeps in each torch.save (a slow disk), "evaluate" before
+# each evaluation (the other rank then waits in the evaluation's all-reduce).
+_SLOW_RANK0 = """
+import os, runpy, sys, time
+import torch
+import pointcoc.engine.loop as loop
+what, seconds = sys.argv[1], float(sys.argv[2])
+def slowed(fn):
+    def wrapper(*args, **kwargs):
+        if os.environ.get("RANK") == "0":
+            time.sleep(seconds)
+        return fn(*args, **kwargs)
+    return wrapper
+if what == "save":
+    torch.save = slowed(torch.save)
+else:
+    loop.evaluate = slowed(loop.evaluate)
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_short_dist_timeout_covers_collectives_not_checkpoint_writes_and_names_the_flag(tmp_path):
+    script = tmp_path / "slow_rank0.py"
+    script.write_text(_SLOW_RANK0)
+
+    def slow_torchrun(what, out):
+        return run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, what, "5",
+                           TRAIN, *MINI, "--limit-train-batches", "2", "--epochs", "2", "--output", out,
+                           "--dist-timeout", "2"], timeout=300)
+
+    saved = slow_torchrun("save", tmp_path / "save")  # 5 s per checkpoint write, 2 s timeout: still fine
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "save" / "last.pt")["epoch"] == 2
+    stuck = slow_torchrun("evaluate", tmp_path / "evaluate")
+    assert stuck.returncode != 0
+    lines = [line for line in stuck.stderr.splitlines() if line.startswith("error: rank 1:")]
+    assert len(lines) == 1 and "waited longer than --dist-timeout 2 s for the other processes" in lines[0], \
+        stuck.stderr[-3000:]
+    assert 'pointcoc/engine' not in stuck.stderr  # no traceback of a rank (torchrun prints its own summary)

@@ -12,10 +12,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from .errors import RunStopped
+
 __all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_buffers", "barrier", "decide_on_rank0",
-           "DEFAULT_TIMEOUT_S", "watch_launcher"]
+           "DEFAULT_TIMEOUT_S", "watch_launcher", "collective_failure"]
 
 DEFAULT_TIMEOUT_S = 600.0  # TrainConfig.dist_timeout_s, --dist-timeout
+CHECKPOINT_WAIT_S = 600.0  # how long the other ranks wait for rank 0 to write a checkpoint
 
 
 @dataclass
@@ -23,6 +26,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # a gloo group of every rank with the CHECKPOINT_WAIT_S timeout, for the wait while rank 0 writes a checkpoint
+    checkpoint_group: Optional[object] = None
 
     @property
     def enabled(self) -> bool:
@@ -52,6 +57,8 @@ def init_distributed(device: torch.device, timeout_s: Optional[float] = None) ->
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    info.checkpoint_group = dist.new_group(backend="gloo", timeout=max(
+        timeout, datetime.timedelta(seconds=CHECKPOINT_WAIT_S)))
     return info
 
 
@@ -135,6 +142,32 @@ def decide_on_rank0(info: DistInfo, check):
     return result
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
+def collective_failure(err: BaseException, timeout_s: float) -> Optional[RunStopped]:
+    """Under torchrun, the one-line RunStopped for an error of torch.distributed (a collective or the join that
+    waited longer than ``--dist-timeout``, or a peer that went away); None for any other error or run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(err, RuntimeError):
+        return None
+    text = str(err).strip()
+    lowered = text.lower()
+    dist_error = getattr(dist, "DistError", ())
+    if not (isinstance(err, dist_error) or "gloo" in lowered or "nccl" in lowered or "timed out" in lowered):
+        return None
+    first = text.splitlines()[0] if text else type(err).__name__
+    rank = os.environ.get("RANK", "?")
+    if "timed out" in lowered or "timeout" in lowered:
+        return RunStopped(f"rank {rank}: waited longer than --dist-timeout {timeout_s:g} s for the other processes "
+                          f"({first}); another rank may be writing a checkpoint, evaluating or compiling "
+                          "meanwhile: raise --dist-timeout")
+    return RunStopped(f"rank {rank}: the connection to another process of the run broke ({first}); that "
+                      "process's own message says why it stopped")
+
+
+def barrier(info: DistInfo, checkpoint: bool = False) -> None:
+    """Wait for every process; ``checkpoint``: in ``info.checkpoint_group``, whose timeout (CHECKPOINT_WAIT_S or
+    --dist-timeout, the longer) lets rank 0 write a checkpoint however short --dist-timeout is."""
+    if not info.enabled:
+        return
+    if checkpoint and info.checkpoint_group is not None:
+        dist.barrier(group=info.checkpoint_group)
+    else:
         dist.barrier()

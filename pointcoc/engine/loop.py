@@ -38,7 +38,8 @@ from ..viz.curves import plot_curves, read_metrics
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, capture_rng_state, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, decide_on_rank0, init_distributed
+from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, collective_failure, decide_on_rank0,
+                          init_distributed)
 from .errors import TrainingDiverged, TrainingInterrupted
 from .metrics import confusion_matrix, plot_confusion_matrix, summarize_confusion
 from .progress import format_epoch, progress_bar, resolve_progress
@@ -463,9 +464,12 @@ def fit(model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, config:
                         resume, stop_after_epoch, overwrite, allow_world_size_change, allow_data_change)
     except KeyboardInterrupt:
         raise run.interrupted() from None
-    except Exception:
+    except Exception as err:
         if run.terminated:  # e.g. a DataLoader worker killed by the same SIGTERM, noticed before the handler ran
             raise run.interrupted() from None
+        stopped = collective_failure(err, config.dist_timeout_s)  # torchrun: one line naming --dist-timeout
+        if stopped is not None:
+            raise stopped from None
         raise
     finally:
         if run.lock is not None:
@@ -656,7 +660,8 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
             run.saved(epoch + 1)  # at once: a Ctrl-C from here on must name this epoch
             if is_best:
                 save_checkpoint(state, output_dir / "best.pt")
-        barrier(info)
+        # the others wait here while rank 0 writes: a short --dist-timeout is for collectives, not for the disk
+        barrier(info, checkpoint=True)
         run.saved(epoch + 1)
 
     results = _final_results(output_dir, selection, last, class_names, info)
