@@ -122,7 +122,7 @@ def _program(words: List[str]):
     return "script", words[1:]
 
 
-class _Parsed(Exception):
+class _Parsed(BaseException):  # not Exception: run_cli turns those into one error line
     def __init__(self, namespace: argparse.Namespace):
         super().__init__("parsed")
         self.namespace = namespace

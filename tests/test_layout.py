@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pointcoc"
 # Bottom first. A name is a module or a package (its submodules belong to it too); the bare "pointcoc" is
 # only the package's own __init__ (the public facade), never the prefix of the others.
 LAYERS = [
-    ("base", ["pointcoc._optional", "pointcoc._version", "pointcoc._checkpoint_format", "pointcoc._precision"]),
+    ("base", ["pointcoc._optional", "pointcoc._version", "pointcoc._checkpoint_format", "pointcoc._precision",
+              "pointcoc._atomic"]),
     ("ops", ["pointcoc.ops"]),
     ("layers", ["pointcoc.layers", "pointcoc.functional"]),
     ("models", ["pointcoc.models"]),
