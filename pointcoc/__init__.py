@@ -15,7 +15,8 @@ from ._version import __version__
 _LAZY = {
     "ops": "", "layers": "", "models": "", "functional": "",
     "PointMLP": "models", "PointMLPElite": "models", "PointMLPCoC": "models", "create_model": "models",
-    "list_models": "models", "register_model": "models", "load_authors_checkpoint": "models",
+    "list_models": "models", "list_pretrained": "models", "is_model": "models", "register_model": "models",
+    "load_authors_checkpoint": "models",
     "env_report": "env",
     "export_model": "export", "load_exported": "export",
 }
@@ -30,6 +31,8 @@ __all__ = [
     "PointMLPCoC",
     "create_model",
     "list_models",
+    "list_pretrained",
+    "is_model",
     "register_model",
     "env_report",
     "load_authors_checkpoint",
@@ -42,8 +45,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from . import functional, layers, models, ops  # noqa: F401
     from .env import env_report
     from .export import export_model, load_exported
-    from .models import (PointMLP, PointMLPCoC, PointMLPElite, create_model, list_models, load_authors_checkpoint,
-                         register_model)
+    from .models import (PointMLP, PointMLPCoC, PointMLPElite, create_model, is_model, list_models, list_pretrained,
+                         load_authors_checkpoint, register_model)
+del TYPE_CHECKING  # not a public name (dir(pointcoc))
 
 
 def __getattr__(name: str):

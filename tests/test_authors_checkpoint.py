@@ -64,7 +64,8 @@ def test_loaded_checkpoint_gives_the_authors_logits(name, tmp_path):
     torch.save(_saved_like_the_authors(ref), path)
     model = load_authors_checkpoint(path, model=name, **SMALL)
     assert model.embedding.linear.weight.dtype == torch.float64  # the checkpoint's dtype
-    assert not model.training and model.num_classes == 11
+    assert model.training and model.num_classes == 11  # train mode, as create_model gives every model
+    model.eval()
     xyz = _points_near_origin(4)
     with torch.no_grad():
         got, want = model(xyz), ref(xyz.transpose(1, 2))
@@ -89,7 +90,7 @@ def test_near_origin_rule_is_on_and_can_be_turned_off():
     xyz = _points_near_origin(4)
     with torch.no_grad():
         want = ref(xyz.transpose(1, 2))
-        plain = load_authors_checkpoint(ref.state_dict(), fps_skip_near_origin=False, **SMALL)(xyz)
+        plain = load_authors_checkpoint(ref.state_dict(), fps_skip_near_origin=False, **SMALL).eval()(xyz)
     assert float((plain - want).abs().max()) > 1e-6  # the rule matters on these sets
 
 

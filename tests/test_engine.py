@@ -602,20 +602,22 @@ def test_each_sample_is_augmented_from_seed_epoch_and_index_only():
 
 
 def _checkpoints_to_dev_full(monkeypatch, from_call=1):
-    """Make atomic_write's temp file of the ``from_call``-th save and later ones write to /dev/full (ENOSPC on
-    every write), so the real torch.save meets a full disk."""
-    import pointcoc.engine.checkpoint as ckpt
+    """Make atomic_write's temp file of the ``from_call``-th checkpoint save and later ones write to /dev/full
+    (ENOSPC on every write), so the real torch.save meets a full disk (other files are written normally)."""
+    import pointcoc._atomic as atomic
 
     real_fdopen, calls = os.fdopen, []
 
     def fdopen(fd, *args, **kwargs):
+        if ".pt." not in os.readlink(f"/proc/self/fd/{fd}"):  # config.json, metrics, PNGs
+            return real_fdopen(fd, *args, **kwargs)
         calls.append(1)
         if len(calls) < from_call:
             return real_fdopen(fd, *args, **kwargs)
         os.close(fd)
         return open("/dev/full", "wb")
 
-    monkeypatch.setattr(ckpt.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")

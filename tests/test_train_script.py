@@ -418,13 +418,15 @@ _FULL_DISK_FROM_SAVE = """
 import os, runpy, sys
 n, calls, real_fdopen = int(sys.argv[1]), [], os.fdopen
 def fdopen(fd, *args, **kwargs):
+    if ".pt." not in os.readlink(f"/proc/self/fd/{fd}"):  # config.json, PNGs: written normally
+        return real_fdopen(fd, *args, **kwargs)
     calls.append(1)
     if len(calls) < n:
         return real_fdopen(fd, *args, **kwargs)
     os.close(fd)
     return open("/dev/full", "wb")
-import pointcoc.engine.checkpoint
-pointcoc.engine.checkpoint.os.fdopen = fdopen
+import pointcoc._atomic
+pointcoc._atomic.os.fdopen = fdopen
 sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

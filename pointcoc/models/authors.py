@@ -79,7 +79,8 @@ def _num_classes(state: dict) -> int:
 
 
 def load_authors_checkpoint(checkpoint, model: str = "pointmlp_coc", **model_kwargs) -> nn.Module:
-    """A pointcoc model holding the weights of one of the authors' checkpoints, in eval mode.
+    """A pointcoc model holding the weights of one of the authors' checkpoints (in train mode, as
+    :func:`pointcoc.create_model` returns every model: call ``.eval()`` for inference).
 
     Args:
         checkpoint: a path or a loaded object, as :func:`authors_state_dict` takes.
@@ -91,7 +92,7 @@ def load_authors_checkpoint(checkpoint, model: str = "pointmlp_coc", **model_kwa
 
     Returns:
         The model (parameters and BatchNorm statistics loaded, in the checkpoint's floating
-        dtype, on the CPU, eval mode). Its logits for
+        dtype, on the CPU, train mode). In eval mode its logits for
         ``xyz`` (B, N, 3) are the authors' model's for ``xyz.transpose(1, 2)``, to float rounding
         (exact distance ties in FPS aside: see :func:`pointcoc.ops.farthest_point_sample`).
 
@@ -115,4 +116,4 @@ def load_authors_checkpoint(checkpoint, model: str = "pointmlp_coc", **model_kwa
     except ValueError as err:
         raise ValueError(f"checkpoint does not fit model {model!r} ({kwargs}): {err}") from None
     net.load_state_dict(converted)
-    return net.eval()
+    return net

@@ -1,4 +1,5 @@
-"""Model registry: ``register_model``, ``create_model(name, **overrides)``, ``list_models(pattern)``."""
+"""Model registry (timm's discovery API): ``register_model``, ``create_model(name, **overrides)``,
+``list_models(pattern, pretrained)``, ``list_pretrained(pattern)``, ``is_model(name)``."""
 from __future__ import annotations
 
 import difflib
@@ -6,13 +7,13 @@ import fnmatch
 import inspect
 import os
 import typing
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from torch import nn
 
 from .model_cfg import default_pretrained_cfg
 
-__all__ = ["register_model", "create_model", "list_models"]
+__all__ = ["register_model", "create_model", "list_models", "list_pretrained", "is_model"]
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,7 +27,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False, **overrides) -> nn.Module:
+def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False, features_only: bool = False,
+                 out_indices: Union[int, Sequence[int], None] = None, **overrides) -> nn.Module:
     """Build the registered model ``name``; keyword arguments override its configuration.
 
     ``pretrained`` loads trained weights (:mod:`pointcoc.models.pretrained`): True for the model's default tag,
@@ -39,6 +41,13 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
     listing the ones it does, and for weights that are missing, damaged or of another model.
     Every model gets ``model.pretrained_cfg`` (:mod:`pointcoc.models.model_cfg`; with the weights' tag, file,
     SHA-256 and card when ``pretrained`` is given).
+
+    ``features_only=True`` returns the model without its head, giving per-stage features
+    (:class:`~pointcoc.models.features.PointSetFeatures`: a list of (xyz, features, lengths) per stage of
+    ``out_indices``, described by ``feature_info``), after loading ``pretrained`` weights.
+
+    The model is returned in train mode, as every ``nn.Module`` (and timm's ``create_model``): call ``.eval()``
+    before inference. :func:`pointcoc.load_authors_checkpoint` follows the same rule.
     """
     if name not in _MODELS and "." in str(name):
         name, tag = str(name).split(".", 1)
@@ -60,10 +69,14 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
     for key, value in overrides.items():  # a bool option given "no", 1 or 0.0 would count by its truth value
         if key in _bool_arguments(name) and not isinstance(value, bool):
             raise ValueError(f"model {name!r}: {key} must be a bool (true or false); got {value!r}")
+    if not isinstance(features_only, bool):
+        raise ValueError(f"features_only must be a bool; got {features_only!r}")
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects the stages of a feature model: pass features_only=True with it")
     if pretrained is False or pretrained is None:
         model = _MODELS[name](**overrides)
         model.pretrained_cfg = default_pretrained_cfg(name, model)
-        return model
+        return _as_features(model, out_indices) if features_only else model
     from .pretrained import load_pretrained, resolve_pretrained
 
     state, kwargs, info = resolve_pretrained(name, pretrained)
@@ -75,7 +88,12 @@ def create_model(name: str, pretrained: Union[bool, str, "os.PathLike"] = False,
             raise ValueError(f"model {name!r} cannot change num_classes after loading weights")
         model.reset_classifier(num_classes)
     model.pretrained_cfg = {**default_pretrained_cfg(name, model), **info}
-    return model
+    return _as_features(model, out_indices) if features_only else model
+
+
+def _as_features(model: nn.Module, out_indices) -> nn.Module:
+    from .features import PointSetFeatures
+    return PointSetFeatures(model, out_indices)
 
 
 def _bool_arguments(name: str) -> set:
@@ -118,7 +136,27 @@ def model_arguments(name: str) -> Optional[List[str]]:
     return None
 
 
-def list_models(pattern: Optional[str] = None) -> List[str]:
-    """Sorted names of the registered models, optionally filtered by a shell-style ``pattern`` ("*coc*")."""
+def list_models(pattern: Optional[str] = None, pretrained: bool = False) -> List[str]:
+    """Sorted names of the registered models, optionally filtered by a shell-style ``pattern`` ("*coc*").
+
+    ``pretrained=True`` lists the trained weights instead, as timm does: full names ``<model>.<tag>``
+    (:func:`list_pretrained`), each usable as ``create_model(name)``.
+    """
+    if pretrained:
+        return list_pretrained(pattern)
     names = sorted(_MODELS)
     return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def list_pretrained(pattern: Optional[str] = None) -> List[str]:
+    """Sorted ``<model>.<tag>`` names of the trained weights found (shipped and cached; `pointcoc weights` shows
+    their accuracy), optionally filtered by a shell-style ``pattern`` on that name ("*digits*")."""
+    from .pretrained import list_pretrained as found
+
+    names = found()
+    return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model; a ``<model>.<tag>`` name counts by its model part."""
+    return isinstance(name, str) and (name in _MODELS or name.split(".", 1)[0] in _MODELS)
