@@ -5,15 +5,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow test-all demo bench gpu-check clean
+.PHONY: install install-run test test-slow test-all demo bench gpu-check clean
 
-$(VENV)/.installed: pyproject.toml
+# What running pointcoc needs: torch, the package and numba (the compiled CPU FPS/kNN). pip shows its progress.
+$(VENV)/.installed-run: pyproject.toml
+	@echo "make: setting up $(VENV): $(TORCH_SPEC), then pointcoc[fast]"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[fast]"
 	touch $@
 
+# + what the tests use (pytest, triton, onnxruntime, scikit-image, ...).
+$(VENV)/.installed: $(VENV)/.installed-run
+	@echo "make: adding the test tools to $(VENV)"
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+install-run: $(VENV)/.installed-run
 install: $(VENV)/.installed
 
 test: install
@@ -25,11 +34,11 @@ test-slow: install
 # Real data end to end, through the installed `pointcoc` command: PointMLP-elite on the shipped modelnet10
 # (the ten ModelNet10 classes of ModelNet40, 3,991 train / 908 test shapes); the recipe file is
 # pointcoc/recipes/demo.toml (--threads 1: CPU results are bitwise reproducible only for a fixed torch thread count).
-demo: install
+demo: install-run
 	$(VENV)/bin/pointcoc train --config demo --overwrite
 	$(VENV)/bin/pointcoc evaluate runs/demo/last.pt --votes 1 --threads 1
 
-bench: install
+bench: install-run
 	$(PY) scripts/benchmark.py --quick
 
 # Everything that needs a GPU in one run of at most ~8 minutes (docs/gpu_check.md). It uses the GPU
