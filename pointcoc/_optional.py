@@ -3,10 +3,17 @@
 ``WITH_PYTORCH3D`` tells whether pytorch3d imports. Where it does not,
 ``pytorch3d_ops`` is a placeholder whose use raises an ImportError that says
 how to install it, so code may refer to it unconditionally.
+
+Every "this needs package X" error is a :class:`MissingOptionalPackage`: the commands report it as a usage
+error (one ``error:`` line, exit 2), since installing the package fixes it.
 """
 from __future__ import annotations
 
-__all__ = ["WITH_PYTORCH3D", "pytorch3d_ops", "MissingPackage"]
+__all__ = ["WITH_PYTORCH3D", "pytorch3d_ops", "MissingPackage", "MissingOptionalPackage"]
+
+
+class MissingOptionalPackage(ImportError):
+    """An optional package a feature needs is not installed; the message says how to install it."""
 
 
 class MissingPackage:
@@ -19,7 +26,7 @@ class MissingPackage:
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        raise ImportError(f"'{name}' needs package {self._package} ({self._hint})")
+        raise MissingOptionalPackage(f"'{name}' needs package {self._package} ({self._hint})")
 
     def __bool__(self) -> bool:
         return False

@@ -25,6 +25,7 @@ run leaves what it measured. The format is documented in docs/gpu_check.md.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -43,6 +44,7 @@ import torch
 import torch._inductor.config  # noqa: F401  (fallback_random)
 
 from .. import ops
+from .._links import REPOSITORY, repository_link
 from ..ops.fps import fps_torch
 from ..ops.knn import knn_torch
 from .measure import machine_description, peak_memory, random_tensor, synchronize, time_pair, timed
@@ -127,7 +129,11 @@ class _Budget:
         return self.end - time.monotonic()
 
 
-class BudgetExhausted(RuntimeError):
+class SectionSkipped(RuntimeError):
+    """Raised inside a section that cannot run here; the message says why (recorded as "skipped")."""
+
+
+class BudgetExhausted(SectionSkipped):
     """Raised inside a section when what remains would not fit in the time budget."""
 
 
@@ -159,7 +165,15 @@ def _environment(device: torch.device, sizes: CheckSizes, budget: _Budget) -> Di
 
 
 def _cuda_tests(device: torch.device, sizes: CheckSizes, budget: _Budget, out_dir: Path) -> Dict:
-    """``pytest -m cuda`` over ``sizes.pytest_targets`` in a subprocess; counts from its JUnit XML."""
+    """``pytest -m cuda`` over ``sizes.pytest_targets`` in a subprocess; counts from its JUnit XML.
+
+    Skipped (SectionSkipped) where the tests are not there (an installed wheel holds none) or pytest is missing.
+    """
+    if not all((ROOT / target).exists() for target in sizes.pytest_targets):
+        raise SectionSkipped(f"the CUDA tests are not part of the installed package; run pointcoc gpu-check in a "
+                             f"source checkout ({REPOSITORY}) to include them")
+    if importlib.util.find_spec("pytest") is None:
+        raise SectionSkipped("pytest is not installed (pip install 'pointcoc[test]')")
     timeout = min(sizes.pytest_timeout_s, budget.left() - 30)
     _need(budget, 2 * sizes.step_need_s, "the CUDA tests")
     xml = out_dir / "cuda_tests.xml"
@@ -415,7 +429,7 @@ def _run_sections(names: List[str], runners: Dict[str, Callable], doc: Dict, out
         t0 = time.monotonic()
         try:
             result = {"status": "ok", **runners[name]()}
-        except BudgetExhausted as err:
+        except SectionSkipped as err:
             result = {"status": "skipped", "reason": str(err)}
         except Exception as err:  # recorded; the next section still runs
             result = {"status": "failed", "error": f"{type(err).__name__}: {err}",
@@ -435,9 +449,14 @@ def _mib(b) -> str:
     return "" if b is None else f"{b / 2**20:.0f}"
 
 
+def _cell(value) -> str:
+    """``value`` as one markdown table cell: one line (a line break would end the table), ``|`` escaped."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
 def _table(header: List[str], lines: List[List]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(v) for v in line) + " |" for line in lines]
+    out += ["| " + " | ".join(_cell(v) for v in line) + " |" for line in lines]
     return out
 
 
@@ -452,12 +471,12 @@ def to_markdown(doc: Dict) -> str:
         lines = [f"# pointcoc GPU check: DRY RUN on the CPU (no CUDA device), {doc['sizes']['name']} sizes, "
                  f"no GPU numbers; {where}"]
     lines += ["", f"`{doc['command']}`, {doc['date']}, {doc.get('elapsed_s', 0):.0f} s of a {doc['budget_s']:.0f} s "
-                  f"budget. Sizes: {doc['sizes']['name']}. Format: docs/gpu_check.md.", ""]
+                  f"budget. Sizes: {doc['sizes']['name']}. Format: {repository_link('docs/gpu_check.md')}.", ""]
     lines.append("| section | status | seconds |")
     lines.append("|---|---|---:|")
     for name, sec in sections.items():
         status = sec["status"] + ("" if sec["status"] == "ok" else f": {sec.get('reason') or sec.get('error')}")
-        lines.append(f"| {name} | {status} | {sec['seconds']:.1f} |")
+        lines.append(f"| {name} | {_cell(status)} | {sec['seconds']:.1f} |")
     if env.get("status") == "ok":
         lines += ["", f"torch {env['torch']}, CUDA {env['cuda']}, triton {env['triton']}, numba {env['numba']}, "
                       f"pytorch3d {env['pytorch3d']}. Backends: {env['backend_choice']['fps']}; "

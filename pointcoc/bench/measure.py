@@ -5,16 +5,19 @@ interleaved, so that a shared and noisy machine slows both sides alike.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory",
+__all__ = ["synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "quiet_profile", "peak_cpu_memory",
+           "peak_memory",
            "Row", "SectionUnavailable", "import_or_skip", "random_tensor", "machine_description"]
 
 
@@ -62,6 +65,37 @@ def median_speedup(pairs) -> float:
     return statistics.median(ref / ours for ours, ref in pairs)
 
 
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Send file descriptor 2 to /dev/null meanwhile: torch's profiler logs each start and stop there, from C++
+    (``USDT: ... profiler_start``), past ``sys.stderr`` and any environment setting."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def quiet_profile(**kwargs):
+    """``torch.profiler.profile(**kwargs)`` without the lines it writes to stderr when it starts and stops; what
+    the profiled code itself writes to stderr still shows. Yields the profiler."""
+    from torch.profiler import profile
+
+    prof = profile(**kwargs)
+    with _stderr_silenced():
+        prof.start()
+    try:
+        yield prof
+    finally:
+        with _stderr_silenced():
+            prof.stop()
+
+
 def peak_cpu_memory(fn: Callable) -> int:
     """Largest amount of CPU memory held by torch tensors while ``fn()`` runs, in bytes.
 
@@ -70,9 +104,9 @@ def peak_cpu_memory(fn: Callable) -> int:
     memory already held when ``fn`` starts. Memory that does not go through
     torch's allocator (numpy or numba arrays) is not seen.
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     deltas = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events())
     held = peak = 0

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .. import ops
-from .measure import import_or_skip, machine_description, synchronize
+from .measure import import_or_skip, machine_description, quiet_profile, synchronize
 from .model_rows import MODEL_LABELS, reference_pair, step_inputs, train_step
 
 __all__ = ["profile_train_step", "profile_model_vs_reference", "profile_pixel_step"]
@@ -20,7 +20,7 @@ def profile_train_step(name: str, batch: int = 16, n_points: int = 1024, device=
     One untimed step first (allocations, kernel compilation), then one profiled
     step. ``backend`` forces an ops backend (e.g. "torch") for the step.
     """
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, record_function
 
     create_model = import_or_skip("pointcoc", "create_model")
     torch.manual_seed(0)
@@ -39,7 +39,7 @@ def profile_train_step(name: str, batch: int = 16, n_points: int = 1024, device=
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
     with ops.use_backend(backend):
         step()
-        with profile(activities=activities, record_shapes=False) as prof:
+        with quiet_profile(activities=activities, record_shapes=False) as prof:
             step()
             synchronize(device)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
@@ -111,7 +111,7 @@ def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classe
     op (forward and backward), then ``torch.profiler``'s top ops. One untimed
     step precedes each profiled one. Returns the text.
     """
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, record_function
 
     ours, reference, xyz, label = reference_pair(name, batch, n_points, num_classes, device, model_kwargs)
     runs = [("ours", ours, xyz), ("reference", reference, xyz.transpose(1, 2))]
@@ -123,7 +123,7 @@ def profile_model_vs_reference(batch: int = 16, n_points: int = 1024, num_classe
         undo = _label_sections(model, _SECTION_CLASSES[layout])
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
         start = time.perf_counter()
-        with profile(activities=activities) as prof:
+        with quiet_profile(activities=activities) as prof:
             with record_function("step"):
                 step()
             synchronize(device)
@@ -166,7 +166,7 @@ def profile_pixel_step(name: str = "pointmlp_coc_pixels", side: int = 28, batch:
         dict with ``step_s`` (mean over the profiled steps), ``fps_s`` and ``knn_s`` (their share, from
         the profiler's ``pointcoc::`` custom-op events) and ``top`` (the profiler table, 15 rows).
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     from ..ops import numba_backend
     from .ops_rows import pixel_set_batch
@@ -190,7 +190,7 @@ def profile_pixel_step(name: str = "pointmlp_coc_pixels", side: int = 28, batch:
         numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
     try:
         step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with quiet_profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
             for _ in range(steps):
                 step()

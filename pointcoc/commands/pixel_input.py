@@ -1,6 +1,6 @@
 """Inputs of ``pointcoc visualize-clusters``: an image file or ``DATASET:INDEX``, as the checkpoint's pixel set.
 
-A checkpoint of ``scripts/train_pixels.py`` stores ``dataset`` and ``extra = {"format", "keep",
+A checkpoint of ``pointcoc train-pixels`` stores ``dataset`` and ``extra = {"format", "keep",
 "mask_seed", "image_shape"}`` in its config; the pictures use the same format, so a model trained
 on discrete 50 % pixels is shown discrete 50 % pixels.
 """
@@ -66,7 +66,7 @@ def load_pixel_input(spec: str, config: Dict, invert: bool = False, mask_seed: i
     """
     extra = config.get("extra") or {}
     if extra.get("task") != "pixels" or "image_shape" not in extra:
-        raise ValueError("the checkpoint is not from scripts/train_pixels.py (config.extra.task must be 'pixels' "
+        raise ValueError("the checkpoint is not from `pointcoc train-pixels` (config.extra.task must be 'pixels' "
                          f"with an image_shape); got extra {extra}")
     c, h, w = extra["image_shape"]
     fmt, keep = extra["format"], extra["keep"]

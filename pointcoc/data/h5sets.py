@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._links import repository_link
 from ..ops.validation import coordinate_bound
 from .locations import data_root_candidates, download_candidates, shipped_set_dir
 
@@ -84,16 +85,16 @@ _SCANOBJECTNN_HOWTO = (
     "from https://hkust-vgd.github.io/scanobjectnn/ , download h5_files.zip and unzip it so that "
     "data/ScanObjectNN/h5_files/main_split/ exists below the working folder, or set POINTCOC_DATA to a folder "
     "holding ScanObjectNN/h5_files, or pass --data-root (data_root=) pointing at the h5_files folder. "
-    "See data/README.md in the repository."
+    f"See {repository_link('data/README.md')}"
 )
 _MODELNET_HOWTO = (
     "ModelNet40 (Princeton ModelNet, Wu et al. 2015; academic use) is not in the installed package. Either copy "
-    "the folder data/modelnet40_1024/ of a pointcoc source checkout (modelnet40_1024_train.h5, "
+    f"the repository's folder modelnet40_1024/ ({repository_link('data/modelnet40_1024/')}: modelnet40_1024_train.h5, "
     "modelnet40_1024_test.h5, shape_names.txt; 1,024 points, z up) to $POINTCOC_DATA/modelnet40_1024/ (or to "
     "./data/modelnet40_1024/ below the working folder), or unzip PointNet's archive modelnet40_ply_hdf5_2048.zip "
     "(2,048 points, y up) so that $POINTCOC_DATA/modelnet40_ply_hdf5_2048/ply_data_train0.h5 (or "
     "./data/modelnet40_ply_hdf5_2048/ply_data_train0.h5) exists, or pass --data-root (data_root=) pointing at "
-    "either folder. See data/README.md in the repository."
+    f"either folder. See {repository_link('data/README.md')}"
 )
 
 
@@ -356,8 +357,8 @@ def load_modelnet10(root=None, num_points: int = 512, augment: Optional[Callable
     if missing:
         lines = "\n".join(f"  {p}" for p in files)
         raise DatasetNotFoundError(
-            f"modelnet10 not found. Looked for:\n{lines}\nIt ships inside the pointcoc package (and in a "
-            f"checkout's data/modelnet10/): reinstall pointcoc (or restore data/ with git), or pass "
+            f"modelnet10 not found. Looked for:\n{lines}\nIt ships inside the pointcoc package (and in the "
+            f"repository, {repository_link('data/modelnet10/')}): reinstall pointcoc, or pass "
             f"--data-root (root=) to point at a folder holding these files.")
     _check_num_points(f"modelnet10 ({base})", files[:2], num_points)
     names = _read_names(files[2], len(MODELNET10_CLASSES))

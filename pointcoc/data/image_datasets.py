@@ -34,6 +34,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .._links import repository_link
+from .._optional import MissingOptionalPackage
 from .locations import shipped_set_dir
 
 __all__ = [
@@ -114,8 +116,8 @@ def _split(images, labels, names, test_fraction, seed=0) -> ImageSplits:
 
 def _require(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. It ships inside the pointcoc package (and in a checkout's "
-                                f"data/ folder): reinstall pointcoc (or restore data/ with git), or pass root= / "
+        raise FileNotFoundError(f"{what} not found: {path}. It ships inside the pointcoc package (and in the "
+                                f"repository, {repository_link('data/')}): reinstall pointcoc, or pass root= / "
                                 f"--data-root pointing at a folder holding {path.name}")
     return path
 
@@ -153,7 +155,8 @@ def _skimage_data_file(name: str) -> Path:
     try:
         import skimage.data
     except ImportError:
-        raise ImportError(f"{name} ships with scikit-image: pip install scikit-image (or pointcoc[images])") from None
+        raise MissingOptionalPackage(f"{name} ships with scikit-image, which is not installed: pip install "
+                                     "'pointcoc[images]' (or scikit-image)") from None
     return Path(skimage.data.__file__).parent / name
 
 

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Optional
 
 from .._atomic import check_output_file
+from .._optional import MissingOptionalPackage
 from .errors import RunStopped, disk_full_cause
 from .recipes import parse_with_recipe
 
 __all__ = ["HelpFormatter", "USAGE_ERRORS", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_ERROR", "DEBUG_ENV_VAR",
            "debug_requested", "run_cli", "json_dict", "check_output_file"]
 
-# Errors that mean "fix your input" or "the run stopped for a reason you can act on": exit code 2.
-USAGE_ERRORS = (FileNotFoundError, ValueError, RunStopped)
+# Errors that mean "fix your input or install" or "the run stopped for a reason you can act on": exit code 2.
+USAGE_ERRORS = (FileNotFoundError, ValueError, RunStopped, MissingOptionalPackage)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C (a run stopped by SIGTERM: 143)
 EXIT_ERROR = 1  # an error that is not a usage error: likely a bug; POINTCOC_DEBUG=1 shows where

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .._links import repository_link
 from .progress import add_progress_arg
 
 __all__ = ["TrainConfig", "add_training_args", "config_from_args", "check_before_data", "check_num_classes",
@@ -205,13 +206,13 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Optional[TrainC
                         "a recipe's amp = true (default: off)")
     g.add_argument("--sync-bn", action="store_true",
                    help="under torchrun, BatchNorm statistics over the global batch instead of each process's share "
-                        "(CUDA only); see docs/training.md for what a multi-process run equals")
+                        f"(CUDA only); see {repository_link('docs/training.md')} for what a multi-process run equals")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model for training and evaluation: the same results, but on a CPU (which "
                         "needs a C++ compiler) the first epoch compiles for minutes (322 s for a 64-point "
                         "PointMLP-elite epoch on 2 cores) and recompiles for the last, smaller batch and for "
-                        "evaluation, for no measured speed-up (docs/benchmarks.md); inductor/dynamo may log "
-                        "warnings meanwhile (docs/training.md). Worth it on a GPU. Checkpoints hold the plain "
+                        f"evaluation, for no measured speed-up ({repository_link('docs/benchmarks.md')}); "
+                        f"inductor/dynamo may log warnings meanwhile ({repository_link('docs/training.md')}). Worth it on a GPU. Checkpoints hold the plain "
                         "model's weights")
     g.add_argument("--limit-train-batches", type=_positive_int, default=d.limit_train_batches,
                    help="train on at most this many batches per epoch (smoke runs)")

@@ -1,6 +1,6 @@
-"""Image classification on pixel sets behind ``scripts/train_pixels.py``.
+"""Image classification on pixel sets behind ``pointcoc train-pixels``.
 
-``scripts/train_pixels.py`` = ``run_cli(train_main, build_train_parser())``: the engine of the point-cloud
+``pointcoc train-pixels`` = ``run_cli(train_main, build_train_parser())``: the engine of the point-cloud
 script (:func:`pointcoc.engine.fit`: progress bars, checkpoints, resume, metrics, seed, device, torchrun)
 on a :class:`~pointcoc.data.pixels.PixelSetDataset` of a real image set. Exit code 0 on success, 2 when
 data, checkpoint or arguments are wrong (message, no traceback).
@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint
 from .cli import HelpFormatter, json_dict, run_cli
 from .config import TrainConfig, add_training_args, check_before_data, check_num_classes, config_from_args
 from .loop import fit, resolve_device, seed_everything, stratified_split
+from .rundir import RUN_FILES_TEXT
 from .threads import add_threads_arg, torch_threads
 
 __all__ = ["build_train_parser", "train_main", "pixel_datasets", "pixel_test_set", "default_model", "run_cli",
@@ -54,13 +55,13 @@ def _keep(text: str) -> float:
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train PointMLP / PointMLP-CoC on images as pixel sets (regular, discrete, masked, irregular "
-                    "or RGB-D). Writes config.json, metrics.jsonl, last.pt, best.pt, results.json and "
-                    "confusion_matrix.png to --output.",
+                    f"or RGB-D). Writes {RUN_FILES_TEXT} to --output.",
         formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=IMAGE_DATASETS, default="digits",
-                   help="digits (sklearn 8x8), mnist5k (28x28, shipped), lfw_faces (skimage 25x25, face vs "
-                        "non-face), modelnet_depth (28x28 renderings of shapes of the shipped modelnet10 with depth) "
+                   help="digits (sklearn 8x8), mnist5k (28x28, shipped), lfw_faces (scikit-image's 25x25, face "
+                        "vs non-face; needs the images extra: pip install 'pointcoc[images]'), modelnet_depth (28x28 "
+                        "renderings of shapes of the shipped modelnet10 with depth) "
                         "(default: %(default)s)")
     g.add_argument("--data-root", default=None,
                    help="folder of the data set's files (default: the copy shipped in the package, or the one "
@@ -126,11 +127,11 @@ def pixel_datasets(dataset: str, fmt: str, keep: float, mask_seed: int = 0, root
 
 
 def pixel_test_set(config: Union[TrainConfig, Dict], root=None) -> Tuple[PixelSetDataset, list]:
-    """Rebuild the test set (and class names) of a train_pixels.py run from its config or checkpoint config."""
+    """Rebuild the test set (and class names) of a ``pointcoc train-pixels`` run from its config or checkpoint config."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     extra = cfg.extra or {}
     if extra.get("task") != "pixels":
-        raise ValueError(f"config is not from train_pixels.py (extra.task = {extra.get('task')!r}, expected 'pixels')")
+        raise ValueError(f"config is not from `pointcoc train-pixels` (extra.task = {extra.get('task')!r}, expected 'pixels')")
     _, test, names = pixel_datasets(cfg.dataset, extra["format"], extra["keep"], extra["mask_seed"],
                                     root if root is not None else cfg.data_root)
     return test, names

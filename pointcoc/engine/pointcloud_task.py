@@ -1,8 +1,8 @@
 """Point-cloud classification runs (ScanObjectNN, ModelNet40, modelnet10) behind ``pointcoc train`` and
 ``pointcoc evaluate``.
 
-``pointcoc train`` (``scripts/train_scanobjectnn.py``) = ``build_train_parser()`` + ``train_main(args)``;
-``pointcoc evaluate`` (``scripts/evaluate.py``) = ``build_eval_parser()`` + ``evaluate_main(args)``. Both return a
+``pointcoc train`` = ``build_train_parser()`` + ``train_main(args)``;
+``pointcoc evaluate`` = ``build_eval_parser()`` + ``evaluate_main(args)``. Both return a
 process exit code:
 0 on success, 2 when data, checkpoint or arguments are wrong (the message is printed, no traceback).
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Subset
 
+from .._links import repository_link
 from ..data.augment import PointCloudAugment
 from ..data.h5sets import POINT_DATASETS, SCANOBJECTNN_VARIANTS, build_point_datasets, default_num_points
 from ..data.pixels import collate_pixel_sets
@@ -27,7 +28,7 @@ from .loop import (build_model_from_checkpoint, collate_point_dicts, evaluate, f
 from .metrics import format_per_class_table, per_class_table
 from .pixel_task import pixel_test_set
 from .progress import add_progress_arg
-from .rundir import check_new_run_folder
+from .rundir import RUN_FILES_TEXT, check_new_run_folder
 from .seeds import summarize_seed_runs, write_seed_summary
 from .threads import add_threads_arg, torch_threads
 
@@ -50,8 +51,9 @@ def add_point_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Data flags of the point-cloud scripts: --dataset, --data-root, --variant, --num-points."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=POINT_DATASETS, default="scanobjectnn",
-                   help="scanobjectnn (authors' h5 files), modelnet40 (the full ModelNet40: a checkout's "
-                        "data/modelnet40_1024, or PointNet's modelnet40_ply_hdf5_2048) or modelnet10 (its ten "
+                   help="scanobjectnn (authors' h5 files), modelnet40 (the full ModelNet40: the repository's "
+                        f"{repository_link('data/modelnet40_1024/')}, or PointNet's modelnet40_ply_hdf5_2048) or "
+                        "modelnet10 (its ten "
                         "ModelNet10 classes, 512 points, shipped inside the package) (default: %(default)s)")
     g.add_argument("--data-root", default=None,
                    help="folder of the data set. Default: $POINTCOC_DATA/ScanObjectNN/h5_files, then "
@@ -71,9 +73,8 @@ def add_point_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def build_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train PointMLP / PointMLP-elite / PointMLP-CoC on ScanObjectNN (default), ModelNet40 or the "
-                    "shipped modelnet10. Writes config.json, metrics.jsonl, last.pt, best.pt, results.json and "
-                    "confusion_matrix.png to --output. Multi-GPU: torchrun --nproc_per_node N "
-                    "scripts/train_scanobjectnn.py ...",
+                    f"shipped modelnet10. Writes {RUN_FILES_TEXT} to --output. Multi-GPU: torchrun "
+                    "--nproc_per_node N -m pointcoc train ...",
         formatter_class=HelpFormatter)
     add_point_data_args(p)
     add_training_args(p)
@@ -86,7 +87,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-efficient", action="store_true",
                    help="build the model with memory_efficient=True: backward recomputes the pre-extraction "
                         "activations instead of storing them; the same results in a fraction of the memory, "
-                        "a slower step (docs/benchmarks.md)")
+                        f"a slower step ({repository_link('docs/benchmarks.md')})")
     return p
 
 

@@ -26,7 +26,7 @@ try:
 except ImportError:  # not POSIX (Windows): runs are not locked
     fcntl = None
 
-__all__ = ["RUN_MARKERS", "RUN_OUTPUTS", "RESUMABLE_CHANGES", "LOCK_NAME", "writable_folder", "create_output_dir",
+__all__ = ["RUN_MARKERS", "RUN_OUTPUTS", "RUN_FILES_TEXT", "RESUMABLE_CHANGES", "LOCK_NAME", "writable_folder", "create_output_dir",
            "check_new_run_folder",
            "prepare_output_dir", "rewind_metrics", "check_resume_config", "RunFolderLock"]
 
@@ -36,6 +36,9 @@ RUN_MARKERS = ("metrics.jsonl", "last.pt", "best.pt", "results.json")
 # without any of them holds epochs of a run stopped before its first checkpoint: nothing can resume it.
 SAVED_MARKERS = ("last.pt", "best.pt", "results.json")
 LOCK_NAME = ".pointcoc.lock"
+# What a training run writes to its folder, for the training commands' --help (fit's docstring lists the same).
+RUN_FILES_TEXT = ("config.json, metrics.jsonl, curves.png, last.pt, results.json and confusion_matrix.png, and best.pt "
+                  "when an epoch is selected (--val-fraction, --select-on-test)")
 # What ``overwrite`` removes before a new run (the others are rewritten anyway).
 RUN_OUTPUTS = RUN_MARKERS
 # TrainConfig fields a resumed run may change: they do not change what is trained (compile: the same function,
