@@ -9,7 +9,7 @@ import torch
 from .._atomic import save_png
 
 __all__ = ["confusion_matrix", "summarize_confusion", "per_class_table", "format_per_class_table",
-           "confusion_figure", "plot_confusion_matrix"]
+           "confusion_figure", "plot_confusion_matrix", "ABSENT_CLASS_TEXT"]
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -76,6 +76,8 @@ def format_per_class_table(rows: Sequence[Dict]) -> str:
 # Counts are written in the cells up to this many classes (ModelNet40's 40); above, the cells get too small.
 MAX_CLASSES_WITH_COUNTS = 40
 COLORBAR_LABEL = "fraction of true class (row-normalised)"
+# Written across the (hatched) row of a class the evaluated split holds no sample of.
+ABSENT_CLASS_TEXT = "no samples of this class in this split"
 
 
 def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = None, title: str = ""):
@@ -84,6 +86,8 @@ def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = No
     The cell colour is the fraction of the true class predicted as that column (colour bar labelled
     :data:`COLORBAR_LABEL`). With at most :data:`MAX_CLASSES_WITH_COUNTS` classes each non-zero cell also shows
     its count, white on dark cells and black on light ones; zero cells stay blank, so the errors stand out.
+    The row of a class without samples (a test split that lacks it) is hatched and says
+    :data:`ABSENT_CLASS_TEXT`, so that it does not read as a class never predicted right.
     A long ``title`` (run names with paths) is wrapped to the figure's width and placed by the figure's
     layout, so it is never cut off.
     """
@@ -110,6 +114,7 @@ def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = No
     ax.set_ylabel("true")
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label(COLORBAR_LABEL)
+    _mark_absent_rows(ax, counts)
     if with_counts:
         for t in range(n):
             for p in range(n):
@@ -124,6 +129,17 @@ def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = No
         chars = max(20, int(size * 72 / (9 * 0.6)))  # about 0.6 em per character at 9 pt
         fig.suptitle(textwrap.fill(title, chars), fontsize=9)
     return fig
+
+
+def _mark_absent_rows(ax, counts: torch.Tensor) -> None:
+    """Hatch each row of ``counts`` (n, n) that holds no sample and write :data:`ABSENT_CLASS_TEXT` across it."""
+    from matplotlib.patches import Rectangle
+
+    n = counts.shape[0]
+    for t in torch.nonzero(counts.sum(1) == 0).flatten().tolist():
+        ax.add_patch(Rectangle((-0.5, t - 0.5), n, 1, facecolor="none", edgecolor="0.6", hatch="////", linewidth=0))
+        ax.text((n - 1) / 2, t, ABSENT_CLASS_TEXT, ha="center", va="center", fontsize=7, color="0.25",
+                bbox=dict(facecolor="white", edgecolor="none", pad=1.0))
 
 
 def plot_confusion_matrix(cm: torch.Tensor, path, class_names: Optional[Sequence[str]] = None, title: str = "") -> Path:

@@ -12,6 +12,7 @@ assignment is drawn (the pixel models have one head).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -24,8 +25,8 @@ from .._atomic import save_png
 from ..layers import ContextCluster, record_assignments
 from ..models.convnet import pixel_cells
 
-__all__ = ["ClusterMap", "cluster_maps", "colorize_clusters", "cluster_maps_figure", "plot_cluster_maps",
-           "MISSING_RGB"]
+__all__ = ["ClusterMap", "cluster_maps", "colorize_clusters", "layer_labels", "cluster_maps_figure",
+           "plot_cluster_maps", "MISSING_RGB", "STAGES_NOTE"]
 
 
 @dataclass
@@ -155,7 +156,26 @@ def _show_image(image: torch.Tensor, present: Optional[torch.Tensor]) -> np.ndar
     return rgb
 
 
-LEGEND_HEIGHT = 0.5  # inches below the panels for the legend
+LEGEND_HEIGHT = 0.7  # inches below the panels for the legend and the line that says what a stage is
+# Under the legend: what the panel titles' stages are.
+STAGES_NOTE = ("stage s: the clustering in the model's s-th stage, over the pixels in stage 1 and over fewer "
+               "FPS-sampled anchors later (a pixel takes the cluster of its nearest anchor)")
+_LAYER_NAME = re.compile(r"stages\.(\d+)\.\w+\.(\d+)$")
+
+
+def layer_labels(layers: Sequence[str]) -> List[str]:
+    """Panel titles for layer names: ``stages.0.pos_blocks.0`` -> ``stage 1``; with several clustering blocks in one
+    stage, ``stage 1, block 2``. A name of another form is kept."""
+    parsed = [_LAYER_NAME.match(name) for name in layers]
+    stages = [int(m.group(1)) for m in parsed if m]
+    labels = []
+    for name, m in zip(layers, parsed):
+        if m is None:
+            labels.append(name)
+            continue
+        stage, block = int(m.group(1)), int(m.group(2))
+        labels.append(f"stage {stage + 1}" + (f", block {block + 1}" if stages.count(stage) > 1 else ""))
+    return labels
 
 
 def cluster_maps_figure(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap], str]], panel_size: float = 2.6):
@@ -163,7 +183,8 @@ def cluster_maps_figure(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap],
 
     Each pixel of a map has the colour of its cluster, blended with the image; the centers are white stars.
     Pixels not in the set are pale red (checkerboard) in the input panel and light grey
-    (:data:`MISSING_RGB`) in the maps. A legend under the panels says so.
+    (:data:`MISSING_RGB`) in the maps. A legend under the panels says so, and what the stages of the panel titles
+    (:func:`layer_labels`) are. The figure's constrained layout keeps every title clear of the row above.
 
     Args:
         rows: (image (C, h, w) in [0, 1], its ClusterMaps, a title) per image.
@@ -179,22 +200,23 @@ def cluster_maps_figure(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap],
         raise ValueError("rows must hold at least one (image, maps, title); got none")
     cols = 1 + max(len(maps) for _, maps, _ in rows)
     height = panel_size * len(rows) + 0.4 + LEGEND_HEIGHT
-    fig = Figure(figsize=(panel_size * cols, height))
+    fig = Figure(figsize=(panel_size * cols, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(rows), cols, squeeze=False)
+    grid = fig.add_gridspec(len(rows) + 1, cols, height_ratios=[panel_size] * len(rows) + [LEGEND_HEIGHT])
+    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(cols)] for r in range(len(rows))])
     any_missing = False
     for r, (image, maps, title) in enumerate(rows):
         present = maps[0].labels >= 0 if maps else None
         any_missing |= present is not None and not bool(present.all())
         axes[r, 0].imshow(_show_image(image, present), interpolation="nearest")
         axes[r, 0].set_title(title, fontsize=8)
-        for c, m in enumerate(maps, start=1):
+        for c, (m, label) in enumerate(zip(maps, layer_labels([m.layer for m in maps])), start=1):
             ax = axes[r, c]
             ax.imshow(colorize_clusters(m.labels, image), interpolation="nearest")
             ax.scatter(m.centers[:, 0].numpy(), m.centers[:, 1].numpy(), s=70, marker="*", c="white",
                        edgecolors="black", linewidths=0.9)
             used = len(torch.unique(m.labels[m.labels >= 0]))
-            ax.set_title(f"{m.layer}\n{m.num_points} points, {used}/{len(m.center_slots)} clusters", fontsize=7)
+            ax.set_title(f"{label}\n{m.num_points} points, {used}/{len(m.center_slots)} clusters", fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -206,9 +228,11 @@ def cluster_maps_figure(rows: Sequence[Tuple[torch.Tensor, Sequence[ClusterMap],
     if any_missing:
         handles += [Patch(facecolor=MISSING_RGB, edgecolor="0.4", label="map: pixel not in the set"),
                     Patch(facecolor=INPUT_MISSING_RGB, edgecolor="0.4", label="input: pixel not in the set")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=7,
-               handlelength=1.2, columnspacing=1.2)
-    fig.tight_layout(rect=(0, LEGEND_HEIGHT / height, 1, 1))
+    key = fig.add_subplot(grid[-1, :])
+    key.axis("off")
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1.0), bbox_transform=key.transAxes,
+               ncol=len(handles), frameon=False, fontsize=7, handlelength=1.2, columnspacing=1.2)
+    key.text(0.5, 0.0, STAGES_NOTE, ha="center", va="bottom", fontsize=7, wrap=True, transform=key.transAxes)
     return fig
 
 
