@@ -40,7 +40,7 @@ def test_time_pair_orders_fast_and_slow():
     x = torch.rand(200, 200)
     fast, slow = time_pair(lambda: x + 1, lambda: [x @ x for _ in range(20)], repeat=3)
     assert 0 < fast < slow
-    with pytest.raises(ValueError, match="repeat must be >= 1"):
+    with pytest.raises(ValueError, match="repeat must be >= 3"):
         time_pair(lambda: None, lambda: None, repeat=0)
 
 
@@ -230,13 +230,13 @@ _TINY_COC = dict(k_neighbors=8, embed_dim=16)  # 128 points, narrow: the plumbin
 
 
 def test_model_vs_reference_rows_check_the_loss_and_time_both(one_thread):
-    rows = benchmark.bench_model_vs_reference(batches=(2,), n_points=128, repeat=2, model_kwargs=_TINY_COC)
+    rows = benchmark.bench_model_vs_reference(batches=(2,), n_points=128, repeat=3, model_kwargs=_TINY_COC)
     assert [r.group for r in rows] == ["PointMLP-CoC train step", "PointMLP train step", "PointMLP-elite train step"]
     for row in rows:
         assert row.case == "B=2, N=128, 15 classes" and row.ours_s > 0 and row.ref_s > 0
         assert "first loss equal" in row.note, row.note
         speedup = float(row.note.split("x throughput")[0])
-        assert speedup > 0 and "median of 2 pairs" in row.note
+        assert speedup > 0 and "median of 3 pairs" in row.note
     with pytest.raises(ValueError, match="models must be a non-empty sequence of names from"):
         benchmark.bench_model_vs_reference(models=("pointmlp_cc",))
     with pytest.raises(ValueError, match="models must be a non-empty sequence of names from"):

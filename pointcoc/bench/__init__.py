@@ -19,7 +19,7 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from .compile_rows import bench_compile
-from .measure import (Row, SectionUnavailable, machine_description, median_speedup, peak_cpu_memory, peak_memory,
+from .measure import (MIN_PAIRS, Row, SectionUnavailable, machine_description, median_speedup, peak_cpu_memory, peak_memory,
                       synchronize, time_pair, timed, timed_pairs)
 from .memory import bench_memory
 from .model_rows import (MODEL_LABELS, STEP_GROUPS, bench_model_vs_reference, bench_models, check_models,
@@ -28,7 +28,7 @@ from .ops_rows import (bench_context_cluster, bench_fps, bench_fps_large, bench_
                        bench_knn_crossover, bench_knn_density, bench_knn_large, bench_masked_norm, bench_pointwise,
                        bench_transfer)
 from .profiles import profile_model_vs_reference, profile_train_step
-from .report import plot_model_vs_reference, to_json, to_markdown
+from .report import QUICK_NOTE, plot_model_vs_reference, to_json, to_markdown
 
 __all__ = [
     "synchronize", "timed", "timed_pairs", "time_pair", "median_speedup", "peak_cpu_memory", "peak_memory", "Row",
@@ -37,7 +37,7 @@ __all__ = [
     "bench_masked_norm", "bench_context_cluster", "bench_models", "bench_memory", "bench_compile",
     "bench_model_vs_reference", "reference_pair", "profile_model_vs_reference", "plot_model_vs_reference", "run_all",
     "to_markdown", "to_json", "profile_train_step", "machine_description", "SECTIONS", "MODEL_SECTIONS",
-    "MODEL_LABELS", "STEP_GROUPS",
+    "MODEL_LABELS", "STEP_GROUPS", "MIN_PAIRS", "QUICK_NOTE",
 ]
 
 SECTIONS = {

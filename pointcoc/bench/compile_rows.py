@@ -9,7 +9,7 @@ import torch
 import torch._inductor.config  # noqa: F401  (fallback_random)
 from tqdm import tqdm
 
-from .measure import Row, import_or_skip, median_speedup, timed, timed_pairs
+from .measure import MIN_PAIRS, Row, import_or_skip, median_speedup, timed, timed_pairs
 from .model_rows import step_inputs, train_step
 
 __all__ = ["bench_compile"]
@@ -32,7 +32,7 @@ def bench_compile(device="cpu", quick=False, names=None, batch=None, n_points=10
     create_model = import_or_skip("pointcoc", "create_model")
     names = names or (("pointmlp_coc",) if quick else ("pointmlp_elite", "pointmlp", "pointmlp_coc"))
     batch = batch or (4 if quick else 16)
-    repeat = repeat or (2 if quick else 5)
+    repeat = repeat or (MIN_PAIRS if quick else 5)
     rows = []
     with torch._inductor.config.patch(fallback_random=True):
         for name in tqdm(names, desc="compile vs eager", leave=False):

@@ -107,11 +107,11 @@ SIZES = {
     # No GPU: the same sections on the CPU, smaller.
     "reduced": CheckSizes("reduced", (("uniform", 8, 1024, 3, 512, 24), ("uniform", 2, 4096, 3, 1024, 24),
                                       ("pixels", 1, 64 * 64, 2, 64 * 64 // 4, 16), ("clusters", 2, 2048, 3, 512, 24)),
-                          ops_repeat=2, train_batch=8, train_points=1024, train_steps=2, pixel_batch=8),
+                          ops_repeat=3, train_batch=8, train_points=1024, train_steps=2, pixel_batch=8),
     # The test suite's dry run: seconds.
     "tiny": CheckSizes("tiny", (("uniform", 2, 64, 3, 16, 4), ("pixels", 1, 16 * 16, 2, 64, 8),
                                 ("clusters", 2, 128, 3, 32, 4)),
-                       ops_repeat=1, train_batch=2, train_points=64, train_steps=1, model_kwargs=_TWO_SMALL_STAGES,
+                       ops_repeat=3, train_batch=2, train_points=64, train_steps=1, model_kwargs=_TWO_SMALL_STAGES,
                        pixel_sides=(8,), pixel_batch=2, pixel_kwargs=dict(embed_dim=8, k_neighbors=4),
                        compile_backend="eager", compiled_precisions=("float32",), step_need_s=1.0,
                        compile_need_s=5.0, pytest_targets=("tests/test_ops_gather.py",), pytest_timeout_s=60.0,

@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from .. import ops
-from .measure import Row, import_or_skip, median_speedup, peak_memory, random_tensor, time_pair, timed_pairs
+from .measure import MIN_PAIRS, Row, import_or_skip, median_speedup, peak_memory, random_tensor, time_pair, timed_pairs
 
 __all__ = ["MODEL_LABELS", "STEP_GROUPS", "bench_models", "bench_model_vs_reference", "check_models", "reference_pair",
            "step_inputs", "train_step"]
@@ -24,9 +24,9 @@ def bench_models(device="cpu", quick=False, names=("pointmlp", "pointmlp_elite",
     """
     create_model = import_or_skip("pointcoc", "create_model")
     batches = batches or ((4,) if quick else (16, 32))
-    # The parity check and one untimed step are the warm-up; one timed run each (a PointMLP
+    # The parity check and one untimed step are the warm-up; MIN_PAIRS timed pairs each (a PointMLP
     # step at batch 16 takes about 10 s on 2 cores). Quick: batch 4, no memory profiling.
-    repeat, warmup = 1, 0
+    repeat, warmup = MIN_PAIRS, 0
     rows = []
     configs = [(name, batch) for name in names for batch in batches]
     for name, batch in tqdm(configs, desc="models", leave=False):
@@ -146,7 +146,7 @@ def bench_model_vs_reference(device="cpu", quick=False, models=tuple(MODEL_LABEL
     """
     check_models(models)
     batches = batches or ((4,) if quick else (16, 32))
-    repeat = repeat or (1 if quick else 3)
+    repeat = repeat or MIN_PAIRS
     rows = []
     for name, batch in tqdm([(m, b) for m in models for b in batches], desc="model vs reference", leave=False):
         ours, reference, xyz, label = reference_pair(name, batch, n_points, num_classes, device, model_kwargs)

@@ -8,7 +8,7 @@ import torch
 from .. import ops
 from ..ops import backends
 from ..ops.fps import fps_torch
-from .measure import Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
+from .measure import MIN_PAIRS, Row, SectionUnavailable, import_or_skip, peak_memory, random_tensor, time_pair
 
 __all__ = ["pixel_set_batch", "DENSITY_KINDS", "density_set", "bench_fps", "bench_fps_large", "bench_knn",
            "bench_knn_large", "bench_knn_crossover", "bench_knn_density", "bench_gather", "bench_pointwise",
@@ -77,7 +77,7 @@ def bench_fps(device="cpu", quick=False, cases=((32, 1024, 512), (8, 8192, 2048)
 
     ``cases``: (B, N, n_samples) triples.
     """
-    repeat = 3 if quick else 7
+    repeat = MIN_PAIRS if quick else 7
     rows = []
     for batch, n, n_samples in cases:
         xyz = random_tensor((batch, n, 3), device, 0)
@@ -114,7 +114,7 @@ def bench_fps_large(device="cpu", quick=False, cases=FPS_LARGE_CASES, brute=True
         raise SectionUnavailable("fps_large compares CPU implementations")
     fps_sampling = import_or_skip("fpsample", "fps_sampling")
     bucket_fps = import_or_skip("fpsample", "bucket_fps_kdline_sampling")
-    repeat = 3 if quick else 5
+    repeat = MIN_PAIRS if quick else 5
     rows = []
     for kind, size, samples in cases:
         if kind.startswith("pixels"):
@@ -150,7 +150,7 @@ def bench_fps_large(device="cpu", quick=False, cases=FPS_LARGE_CASES, brute=True
                     numba_backend.FPS_CELLS_CROSSOVER = saved
 
             same = torch.equal(slow(), ours())
-            t_ours, t_slow = time_pair(ours, slow, device, repeat=1, warmup=0)
+            t_ours, t_slow = time_pair(ours, slow, device, repeat=MIN_PAIRS, warmup=0)
             rows.append(Row("FPS large", case, ours_name, "numba brute force (before)", t_ours, t_slow,
                             note="same indices" if same else "INDICES DIFFER"))
     return rows
@@ -169,7 +169,7 @@ def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8
     ``cases``: (B, M, N, k) tuples. Peak memory of both sides is measured. The notes say whether
     the distances equal the torch reference's exactly.
     """
-    repeat = 3 if quick else 7
+    repeat = MIN_PAIRS if quick else 7
     rows = []
     for batch, m, n, k in cases:
         query, points = random_tensor((batch, m, 3), device, 1), random_tensor((batch, n, 3), device, 2)
@@ -228,7 +228,7 @@ def bench_knn_large(device="cpu", quick=False, k=16, cases=KNN_LARGE_CASES, brut
     if torch.device(device).type != "cpu":
         raise SectionUnavailable("knn_large compares CPU backends")
     ckdtree = import_or_skip("scipy.spatial", "cKDTree")
-    repeat = 3 if quick else 7
+    repeat = MIN_PAIRS if quick else 7
     workers = torch.get_num_threads()
     rows = []
     for kind, size, keep in cases:
@@ -255,7 +255,7 @@ def bench_knn_large(device="cpu", quick=False, k=16, cases=KNN_LARGE_CASES, brut
         if brute:
             slow = lambda: _brute_numba()(xyz, xyz, k, lengths, lengths)  # noqa: E731
             same_brute = torch.equal(slow().idx, out.idx)
-            t_ours, t_slow = time_pair(ours, slow, device, repeat=1 if not quick else 1, warmup=0)
+            t_ours, t_slow = time_pair(ours, slow, device, repeat=MIN_PAIRS, warmup=0)
             rows.append(Row("kNN large", case, ours_name, "numba brute force (before)", t_ours, t_slow,
                             note="same indices" if same_brute else "INDICES DIFFER"))
     return rows
@@ -379,7 +379,7 @@ def bench_knn_crossover(device="cpu", quick=False, k=24, sizes=(256, 512, 1024, 
     if torch.device(device).type != "cpu":
         raise SectionUnavailable("knn_crossover compares CPU backends")
     import_or_skip("pointcoc.ops.numba_backend", "knn_cells")
-    repeat = 3 if quick else 5
+    repeat = MIN_PAIRS if quick else 5
     brute = _brute_numba()
     rows = []
     for n in (sizes[:2] if quick else sizes):
@@ -403,7 +403,7 @@ def bench_gather(device="cpu", quick=False, cases=((32, 1024, 64, 512, 24), (32,
 
     ``cases``: (B, N, C, S, K) for x (B, N, C) and idx (B, S, K), as in a PointMLP grouping stage.
     """
-    repeat = 3 if quick else 7
+    repeat = MIN_PAIRS if quick else 7
     rows = []
     for batch, n, c, s, k in cases:
         x = random_tensor((batch, n, c), device, 4).requires_grad_(True)
@@ -434,7 +434,7 @@ def bench_pointwise(device="cpu", quick=False, cases=((16, 128, 512 * 24), (16, 
     ``cases``: (B, C, L) with L = groups x neighbours of PointMLP's four stages
     at batch 16. This row measures a proposal for the model code (see docs/benchmarks.md).
     """
-    repeat = 2 if quick else 5
+    repeat = MIN_PAIRS if quick else 5
     rows = []
     for batch, c, length in (cases[:2] if quick else cases):
         conv = torch.nn.Conv1d(c, c, 1).to(device)
@@ -478,7 +478,7 @@ def bench_transfer(device="cpu", quick=False, cases=((16, 512, 24, 64), (16, 256
     per group and broadcasts it (same maths). ``cases``: (B, S groups, k, C),
     output 2C channels, channels-last Linear layers on both sides.
     """
-    repeat = 2 if quick else 5
+    repeat = MIN_PAIRS if quick else 5
     rows = []
     for batch, groups, k, c in (cases[:2] if quick else cases):
         full = torch.nn.Linear(2 * c + 3, 2 * c).to(device)
@@ -517,7 +517,7 @@ def bench_masked_norm(device="cpu", quick=False, cases=((16, 512, 24, 128), (16,
     of the tensor each way); ours: check ``mask.all()`` and normalise the
     flattened tensor directly (same statistics, same result).
     """
-    repeat = 2 if quick else 5
+    repeat = MIN_PAIRS if quick else 5
     rows = []
     for batch, groups, k, c in (cases[:1] if quick else cases):
         norm = torch.nn.BatchNorm1d(c).to(device)
@@ -568,7 +568,7 @@ def bench_context_cluster(device="cpu", quick=False, cases=((1, 3136, 196, 64), 
     default: ``context_cluster`` and ``context_cluster_dense`` from pointcoc.layers.
     """
     ours_fn, dense_fn = functions or _context_cluster_functions()
-    repeat = 2 if quick else 5
+    repeat = MIN_PAIRS if quick else 5
     rows = []
     for batch, n, m, c in cases:
         inputs = [

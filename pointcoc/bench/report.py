@@ -5,10 +5,10 @@ import json
 from dataclasses import asdict
 from typing import List, Optional
 
-from .measure import Row
+from .measure import MIN_PAIRS, Row
 from .model_rows import MODEL_LABELS, STEP_GROUPS
 
-__all__ = ["to_markdown", "to_json", "plot_model_vs_reference"]
+__all__ = ["to_markdown", "to_json", "plot_model_vs_reference", "QUICK_NOTE"]
 
 
 def plot_model_vs_reference(rows: List[Row], path: str) -> None:
@@ -39,12 +39,20 @@ def plot_model_vs_reference(rows: List[Row], path: str) -> None:
     plt.close(fig)
 
 
-def to_markdown(rows: List[Row], skipped: Optional[dict] = None) -> str:
-    """The rows as a markdown table (times in ms, memory in MiB, ratios ours / reference), then skipped sections."""
+# Above a --quick table: what its ratios are worth.
+QUICK_NOTE = (f"--quick: small cases, each time the median of {MIN_PAIRS} timed pairs. On a shared or loaded machine "
+              "such ratios move between runs (one pair once gave 8.3x, repeated 1.1x): they check the plumbing and "
+              "the parity notes; quote a full run (without --quick) for speed.")
+
+
+def to_markdown(rows: List[Row], skipped: Optional[dict] = None, quick: bool = False) -> str:
+    """The rows as a markdown table (times in ms, memory in MiB, ratios ours / reference), then skipped sections;
+    ``quick``: :data:`QUICK_NOTE` above the table."""
     def mib(b):
         return "" if b is None else f"{b / 2**20:.1f}"
 
-    lines = [
+    lines = [QUICK_NOTE, ""] if quick else []
+    lines += [
         "| what | case | ours | reference | ours ms | ref ms | time ratio | ours MiB | ref MiB | memory ratio | note |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]

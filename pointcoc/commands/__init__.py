@@ -16,7 +16,7 @@ import importlib
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
-__all__ = ["SUBCOMMANDS", "main", "recipe_list_text"]
+__all__ = ["SUBCOMMANDS", "REQUIRED_ARGUMENTS", "main", "recipe_list_text"]
 
 
 def _engine_task(module: str, build: str, run: str) -> Callable[[List[str], str], int]:
@@ -97,9 +97,22 @@ SUBCOMMANDS: Dict[str, Tuple[str, Callable[[List[str], str], int]]] = {
 }
 
 
+# What the commands that cannot run without arguments need: called bare they say so at once, not after the seconds
+# torch takes to import (their parsers refuse the same later; tests/test_small_ones.py keeps the two in step).
+REQUIRED_ARGUMENTS = {
+    "evaluate": "a run's CHECKPOINT, --pretrained MODEL.TAG or --authors-checkpoint PATH",
+    "visualize-clusters": "CHECKPOINT IMAGE [IMAGE ...]",
+    "plot-runs": "RUN [RUN ...]",
+    "export-weights": "CHECKPOINT --tag TAG",
+}
+
+
 def recipe_list_text() -> str:
+    """One line per shipped recipe: its name, then ``[command] description`` in one column."""
     from pointcoc.engine.recipes import list_recipes, recipe_summary
-    return "\n".join(f"{name:28s} {recipe_summary(name)}" for name in list_recipes())
+    names = list_recipes()
+    width = max(map(len, names), default=0)
+    return "\n".join(f"{name:{width}s}  {recipe_summary(name)}" for name in names)
 
 
 def _usage() -> str:
@@ -154,5 +167,9 @@ def _dispatch(argv: List[str]) -> int:
         close = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         print(f"error: unknown command {name!r}.{hint} Commands: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    if not rest and name in REQUIRED_ARGUMENTS:
+        print(f"error: pointcoc {name} needs {REQUIRED_ARGUMENTS[name]}; `pointcoc {name} --help` lists its "
+              "options", file=sys.stderr)
         return 2
     return SUBCOMMANDS[name][1](rest, f"pointcoc {name}")

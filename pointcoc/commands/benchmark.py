@@ -86,7 +86,7 @@ def main(argv=None, prog=None) -> int:
         "machine": benchmark.machine_description(args.device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    table = benchmark.to_markdown(rows, skipped)
+    table = benchmark.to_markdown(rows, skipped, quick=args.quick)
     header = f"`{meta['command']}` on {meta['machine']}, {meta['date']}\n\n"
     print(header + table)
     if args.markdown:

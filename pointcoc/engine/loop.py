@@ -329,7 +329,7 @@ def _check_world_size(state: Dict, world_size: int, per_proc_batch: int, allow: 
     if not allow:
         raise CheckpointError(f"--resume: {what}. Resume with {procs(int(old))} (torchrun --nproc_per_node "
                               f"{old}), or pass --allow-world-size-change to accept the change")
-    warnings.warn(f"--allow-world-size-change: {what}", stacklevel=3)
+    warnings.warn(f"--allow-world-size-change: {what}", stacklevel=4)  # fit's caller
 
 
 class _Run:
@@ -509,15 +509,15 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
     amp_type, amp_why = amp_dtype(device.type)
     amp = config.amp and amp_type is not None
     if config.amp and not amp:
-        warnings.warn(f"--amp has no effect here, training in float32: {amp_why}", stacklevel=2)
+        warnings.warn(f"--amp has no effect here, training in float32: {amp_why}", stacklevel=3)
     if config.compile and device.type == "cpu" and info.is_main:
-        warnings.warn(COMPILE_ON_CPU, stacklevel=2)
+        warnings.warn(COMPILE_ON_CPU, stacklevel=3)
     per_proc_batch = _per_process_batch(config.batch_size, info.world_size)
     if config.sync_bn and info.enabled and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm has no CPU implementation)")
     if config.sync_bn and not info.enabled:
         warnings.warn("--sync-bn has no effect in a single process (BatchNorm already sees the whole batch)",
-                      stacklevel=2)
+                      stacklevel=3)  # _fit's warnings name the line that called fit
     if len(train_dataset) < config.batch_size:
         raise ValueError(f"the training set ({len(train_dataset)} samples) is smaller than one batch "
                          f"(batch_size {config.batch_size}); lower --batch-size")
@@ -574,10 +574,10 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
         restore_rng_state(state["rng"], loader_gen)
         if state["config"].get("epochs") != config.epochs:
             warnings.warn(f"checkpoint was trained with epochs={state['config'].get('epochs')}; its cosine schedule "
-                          f"is kept, now running to epochs={config.epochs}", stacklevel=2)
+                          f"is kept, now running to epochs={config.epochs}", stacklevel=3)
         if start_epoch >= config.epochs:
             warnings.warn(f"checkpoint is at epoch {start_epoch} >= epochs {config.epochs}; nothing to train",
-                          stacklevel=2)
+                          stacklevel=3)
     net = model
     if config.sync_bn and info.enabled:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(model)

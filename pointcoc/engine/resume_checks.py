@@ -75,7 +75,7 @@ def check_data(state: Dict, now: Dict, allow: bool, data_root) -> None:
     if not allow:
         raise CheckpointError(f"{message}. Resume with the --data-root of the original run, or pass "
                               "--allow-data-change to continue on this data anyway")
-    warnings.warn(f"--allow-data-change: {message}", stacklevel=3)
+    warnings.warn(f"--allow-data-change: {message}", stacklevel=4)  # fit's caller (fit -> _fit -> here)
 
 
 def check_threads(state: Dict, threads: int, device_type: str) -> None:
@@ -85,4 +85,4 @@ def check_threads(state: Dict, threads: int, device_type: str) -> None:
         return
     warnings.warn(f"--resume: the checkpoint was trained with {old} torch threads, this run has {threads}: the "
                   "resumed run differs from an uninterrupted one in its last bits (CPU reductions are split over "
-                  f"threads). Resume with --threads {old} to continue it bitwise", stacklevel=3)
+                  f"threads). Resume with --threads {old} to continue it bitwise", stacklevel=4)
