@@ -57,9 +57,10 @@ def add_point_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "ModelNet10 classes, 512 points, shipped inside the package) (default: %(default)s)")
     g.add_argument("--data-root", default=None,
                    help="folder of the data set. Default: $POINTCOC_DATA/ScanObjectNN/h5_files, then "
-                        "./data/ScanObjectNN/h5_files; for modelnet40 $POINTCOC_DATA, ./data, then the checkout's "
-                        "data/ folder, each with modelnet40_ply_hdf5_2048/ or modelnet40_1024/; the copy shipped "
-                        "in the package for modelnet10. For ScanObjectNN the authors' h5_files folder or its parent")
+                        "./data/ScanObjectNN/h5_files; for modelnet40 $POINTCOC_DATA, ./data (then, run from a "
+                        "source checkout, its data/ folder), each with modelnet40_ply_hdf5_2048/ or modelnet40_1024/; "
+                        "the copy shipped in the package for modelnet10. For ScanObjectNN the authors' h5_files "
+                        "folder or its parent")
     g.add_argument("--variant", default="PB_T50_RS", type=lambda s: s.upper().replace("-", "_"),
                    choices=sorted(SCANOBJECTNN_VARIANTS),
                    help="ScanObjectNN variant (default: %(default)s, the hardest split, "
