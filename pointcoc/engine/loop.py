@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .._links import repository_link
 from .._precision import amp_dtype
 from ..viz.curves import plot_curves, read_metrics
 from .checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_write, capture_rng_state, load_checkpoint,
@@ -56,7 +57,7 @@ COMPILE_ON_CPU = ("--compile on a CPU: the first steps of training and of evalua
                   "the first epoch of a 64-point PointMLP-elite run on 2 cores), for no measured speed-up; the "
                   "warnings torch's inductor / dynamo may print meanwhile (an operator without an inductor lowering "
                   "runs as its eager kernel, a function hit the recompile limit and runs eagerly) are about speed "
-                  "only: the results are the eager model's (docs/training.md)")
+                  f"only: the results are the eager model's ({repository_link('docs/training.md')})")
 
 
 def seed_everything(seed: int) -> None:
