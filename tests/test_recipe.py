@@ -98,3 +98,16 @@ def test_modelnet40_recipes_are_one_recipe_for_every_model():
         assert args["lr"] * args["min_lr_ratio"] == pytest.approx(0.005)
     rest = [{k: v for k, v in d["args"].items() if k not in ("model", "output")} for d in recipes.values()]
     assert rest[0] == rest[1] == rest[2]
+
+
+def test_a_shipped_recipe_name_wins_over_a_folder_of_that_name_and_a_bare_folder_is_refused(tmp_path, monkeypatch):
+    import pytest
+
+    from pointcoc.engine.recipes import recipe_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # e.g. runs written with --output demo
+    assert recipe_path("demo").name == "demo.toml" and recipe_path("demo").parent.name == "recipes"
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="--config mine: is a folder"):
+        recipe_path("mine")

@@ -61,11 +61,11 @@ def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
+    shipped = _recipe_dir() / f"{name_or_path}{RECIPE_SUFFIX}"
+    if shipped.is_file():  # a shipped name wins over a folder of that name in the working folder (runs/demo ...)
+        return shipped
     if path.is_dir():
         raise ValueError(f"--config {name_or_path}: is a folder; give a recipe name or a .toml file")
-    shipped = _recipe_dir() / f"{name_or_path}{RECIPE_SUFFIX}"
-    if shipped.is_file():
-        return shipped
     raise FileNotFoundError(f"--config {name_or_path}: no such file and no shipped recipe of that name; shipped "
                             f"recipes: {', '.join(list_recipes())} (`pointcoc recipes` describes them)")
 
