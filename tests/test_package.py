@@ -310,6 +310,7 @@ def test_shipped_weights_have_cards_whose_sha256_matches():
 @pytest.mark.parametrize("tag, test_samples, least_oa", [
     ("pointmlp_coc_pixels_small.digits", 359, 95),
     pytest.param("pointmlp_coc_pixels.mnist5k_discrete25", 1000, 80, marks=pytest.mark.slow),
+    pytest.param("pointmlp_elite.modelnet40", 2468, 85, marks=pytest.mark.slow),  # the checkout's data/modelnet40_1024
 ])
 def test_shipped_weights_reproduce_their_card_accuracy(tmp_path, tag, test_samples, least_oa):
     """`pointcoc evaluate --pretrained` on the test split gives the accuracy the card states (to one sample)."""
@@ -392,7 +393,7 @@ def test_damaged_or_wrong_weights_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no trained weights 'pointmlp_coc_pixels_small.nope'"):
         pointcoc.create_model("pointmlp_coc_pixels_small", pretrained="nope")
     with pytest.raises(ValueError, match="no default trained weights"):
-        pointcoc.create_model("pointmlp_elite", pretrained=True)
+        pointcoc.create_model("pointmlp_coc", pretrained=True)
     with pytest.raises(ValueError, match="is a folder"):
         pointcoc.create_model("pointmlp_elite", pretrained=str(tmp_path) + "/")
     torch.save({"net": {"w": torch.zeros(1)}, "epoch": 3}, tmp_path / "authors.pth")

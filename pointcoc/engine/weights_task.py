@@ -53,6 +53,26 @@ TEST_SPLITS = {
 }
 
 
+# Sampling and up axis of the point-cloud sets by the layout the data was read from (data/README.md): weights
+# trained in one frame misread shapes given in another.
+FRAMES = {
+    "modelnet40_1024": "PCL surface sampling of the official ModelNet40 meshes (data/modelnet40_1024), unit sphere, "
+                       "z up",
+    "modelnet10": "the first 512 points of the modelnet40_1024 shapes (PCL surface sampling), unit sphere, z up",
+    "modelnet40_ply_hdf5_2048": "PointNet's modelnet40_ply_hdf5_2048 release, y up",
+    "scanobjectnn": "the ScanObjectNN authors' h5 files (real scans)",
+}
+
+
+def data_frame(dataset: str, source: str) -> str:
+    """The sampling and up axis of the data a run was measured on, from its name and the data set's ``source``
+    line (which names the layout found); "" for pixel sets and unknown layouts."""
+    for layout in ("modelnet40_ply_hdf5_2048", "modelnet40_1024"):
+        if layout in (source or ""):
+            return FRAMES[layout]
+    return FRAMES.get(dataset, "")
+
+
 def write_pretrained(model_name: str, tag: str, state: Dict[str, torch.Tensor], card: Dict, folder) -> Path:
     """Write ``<model>.<tag>.pt`` and its card (``card`` plus model, tag, file and SHA-256) to ``folder``;
     returns the card's path. Both files are written atomically."""
@@ -91,8 +111,9 @@ def _train_command(cfg: TrainConfig) -> str:
     return f"pointcoc {command} (flags as in the card's config)"
 
 
-def model_card(state: dict, metrics: dict, names, full_tag: str) -> dict:
-    """The card of a checkpoint's weights (without file name and SHA-256, which ``write_pretrained`` adds)."""
+def model_card(state: dict, metrics: dict, names, full_tag: str, source: str = "") -> dict:
+    """The card of a checkpoint's weights (without file name and SHA-256, which ``write_pretrained`` adds);
+    ``source`` is the test set's description of where it was read from (its layout: the frame)."""
     cfg = TrainConfig.from_dict(state["config"])
     extra = cfg.extra or {}
     pixels = extra.get("task") == "pixels"
@@ -109,6 +130,7 @@ def model_card(state: dict, metrics: dict, names, full_tag: str) -> dict:
             "num_points": cfg.num_points,
             "test_split": TEST_SPLITS.get(cfg.dataset, "the data set's own test split"),
             "test_samples": metrics["count"],
+            "frame": "" if pixels else data_frame(cfg.dataset, source),
         },
         "recipe": cfg.recipe,
         "config": cfg.to_dict(),
@@ -152,7 +174,7 @@ def export_main(args: argparse.Namespace) -> int:
         model = build_model_from_checkpoint(state)
         loader = DataLoader(test_ds, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
         metrics = evaluate(model, loader, len(names), "cpu", class_names=names, progress=args.progress)
-        card = model_card(state, metrics, names, full_tag)
+        card = model_card(state, metrics, names, full_tag, getattr(test_ds, "source", "") or "")
         path = write_pretrained(cfg.model, args.tag, state["model"], card, folder)
     print(f"{full_tag}: OA {metrics['oa']:.2f}%  mAcc {metrics['macc']:.2f}%  ({metrics['count']} test samples); "
           f"wrote {path} and {path.with_suffix('.pt')}")

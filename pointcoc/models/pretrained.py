@@ -38,6 +38,7 @@ WEIGHTS_ENV_VAR = "POINTCOC_WEIGHTS"
 DEFAULT_TAGS = {
     "pointmlp_coc_pixels_small": "digits",
     "pointmlp_coc_pixels": "mnist5k_discrete25",
+    "pointmlp_elite": "modelnet40",
 }
 
 
