@@ -56,7 +56,7 @@ TEST_SPLITS = {
 # Sampling and up axis of the point-cloud sets by the layout the data was read from (data/README.md): weights
 # trained in one frame misread shapes given in another.
 FRAMES = {
-    "modelnet40_1024": "PCL surface sampling of the official ModelNet40 meshes (data/modelnet40_1024), unit sphere, "
+    "modelnet40_1024": "PCL surface sampling of the official ModelNet40 meshes (the modelnet40_1024 set), unit sphere, "
                        "z up",
     "modelnet10": "the first 512 points of the modelnet40_1024 shapes (PCL surface sampling), unit sphere, z up",
     "modelnet40_ply_hdf5_2048": "PointNet's modelnet40_ply_hdf5_2048 release, y up",
