@@ -160,7 +160,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_a_short_dist_timeout_covers_collectives_not_checkpoint_writes_and_names_the_flag(tmp_path):
+def test_a_collective_past_the_dist_timeout_stops_each_rank_with_one_line_naming_the_flag(tmp_path):
     script = tmp_path / "slow_rank0.py"
     script.write_text(_SLOW_RANK0)
 
@@ -169,9 +169,6 @@ def test_a_short_dist_timeout_covers_collectives_not_checkpoint_writes_and_names
                            TRAIN, *MINI, "--limit-train-batches", "2", "--epochs", "2", "--output", out,
                            "--dist-timeout", "2"], timeout=300)
 
-    saved = slow_torchrun("save", tmp_path / "save")  # 5 s per checkpoint write, 2 s timeout: still fine
-    assert saved.returncode == 0, saved.stderr[-3000:]
-    assert load_checkpoint(tmp_path / "save" / "last.pt")["epoch"] == 2
     stuck = slow_torchrun("evaluate", tmp_path / "evaluate")
     assert stuck.returncode != 0
     lines = [line for line in stuck.stderr.splitlines() if line.startswith("error: rank 1:")]

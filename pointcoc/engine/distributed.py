@@ -18,7 +18,6 @@ __all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_buffers"
            "DEFAULT_TIMEOUT_S", "watch_launcher", "collective_failure"]
 
 DEFAULT_TIMEOUT_S = 600.0  # TrainConfig.dist_timeout_s, --dist-timeout
-CHECKPOINT_WAIT_S = 600.0  # how long the other ranks wait for rank 0 to write a checkpoint
 
 
 @dataclass
@@ -26,8 +25,6 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    # a gloo group of every rank with the CHECKPOINT_WAIT_S timeout, for the wait while rank 0 writes a checkpoint
-    checkpoint_group: Optional[object] = None
 
     @property
     def enabled(self) -> bool:
@@ -57,8 +54,6 @@ def init_distributed(device: torch.device, timeout_s: Optional[float] = None) ->
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
-    info.checkpoint_group = dist.new_group(backend="gloo", timeout=max(
-        timeout, datetime.timedelta(seconds=CHECKPOINT_WAIT_S)))
     return info
 
 
@@ -162,12 +157,6 @@ def collective_failure(err: BaseException, timeout_s: float) -> Optional[RunStop
                       "process's own message says why it stopped")
 
 
-def barrier(info: DistInfo, checkpoint: bool = False) -> None:
-    """Wait for every process; ``checkpoint``: in ``info.checkpoint_group``, whose timeout (CHECKPOINT_WAIT_S or
-    --dist-timeout, the longer) lets rank 0 write a checkpoint however short --dist-timeout is."""
-    if not info.enabled:
-        return
-    if checkpoint and info.checkpoint_group is not None:
-        dist.barrier(group=info.checkpoint_group)
-    else:
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
         dist.barrier()

@@ -661,8 +661,7 @@ def _fit(run: "_Run", model, train_dataset, test_dataset, config, class_names, c
             run.saved(epoch + 1)  # at once: a Ctrl-C from here on must name this epoch
             if is_best:
                 save_checkpoint(state, output_dir / "best.pt")
-        # the others wait here while rank 0 writes: a short --dist-timeout is for collectives, not for the disk
-        barrier(info, checkpoint=True)
+        barrier(info)
         run.saved(epoch + 1)
 
     results = _final_results(output_dir, selection, last, class_names, info)
