@@ -242,6 +242,22 @@ if WITH_NUMBA:
                 index[pos] = j
 
     @numba.njit(cache=True, nogil=True)
+    def _order_by_key(keys, buckets, order, b, m):
+        """order[b * M:(b + 1) * M] = set b's flat query indices b * M + i sorted by keys[i] in [0, buckets) (a
+        stable counting sort: equal keys keep index order), then its padding rows n..M-1 (n = len(keys))."""
+        n = keys.shape[0]
+        count = np.zeros(buckets + 1, dtype=np.int64)
+        for i in range(n):
+            count[keys[i] + 1] += 1
+        for c in range(buckets):
+            count[c + 1] += count[c]
+        for i in range(n):
+            order[b * m + count[keys[i]]] = b * m + i
+            count[keys[i]] += 1
+        for i in range(n, m):
+            order[b * m + i] = b * m + i
+
+    @numba.njit(cache=True, nogil=True)
     def _query_order(query, query_lengths, origin, inv, dims, order, first, stop):
         """order[b * M:(b + 1) * M] = set b's flat query indices, valid ones by cell, padding after."""
         m, dim = query.shape[1], query.shape[2]
@@ -249,17 +265,9 @@ if WITH_NUMBA:
             n = query_lengths[b]
             cells = dims[b, 0] * dims[b, 1] * dims[b, 2]
             keys = np.empty(n, dtype=np.int64)
-            count = np.zeros(cells + 1, dtype=np.int64)
             for i in range(n):
                 keys[i] = _cell_of(query[b, i], dim, origin[b], inv[b], dims[b])
-                count[keys[i] + 1] += 1
-            for c in range(cells):
-                count[c + 1] += count[c]
-            for i in range(n):
-                order[b * m + count[keys[i]]] = b * m + i
-                count[keys[i]] += 1
-            for i in range(n, m):
-                order[b * m + i] = b * m + i
+            _order_by_key(keys, cells, order, b, m)
 
     @numba.njit(cache=True, nogil=True)
     def _fps_cells_sets(points, init, lengths, start, n_samples, origin, inv, dims, offset, starts, coords, index,
@@ -485,7 +493,6 @@ if WITH_NUMBA:
             n, nb = query_lengths[b], node_off[b]
             leaves = count - count // 2
             keys = np.empty(n, dtype=np.int64)
-            seen = np.zeros(leaves + 1, dtype=np.int64)
             for i in range(n):
                 qx, qy = np.float64(query[b, i, 0]), np.float64(query[b, i, 1])
                 qz = np.float64(query[b, i, 2]) if dim == 3 else 0.0
@@ -495,14 +502,7 @@ if WITH_NUMBA:
                     node = left if _box_gap2(box, nb + left, qx, qy, qz) <= _box_gap2(box, nb + left + 1, qx, qy,
                                                                                         qz) else left + 1
                 keys[i] = node - count // 2
-                seen[keys[i] + 1] += 1
-            for c in range(leaves):
-                seen[c + 1] += seen[c]
-            for i in range(n):
-                order[b * m + seen[keys[i]]] = b * m + i
-                seen[keys[i]] += 1
-            for i in range(n, m):
-                order[b * m + i] = b * m + i
+            _order_by_key(keys, leaves, order, b, m)
 
     @numba.njit(cache=True, nogil=True)
     def _knn_tree(query, order, query_lengths, node_off, node_count, box, bounds, coords, index, shrink, floor,
