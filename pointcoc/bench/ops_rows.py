@@ -139,15 +139,7 @@ def bench_fps_large(device="cpu", quick=False, cases=FPS_LARGE_CASES, brute=True
         t_ours, t_ref = time_pair(ours, bucket, device, repeat=repeat)
         rows.append(Row("FPS large", case, ours_name, "fpsample bucket kd-line h=7 (not exact)", t_ours, t_ref))
         if brute:
-            from ..ops import numba_backend
-
-            def slow():
-                saved = numba_backend.FPS_CELLS_CROSSOVER
-                numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
-                try:
-                    return ops.farthest_point_sample(xyz, samples, lengths, backend="numba")
-                finally:
-                    numba_backend.FPS_CELLS_CROSSOVER = saved
+            slow = lambda: fps_without_cells(xyz, samples, lengths)  # noqa: E731
 
             same = torch.equal(slow(), ours())
             t_ours, t_slow = time_pair(ours, slow, device, repeat=MIN_PAIRS, warmup=0)
@@ -196,6 +188,18 @@ def bench_knn(device="cpu", quick=False, cases=((32, 512, 1024, 24), (8, 2048, 8
 
 def _uniform_sets(batch, n, dim, seed):
     return random_tensor((batch, n, dim), "cpu", seed), torch.full((batch,), n, dtype=torch.long)
+
+
+def fps_without_cells(xyz, n_samples, lengths):
+    """``ops.farthest_point_sample`` with the numba backend's brute-force kernel at any size (no cell list)."""
+    from ..ops import numba_backend
+
+    saved = numba_backend.FPS_CELLS_CROSSOVER
+    numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
+    try:
+        return ops.farthest_point_sample(xyz, n_samples, lengths, backend="numba")
+    finally:
+        numba_backend.FPS_CELLS_CROSSOVER = saved
 
 
 def _brute_numba():
@@ -282,7 +286,6 @@ def bench_knn_density(device="cpu", quick=False, k=16, sizes=None, grid=224, fps
     if torch.device(device).type != "cpu":
         raise SectionUnavailable("knn_density compares CPU backends")
     ckdtree = import_or_skip("scipy.spatial", "cKDTree")
-    from ..ops import numba_backend
 
     if sizes is None:
         sizes = {kind: (2000, 8000) for kind in DENSITY_KINDS} if quick else KNN_DENSITY_SIZES
@@ -313,14 +316,7 @@ def bench_knn_density(device="cpu", quick=False, k=16, sizes=None, grid=224, fps
         for kind in sizes:
             xyz, lengths = density_set(kind, n, seed=7)
             ours = lambda: ops.farthest_point_sample(xyz, picks, lengths)  # noqa: E731
-
-            def brute():
-                saved = numba_backend.FPS_CELLS_CROSSOVER
-                numba_backend.FPS_CELLS_CROSSOVER = 1 << 62
-                try:
-                    return ops.farthest_point_sample(xyz, picks, lengths, backend="numba")
-                finally:
-                    numba_backend.FPS_CELLS_CROSSOVER = saved
+            brute = lambda: fps_without_cells(xyz, picks, lengths)  # noqa: E731
 
             same = torch.equal(ours(), brute())
             t_ours, t_brute = time_pair(ours, brute, device, repeat=5)
