@@ -32,11 +32,20 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _allocator_line() -> str:
+    from .allocator import ENV_VAR, keeps_freed_memory
+    if keeps_freed_memory():
+        return f"freed memory is kept for reuse (pointcoc.allocator; {ENV_VAR}=0 turns it off)"
+    return f"the C library's default allocation (pointcoc.allocator not in effect; {ENV_VAR}=" \
+           f"{os.environ.get(ENV_VAR, 'unset')})"
+
+
 def _devices() -> List[str]:
     bf16, why = cpu_bf16_support()
     lines = [f"cpu: {os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads "
              f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
-             f"cpu bfloat16: {'yes, --amp trains in bfloat16' if bf16 else 'no, --amp trains in float32'} ({why})"]
+             f"cpu bfloat16: {'yes, --amp trains in bfloat16' if bf16 else 'no, --amp trains in float32'} ({why})",
+             f"memory: {_allocator_line()}"]
     if not torch.cuda.is_available():
         built = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build of torch"
         return lines + [f"cuda: not available ({built})"]
