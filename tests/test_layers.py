@@ -46,6 +46,29 @@ def test_masked_max():
         masked_max(x, mask, dim=-1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, dim", [((3, 7, 24, 5), 2), ((4, 33, 6), 1), ((2, 3, 1, 4), 2)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_masked_max_fast_path_equals_torch_max_values_and_gradient(dtype, shape, dim, masked):
+    """The CPU max-pool path gives torch.max's values and its gradient bitwise, ties included (ReLU zeros,
+    small integers: the first maximal entry gets the gradient, as torch.max)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, shape, generator=g).clamp_min(0).to(dtype)
+    mask = (torch.rand(shape[:-1], generator=g) > 0.3) if masked else None
+    probe = torch.randn(*shape[:dim], *shape[dim + 1:], generator=g).to(dtype)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got = masked_max(a, mask, dim)
+    if mask is None:
+        want = b.max(dim).values
+    else:
+        filled = b.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        want = filled.max(dim).values.masked_fill(~mask.any(dim).unsqueeze(-1), 0.0)
+    assert torch.equal(got, want)
+    (got * probe).sum().backward()
+    (want * probe).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+
+
 def _grouper_reference(grouper, xyz, feats):
     """One set (N, D), (N, C): the published grouper written out with cdist/topk (no padding)."""
     n = xyz.shape[0]
@@ -150,6 +173,49 @@ def test_linear_of_groups_equals_linear_on_normalised_groups(normalize, use_xyz,
     wrong_scale = torch.ones(3, dtype=torch.float64) if normalize is None else None
     with pytest.raises(ValueError, match="scale must be"):
         grouper.linear_of_groups(weight, u, index, wrong_scale)
+
+
+@pytest.mark.parametrize("normalize", ["anchor", "center"])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_inverse_std_from_sums_equals_std_of_the_differences(normalize, ragged):
+    """LocalGrouper.inverse_std (sums over points and groups) against 1 / (std + 1e-5) of the formed differences
+    (float64, values and gradients), with groups larger than small sets (masked neighbours), a padded
+    batch, and a set of equal points (exactly 1 / 1e-5, zero gradient)."""
+    from pointcoc.layers.grouper import _inverse_std
+
+    g = torch.Generator().manual_seed(0)
+    grouper = LocalGrouper(4, k=8, reducer=2, coord_dim=3, normalize=normalize).double()
+    xyz = torch.rand(4, 12, 3, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([12, 5, 9, 7]) if ragged else None  # 5 and 7 < k: masked neighbours
+    if not ragged:
+        grouper.k = 16  # more neighbours than points: every group masked past 12
+    index = grouper.index(xyz, lengths)
+    assert index.mask is not None and not bool(index.mask.all())
+    u = torch.randn(4, 12, 4, generator=g, dtype=torch.float64) * 3 + 5  # a large mean: the sums must not cancel
+    u[2] = 0.25  # every point of set 2 equal
+    weights = torch.randn(4, generator=g, dtype=torch.float64)
+    a, b = u.clone().requires_grad_(True), u.clone().requires_grad_(True)
+    got = grouper.inverse_std(a, index)
+    want = _inverse_std(grouper._differences(b, index), index.mask)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    assert got[2] == want[2] == 1.0 / (torch.zeros((), dtype=torch.float64) + 1e-5)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-15)
+    assert torch.equal(a.grad[2], torch.zeros_like(a.grad[2]))
+
+
+def test_inverse_std_in_bfloat16_is_the_float32_value_rounded():
+    """Under bfloat16 inputs the statistic is computed in float32 (the bf16 differences lose digits) and returned
+    in bfloat16."""
+    g = torch.Generator().manual_seed(1)
+    grouper = LocalGrouper(16, k=8, reducer=2, coord_dim=3)
+    xyz = torch.rand(3, 64, 3, generator=g)
+    index = grouper.index(xyz)
+    u = (torch.randn(3, 64, 16, generator=g) + 4).bfloat16()
+    got = grouper.inverse_std(u, index)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, grouper.inverse_std(u.float(), index).bfloat16())
 
 
 def test_residual_block_gradient_and_shape():

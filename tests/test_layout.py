@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pointcoc"
 # only the package's own __init__ (the public facade), never the prefix of the others.
 LAYERS = [
     ("base", ["pointcoc._optional", "pointcoc._version", "pointcoc._checkpoint_format", "pointcoc._precision",
-              "pointcoc._atomic", "pointcoc._links"]),
+              "pointcoc._atomic", "pointcoc._links", "pointcoc.allocator"]),
     ("ops", ["pointcoc.ops"]),
     ("layers", ["pointcoc.layers", "pointcoc.functional"]),
     ("models", ["pointcoc.models"]),

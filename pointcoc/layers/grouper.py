@@ -175,8 +175,49 @@ class LocalGrouper(nn.Module):
 
     def inverse_std(self, u: torch.Tensor, index: GroupIndex) -> torch.Tensor:
         """1 / (std + 1e-5) of each set's grouped differences over every real entry and channel:
-        u (B, N, C_norm) -> (B,). Requires ``normalize`` ("anchor" or "center")."""
-        return _inverse_std(self._differences(u, index), index.mask)
+        u (B, N, C_norm) -> (B,). Requires ``normalize`` ("anchor" or "center").
+
+        The same function as ``_inverse_std(self._differences(u, index), index.mask)`` computed from sums
+        over points and groups, so the (B, S, k, C_norm) differences are never formed. With ``w`` = 1 on the
+        real neighbours of real anchors, ``cnt_n`` the weight of the groups that hold point n, ``G_s`` =
+        sum_j w u_idx(s,j) and ``m_s`` = sum_j w (sums over channels implied)::
+
+            anchor: sum d = sum_n cnt_n u_n - sum_s m_s u_a(s)
+                    sum d^2 = sum_n cnt_n u_n^2 - 2 sum_s u_a(s) G_s + sum_s m_s u_a(s)^2
+            center: sum d = 0,  sum d^2 = sum_n cnt_n u_n^2 - sum_s G_s^2 / m_s
+
+        u is shifted by one of its points per set first (no difference changes): the sums then cancel
+        little, and a set of equal points gives exactly 0. Computed in float32 at least (also under
+        bfloat16 autocast, where the differences' own variance lost most digits).
+        """
+        if self.normalize is None:
+            raise ValueError("inverse_std needs normalize='anchor' or 'center'; this grouper has normalize=None")
+        work = u.to(torch.promote_types(u.dtype, torch.float32))
+        batch, _, channels = work.shape
+        work = work - gather(work, index.anchor_idx[:, :1]).detach()  # the first anchor: a real point of each set
+        idx = index.idx
+        weight = None if index.mask is None else index.mask.to(work.dtype)
+        flat_idx = idx.reshape(batch, -1).clamp_min(0)
+        counts = torch.zeros(work.shape[:2], dtype=work.dtype, device=work.device).scatter_add_(
+            1, flat_idx, torch.ones_like(flat_idx, dtype=work.dtype) if weight is None else weight.reshape(batch, -1))
+        grouped = gather(work, idx)  # (B, S, k, C): the one wide tensor, read once
+        if weight is not None:
+            grouped = grouped * weight.unsqueeze(-1)
+        group_sums = grouped.sum(2)  # G (B, S, C)
+        group_sizes = (torch.full(idx.shape[:2], idx.shape[2], dtype=work.dtype, device=work.device)
+                       if weight is None else weight.sum(2))  # m (B, S)
+        square_sum = (counts * work.pow(2).sum(-1)).sum(1)
+        if self.normalize == "anchor":
+            anchors = gather(work, index.anchor_idx)  # zeros past the anchor count, where m_s = 0
+            total = (counts * work.sum(-1)).sum(1) - (group_sizes * anchors.sum(-1)).sum(1)
+            square_sum = square_sum - 2 * (anchors * group_sums).sum((1, 2)) \
+                + (group_sizes * anchors.pow(2).sum(-1)).sum(1)
+        else:
+            total = torch.zeros_like(square_sum)
+            square_sum = square_sum - (group_sums.pow(2).sum(-1) / group_sizes.clamp_min(1)).sum(1)
+        count = group_sizes.sum(1) * channels
+        var = (square_sum - total * total / count) / (count - 1).clamp_min(1)
+        return (1.0 / (_sqrt_finite_gradient(var) + 1e-5)).to(u.dtype)
 
     def linear_of_groups(self, weight: torch.Tensor, u: torch.Tensor, index: GroupIndex,
                          scale: Optional[torch.Tensor], offset: Optional[torch.Tensor] = None) -> torch.Tensor:
