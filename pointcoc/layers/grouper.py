@@ -245,7 +245,8 @@ class LocalGrouper(nn.Module):
             return gather(F.linear(u, weight), index.idx) + shift
         per_point = F.linear(u, weight * self.affine_alpha) * scale[:, None, None]
         grouped = gather(per_point, index.idx)
-        return grouped - (self._reference(per_point, grouped, index) - F.linear(self.affine_beta, weight) - shift)
+        # a sum, not a difference: the difference's backward negates the whole (B, S, k, C_out) gradient first
+        return grouped + (F.linear(self.affine_beta, weight) + shift - self._reference(per_point, grouped, index))
 
     def forward(self, xyz: torch.Tensor, features: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Groups:
         index = self.index(xyz, lengths)
