@@ -77,7 +77,7 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
     every error is raised, traceback and all);
     Ctrl-C prints one line (the message of a TrainingInterrupted, else "interrupted") and returns 130 (a
     training run stopped by SIGTERM: its line and 143). ``args.command`` is ``parser.prog`` (``pointcoc train``),
-    which a training run names in its resume line.
+    which a training run names in its resume line. Under torchrun the process group is destroyed before it returns.
     """
     command = getattr(parser, "recipe_command", None)
     try:
@@ -103,3 +103,6 @@ def run_cli(main, parser: argparse.ArgumentParser, argv: Optional[list] = None) 
     except KeyboardInterrupt as err:
         print(str(err) or "interrupted", file=sys.stderr)
         return getattr(err, "exit_code", EXIT_INTERRUPTED)
+    finally:
+        from .distributed import leave_process_group
+        leave_process_group()  # under torchrun: before interpreter shutdown, where gloo's threads abort the process

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from .errors import RunStopped
 
 __all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "broadcast_buffers", "barrier", "decide_on_rank0",
-           "DEFAULT_TIMEOUT_S", "watch_launcher", "collective_failure"]
+           "leave_process_group", "DEFAULT_TIMEOUT_S", "watch_launcher", "collective_failure"]
 
 DEFAULT_TIMEOUT_S = 600.0  # TrainConfig.dist_timeout_s, --dist-timeout
 
@@ -155,6 +155,17 @@ def collective_failure(err: BaseException, timeout_s: float) -> Optional[RunStop
                           "meanwhile: raise --dist-timeout")
     return RunStopped(f"rank {rank}: the connection to another process of the run broke ({first}); that "
                       "process's own message says why it stopped")
+
+
+def leave_process_group() -> None:
+    """Destroy the process group, if this process joined one, while the interpreter is fully alive.
+
+    Without it the group is destroyed during interpreter shutdown, where gloo's worker threads may still hold
+    work that touches Python objects: the process then aborts (SIGABRT, "terminate called without an active
+    exception") instead of exiting with its code. Local to this process: no collective, no wait for the others.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
