@@ -214,8 +214,9 @@ def test_ctrl_c_stops_with_one_line_naming_epoch_step_and_checkpoint(h5_root, tm
 
 def test_the_checkpoint_alone_resumes_the_run_to_the_uninterrupted_metrics(trained, h5_root, tmp_path):
     out = tmp_path / "alone"
-    first = run([TRAIN, "--data-root", h5_root, "--epochs", "2", "--output", out, "--seed", "1", *FAST,
-                 "--stop-after-epoch", "1"])
+    recipe = tmp_path / "two_epochs.toml"  # the recipe's name stays in config.json, checkpoints and weight cards
+    recipe.write_text('command = "train"\ndescription = "two epochs, seed 1"\n\n[args]\nepochs = 2\nseed = 1\n')
+    first = run([TRAIN, "--config", recipe, "--data-root", h5_root, "--output", out, *FAST, "--stop-after-epoch", "1"])
     assert first.returncode == 0, first.stderr[-2000:]
     config = (out / "config.json").read_text()
     elsewhere = tmp_path / "cwd"  # data, model, seed, output folder and threads all come from the checkpoint
@@ -230,6 +231,7 @@ def test_the_checkpoint_alone_resumes_the_run_to_the_uninterrupted_metrics(train
     assert strip(lines(out / "metrics.jsonl")) == strip(lines(trained[0] / "metrics.jsonl"))
     assert (out / "config.json").read_text() == config
     state = load_checkpoint(out / "last.pt")
+    assert state["config"]["recipe"] == str(recipe)
     assert state["num_threads"] == 1 and state["data"]["train"]["count"] == 32
     assert state["data"]["test"]["count"] == 15 and len(state["data"]["train"]["labels_sha256"]) == 64
 

@@ -65,6 +65,8 @@ def apply_checkpoint_defaults(parser: argparse.ArgumentParser, path: str, comman
     for name, value in config.items():
         if name in actions and name != "output":
             defaults[actions[name].dest] = value
+    if config.get("recipe") and "config" in actions:  # --config NAME|PATH is kept as TrainConfig.recipe
+        defaults[actions["config"].dest] = config["recipe"]  # the name only: the recorded values came above
     for key, flag in _PIXEL_EXTRA_FLAGS.items():
         if key in (config.get("extra") or {}) and flag in actions:
             defaults[actions[flag].dest] = config["extra"][key]
