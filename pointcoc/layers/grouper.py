@@ -200,10 +200,7 @@ class LocalGrouper(nn.Module):
         flat_idx = idx.reshape(batch, -1).clamp_min(0)
         counts = torch.zeros(work.shape[:2], dtype=work.dtype, device=work.device).scatter_add_(
             1, flat_idx, torch.ones_like(flat_idx, dtype=work.dtype) if weight is None else weight.reshape(batch, -1))
-        grouped = gather(work, idx)  # (B, S, k, C): the one wide tensor, read once
-        if weight is not None:
-            grouped = grouped * weight.unsqueeze(-1)
-        group_sums = grouped.sum(2)  # G (B, S, C)
+        group_sums = gather(work, idx).sum(2)  # G (B, S, C); gather gives zeros where idx is -1 (mask False)
         group_sizes = (torch.full(idx.shape[:2], idx.shape[2], dtype=work.dtype, device=work.device)
                        if weight is None else weight.sum(2))  # m (B, S)
         square_sum = (counts * work.pow(2).sum(-1)).sum(1)
