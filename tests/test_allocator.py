@@ -47,3 +47,32 @@ def test_env_var_turns_it_off():
     applied, faults = _run("on", {"POINTCOC_KEEP_FREED_MEMORY": "0"})
     assert not applied
     assert faults > 64 * 2**20 // 4096 // 2
+
+
+STEP = r"""
+import sys
+import torch
+from pointcoc import create_model
+from pointcoc.allocator import keep_freed_memory
+if sys.argv[1] == "on":
+    assert keep_freed_memory()
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = create_model("pointmlp_elite", num_classes=5)
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+xyz = torch.rand(4, 256, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+for _ in range(2):
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(xyz), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    opt.step()
+print(repr(float(loss)), repr(float(sum(p.detach().double().sum() for p in model.parameters()))))
+"""
+
+
+@pytest.mark.skipif(_glibc() is None, reason="needs glibc (Linux)")
+def test_training_steps_are_bitwise_the_same_with_freed_memory_kept():
+    import os
+    outs = [subprocess.run([sys.executable, "-c", STEP, mode], capture_output=True, text=True, check=True,
+                           env=os.environ).stdout for mode in ("on", "off")]
+    assert outs[0] == outs[1] and outs[0].strip()
